@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-from .errors import TecFormatError, TecInputError
+from .errors import TecDecodeError, TecFormatError, TecInputError
 
 TILE_MAGIC = b"TECT"
 KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS = 0, 1, 2
@@ -124,21 +124,238 @@ def decode_lossless(payload: bytes, head: TileHeader) -> np.ndarray:
     return np.frombuffer(raw, head.dtype.newbyteorder("<")).astype(head.dtype).reshape(head.shape)
 
 
+# -- quality floors ------------------------------------------------------------------------------
+QUALITY_FLOOR_DB = {q: round(32 + (q - 1) * 23 / 7, 1) for q in range(1, 9)}   # 32.0 ... 55.0
+MAX_LEVEL = 7.0          # internal quality levels of the network are 0..7 (float)
+LEVEL_STEP = 0.5         # closed loop raises the level by this much when a tile misses its floor
+
+
+def tile_psnr(ref: np.ndarray, test: np.ndarray, mask: np.ndarray | None) -> float:
+    diff = ref.astype(np.float64) - test.astype(np.float64)
+    if mask is not None:
+        diff = diff[~mask]
+    mse = float(np.mean(diff * diff)) if diff.size else 0.0
+    return float("inf") if mse == 0 else 10 * np.log10(1e8 / mse)
+
+
+# -- classical fallback (kind 1): uniform quantizer + row DPCM + DEFLATE -------------------------
+_CLASSICAL = struct.Struct("<I")
+
+
+def encode_classical(tile: np.ndarray, nodata, floor_db: float) -> bytes:
+    """Guarantees the floor: uniform quantization error has MSE step^2/12; step 1 is lossless."""
+    mask = nodata_mask(tile, nodata)
+    target_mse = 1e8 / 10 ** (floor_db / 10)
+    step = max(1, int(np.sqrt(12 * target_mse) * 0.9))
+    while True:
+        q = np.round(tile.astype(np.float64) / step).astype(np.int32)
+        pred = np.diff(q, axis=2, prepend=0)
+        body = _CLASSICAL.pack(step) + zlib.compress(pred.astype("<i4").tobytes(), 9)
+        payload = pack_header(KIND_CLASSICAL, tile, nodata, mask) + body
+        if step == 1 or tile_psnr(tile, decode_tile(payload), mask) >= floor_db:
+            return payload
+        step = max(1, step // 2)
+
+
+def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
+    if len(payload) < head.body + _CLASSICAL.size:
+        raise TecFormatError("classical tile truncated")
+    (step,) = _CLASSICAL.unpack_from(payload, head.body)
+    try:
+        raw = zlib.decompress(payload[head.body + _CLASSICAL.size:])
+    except zlib.error as exc:
+        raise TecFormatError(f"corrupt classical tile: {exc}") from None
+    if len(raw) != 4 * head.count * head.height * head.width or step < 1:
+        raise TecFormatError("classical tile has the wrong size")
+    q = np.cumsum(np.frombuffer(raw, "<i4").reshape(head.shape), axis=2, dtype=np.int64)
+    return _to_dtype(q.astype(np.float64) * step, head.dtype)
+
+
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+
+
+# -- learned (kind 0) ------------------------------------------------------------------------------
+# body: 4s model tag (sha256 prefix), f32 level, u8 entropy (0 hyperprior, 1 factorized),
+#       f32 means[count], f16 basis[count*count] (row-major), u32 len + z string (hyperprior only),
+#       u32 len + y string
+_LEARNED = struct.Struct("<4sfB")
+ENTROPY_CODES = {"hyperprior": 0, "factorized": 1}
+
+
+def _fit_tile_klt(x: np.ndarray, valid: np.ndarray):
+    from . import spectral
+
+    flat = x.reshape(x.shape[0], -1)
+    samples = flat[:, valid.reshape(-1)]
+    if samples.shape[1] > 65536:          # deterministic subsample
+        samples = samples[:, :: samples.shape[1] // 65536 + 1]
+    means, basis = spectral.fit_klt(samples)
+    return means.astype(np.float32).astype(np.float64), spectral.quantize_basis(basis)
+
+
+def encode_learned(tile: np.ndarray, model, level: float, nodata) -> bytes:
+    import torch
+
+    from . import spectral
+    from .models.tec import IN_CHANNELS, pad_replicate
+
+    mask = nodata_mask(tile, nodata)
+    count, h, w = tile.shape
+    x = tile.astype(np.float64)
+    valid = np.ones((h, w), bool) if mask is None else ~mask.any(axis=0)
+    if not valid.any():
+        valid = np.ones((h, w), bool)
+    means, basis_q = _fit_tile_klt(x, valid)
+    if mask is not None:
+        x = np.where(mask, means[:, None, None], x)     # nodata carries no information: code the mean
+    comps = np.zeros((IN_CHANNELS, h, w), np.float32)
+    comps[:count] = spectral.forward(x, means, basis_q)
+    net = model.net
+    entropy = ENTROPY_CODES[model.entropy]
+    if entropy == 1:
+        level = float(round(level))       # factorized priors exist for integer levels only
+    with torch.no_grad():
+        c = pad_replicate(torch.from_numpy(comps)[None])
+        qt = torch.tensor([level])
+        gain, _, hyper_gain = net.gains(qt)
+        y = net.g_a(c) * gain
+        if entropy == 0:
+            z = net.h_a(y) * hyper_gain
+            z_strings = net.entropy_bottleneck.compress(z)
+            z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+            scales, mu = _entropy_params(model, z_hat, hyper_gain)
+            indexes = _scale_indexes(net, scales)
+            y_strings = net.gaussian_conditional.compress(y.double(), indexes, means=mu)
+            streams = [z_strings[0], y_strings[0]]
+        else:
+            streams = [net.fp_bottlenecks[int(level)].compress(y)[0]]
+    head = pack_header(KIND_LEARNED, tile, nodata, mask)
+    body = _LEARNED.pack(bytes.fromhex(model.sha256[:8]), level, entropy)
+    body += means.astype("<f4").tobytes() + basis_q.astype("<f2").tobytes()
+    for s in streams:
+        body += struct.pack("<I", len(s)) + s
+    return head + body
+
+
+def _entropy_params(model, z_hat, hyper_gain):
+    import torch
+
+    params = model.h_s64(z_hat.double() / hyper_gain.double())
+    scales, mu = params.chunk(2, 1)
+    return scales, mu
+
+
+def _scale_indexes(net, scales):
+    import torch
+
+    table = net.gaussian_conditional.scale_table.double()
+    scales = scales.clamp_min(float(table[0]))
+    idx = torch.full(scales.shape, len(table) - 1, dtype=torch.int32)
+    for s in table[:-1]:
+        idx -= (scales <= s).int()
+    return idx
+
+
+def decode_learned(payload: bytes, head: TileHeader, model=None) -> np.ndarray:
+    import torch
+
+    from . import spectral
+    from .models.tec import TecImageModel
+
+    off = head.body
+    if len(payload) < off + _LEARNED.size:
+        raise TecFormatError("learned tile truncated")
+    tag, level, entropy = _LEARNED.unpack_from(payload, off)
+    off += _LEARNED.size
+    if model is None:
+        raise TecDecodeError("a learned tile needs its model to decode")
+    if tag != bytes.fromhex(model.sha256[:8]):
+        raise TecDecodeError(f"tile was written by weights {tag.hex()}..., not by {model.name} "
+                             f"({model.sha256[:8]}...)")
+    n = head.count
+    need = off + 4 * n + 2 * n * n
+    if len(payload) < need or entropy not in (0, 1) or not 0 <= level <= MAX_LEVEL:
+        raise TecFormatError("learned tile header is truncated or invalid")
+    means = np.frombuffer(payload, "<f4", n, off).astype(np.float64)
+    off += 4 * n
+    basis_q = np.frombuffer(payload, "<f2", n * n, off).astype(np.float64).reshape(n, n)
+    off += 2 * n * n
+    streams = []
+    for _ in range(2 if entropy == 0 else 1):
+        if len(payload) < off + 4:
+            raise TecFormatError("learned tile truncated in its bit streams")
+        (length,) = struct.unpack_from("<I", payload, off)
+        off += 4
+        if len(payload) < off + length:
+            raise TecFormatError("learned tile truncated in its bit streams")
+        streams.append(payload[off:off + length])
+        off += length
+    net = model.net
+    ph, pw = TecImageModel.pad_size(head.height, head.width)
+    lat = (ph // 8, pw // 8)
+    with torch.no_grad():
+        qt = torch.tensor([level])
+        _, inv_gain, hyper_gain = net.gains(qt)
+        if entropy == 0:
+            z_shape = (ph // 32, pw // 32)
+            z_hat = net.entropy_bottleneck.decompress([streams[0]], z_shape)
+            scales, mu = _entropy_params(model, z_hat, hyper_gain)
+            indexes = _scale_indexes(net, scales)
+            y_hat = net.gaussian_conditional.decompress([streams[1]], indexes, dtype=torch.float64, means=mu)
+        else:
+            y_hat = net.fp_bottlenecks[int(level)].decompress([streams[0]], lat)
+        c_hat = net.g_s(y_hat.float() * inv_gain)
+    comps = c_hat[0, :n, :head.height, :head.width].numpy()
+    if not np.isfinite(comps).all():
+        raise TecDecodeError("learned tile decoded to non-finite values (corrupt stream?)")
+    return _to_dtype(spectral.inverse(comps, means, basis_q), head.dtype)
+
+
+# -- public ------------------------------------------------------------------------------------------
 def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None, nodata=None,
                 lossless: bool = False) -> tuple[bytes, int]:
     """Code one (bands, h, w) tile; returns (payload, kind).
 
-    TODO(core): the learned path (kind 0, with closed-loop floor check and classical fallback)
-    replaces this lossless-only body.
+    The learned model codes the tile at the network level for ``quality``; the encoder then decodes
+    its own payload and, while PSNR_10000 (valid pixels) is below QUALITY_FLOOR_DB[quality], raises
+    the level in steps of LEVEL_STEP, finally falling back to the classical kind, which always meets
+    the floor. ``lossless=True`` stores the tile exactly.
     """
-    return encode_lossless(tile, nodata), KIND_LOSSLESS
+    if lossless:
+        return encode_lossless(tile, nodata), KIND_LOSSLESS
+    from .weights import load_model
+
+    loaded = load_model(model)
+    floor = QUALITY_FLOOR_DB[quality]
+    mask = nodata_mask(tile, nodata)
+    if mask is not None and mask.all():
+        return encode_lossless(tile, nodata), KIND_LOSSLESS      # all nodata: a few bytes
+    level = float(quality - 1)
+    step = 1.0 if loaded.entropy == "factorized" else LEVEL_STEP
+    while level <= MAX_LEVEL:
+        payload = encode_learned(tile, loaded, level, nodata)
+        if tile_psnr(tile, decode_tile(payload, model=loaded), mask) >= floor:
+            return payload, KIND_LEARNED
+        level += step
+    return encode_classical(tile, nodata, floor), KIND_CLASSICAL
 
 
-def decode_tile(payload: bytes) -> np.ndarray:
-    """Decode a payload made by :func:`encode_tile` to a (bands, h, w) array of its dtype."""
+def decode_tile(payload: bytes, *, model=None) -> np.ndarray:
+    """Decode a payload made by :func:`encode_tile` to a (bands, h, w) array of its dtype.
+
+    ``model`` is a model name or a loaded model; learned tiles name their weights by sha256 prefix,
+    and the default model is used when none is given."""
     head = TileHeader(payload)
     if head.kind == KIND_LOSSLESS:
         out = decode_lossless(payload, head)
+    elif head.kind == KIND_CLASSICAL:
+        out = decode_classical(payload, head)
     else:
-        raise TecFormatError(f"tile kind {head.kind} not supported by this build")
+        if model is None or isinstance(model, str):
+            from .weights import load_model
+
+            model = load_model(model)
+        out = decode_learned(payload, head, model)
     return restore_nodata(out, head)
