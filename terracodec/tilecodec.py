@@ -195,7 +195,8 @@ def _fit_tile_klt(x: np.ndarray, valid: np.ndarray):
     return means.astype(np.float32).astype(np.float64), spectral.quantize_basis(basis)
 
 
-def encode_learned(tile: np.ndarray, model, level: float, nodata) -> bytes:
+def encode_learned(tile: np.ndarray, model, level: float, nodata) -> tuple[bytes, np.ndarray]:
+    """-> (payload, the pixels decode_tile will return for it)."""
     import torch
 
     from . import spectral
@@ -227,16 +228,21 @@ def encode_learned(tile: np.ndarray, model, level: float, nodata) -> bytes:
             z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
             scales, mu = _entropy_params(model, z_hat, hyper_gain)
             indexes = _scale_indexes(net, scales)
-            y_strings = net.gaussian_conditional.compress(y.double(), indexes, means=mu)
-            streams = [z_strings[0], y_strings[0]]
+            symbols = torch.round(y.double() - mu)
+            streams = [z_strings[0], _gaussian_tables(model).encode(symbols, indexes)]
+            y_hat = symbols + mu
         else:
-            streams = [net.fp_bottlenecks[int(level)].compress(y)[0]]
+            eb = net.fp_bottlenecks[int(level)]
+            streams = [eb.compress(y)[0]]
+            y_hat = eb.decompress(streams, y.shape[-2:])
+        # closed loop: the decoder's synthesis on the exact latent it will entropy-decode
+        recon = _synthesize(model, y_hat, qt, count, h, w, means, basis_q, tile.dtype)
     head = pack_header(KIND_LEARNED, tile, nodata, mask)
     body = _LEARNED.pack(bytes.fromhex(model.sha256[:8]), level, entropy)
     body += means.astype("<f4").tobytes() + basis_q.astype("<f2").tobytes()
     for s in streams:
         body += struct.pack("<I", len(s)) + s
-    return head + body
+    return head + body, restore_nodata(recon, TileHeader(head))
 
 
 def _entropy_params(model, z_hat, hyper_gain):
@@ -303,14 +309,53 @@ def decode_learned(payload: bytes, head: TileHeader, model=None) -> np.ndarray:
             z_hat = net.entropy_bottleneck.decompress([streams[0]], z_shape)
             scales, mu = _entropy_params(model, z_hat, hyper_gain)
             indexes = _scale_indexes(net, scales)
-            y_hat = net.gaussian_conditional.decompress([streams[1]], indexes, dtype=torch.float64, means=mu)
+            y_hat = _gaussian_tables(model).decode(streams[1], indexes) + mu
         else:
             y_hat = net.fp_bottlenecks[int(level)].decompress([streams[0]], lat)
-        c_hat = net.g_s(y_hat.float() * inv_gain)
-    comps = c_hat[0, :n, :head.height, :head.width].numpy()
+        return _synthesize(model, y_hat, qt, n, head.height, head.width, means, basis_q, head.dtype)
+
+
+def _synthesize(model, y_hat, qt, count, h, w, means, basis_q, dtype) -> np.ndarray:
+    from . import spectral
+
+    _, inv_gain, _ = model.net.gains(qt)
+    c_hat = model.net.g_s(y_hat.float() * inv_gain)
+    comps = c_hat[0, :count, :h, :w].numpy()
     if not np.isfinite(comps).all():
         raise TecDecodeError("learned tile decoded to non-finite values (corrupt stream?)")
-    return _to_dtype(spectral.inverse(comps, means, basis_q), head.dtype)
+    return _to_dtype(spectral.inverse(comps, means, basis_q), dtype)
+
+
+class _GaussianTables:
+    """The Gaussian conditional's CDF tables as Python lists, built once per model (rANS wants lists)."""
+
+    def __init__(self, gc):
+        self.cdf = gc._quantized_cdf.tolist()
+        self.cdf_length = gc._cdf_length.reshape(-1).int().tolist()
+        self.offset = gc._offset.reshape(-1).int().tolist()
+
+    def encode(self, symbols, indexes) -> bytes:
+        from compressai import ans
+
+        return ans.RansEncoder().encode_with_indexes(symbols.reshape(-1).int().tolist(), indexes.reshape(-1).tolist(),
+                                                     self.cdf, self.cdf_length, self.offset)
+
+    def decode(self, stream: bytes, indexes):
+        import torch
+        from compressai import ans
+
+        values = ans.RansDecoder().decode_with_indexes(stream, indexes.reshape(-1).tolist(), self.cdf,
+                                                        self.cdf_length, self.offset)
+        return torch.tensor(values, dtype=torch.float64).reshape(indexes.shape)
+
+
+_TABLES: dict = {}
+
+
+def _gaussian_tables(model) -> _GaussianTables:
+    if model.sha256 not in _TABLES:
+        _TABLES[model.sha256] = _GaussianTables(model.net.gaussian_conditional)
+    return _TABLES[model.sha256]
 
 
 # -- public ------------------------------------------------------------------------------------------
@@ -335,8 +380,8 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     level = float(quality - 1)
     step = 1.0 if loaded.entropy == "factorized" else LEVEL_STEP
     while level <= MAX_LEVEL:
-        payload = encode_learned(tile, loaded, level, nodata)
-        if tile_psnr(tile, decode_tile(payload, model=loaded), mask) >= floor:
+        payload, recon = encode_learned(tile, loaded, level, nodata)
+        if tile_psnr(tile, recon, mask) >= floor:
             return payload, KIND_LEARNED
         level += step
     return encode_classical(tile, nodata, floor), KIND_CLASSICAL

@@ -250,7 +250,10 @@ def export(ckpt: Path, weights_dir: Path, name: str = "tec-image-v1") -> dict:
     weights_dir.mkdir(parents=True, exist_ok=True)
     path = weights_dir / f"{name}.pt"
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "config": ck["config"],
+    # Gaussian CDF tables are large and rebuilt exactly at load time (elementwise maths on the scale table)
+    state = {k: v for k, v in model.state_dict().items()
+             if not (k.startswith("gaussian_conditional.") and k.split(".")[-1] in ("_quantized_cdf", "_offset", "_cdf_length"))}
+    torch.save({"state_dict": state, "config": ck["config"],
                 "component_scale": spectral.COMPONENT_SCALE}, tmp)
     os.replace(tmp, path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()

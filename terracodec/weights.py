@@ -98,7 +98,10 @@ def _load_file(path: str, sha: str, config_json: str):
         module_name, _, buf = key.rpartition(".")
         if buf in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
             net.get_submodule(module_name)._buffers[buf] = torch.empty_like(value)
-    net.load_state_dict(state)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("gaussian_conditional.") for k in missing):
+        raise TecModelError(f"weights {path} do not fit {TecImageModel(**json.loads(config_json)).__class__.__name__}: missing {missing}, unexpected {unexpected}")
+    net.gaussian_conditional.update()
     net.eval()
     h_s64 = copy.deepcopy(net.h_s).double().eval()
     return net, h_s64
