@@ -1,0 +1,631 @@
+// SPDX-License-Identifier: Apache-2.0
+// Finds or embeds a Python interpreter for the TEC GDAL driver; see tec_python.h.
+//
+// Algorithm (runs once, at the first pixel access; Identify/Open never get here):
+//  1. Read gdal_TEC.json next to this plugin (written by `make install`):
+//       {"python": "<venv>/bin/python", "python_version": "3.11",
+//        "libpython": "/.../libpython3.11.so.1.0", "pythonpath": ["<repo>", ...],
+//        "module": "terracodec.gdal_bridge"}
+//     Each key can be overridden by a config option / environment variable:
+//     TEC_PYTHON, TEC_LIBPYTHON, TEC_PYTHONPATH (':'-separated), TEC_PYTHON_MODULE.
+//  2. If Python symbols are already global in the process (python executable, rasterio, osgeo,
+//     QGIS), use them. Else, if a libpython was loaded privately (RTLD_LOCAL), promote it with
+//     dlopen(RTLD_NOLOAD | RTLD_GLOBAL). Else dlopen the configured libpython RTLD_GLOBAL (so that
+//     numpy/torch extension modules can resolve Py* symbols) and embed it.
+//  3. The interpreter's major.minor must equal the venv's (its compiled packages are per version).
+//  4. Add the configured pythonpath entries with site.addsitedir, import the bridge module.
+// Every later call takes the GIL with PyGILState_Ensure (safe from any GDAL worker thread and
+// re-entrant when the caller already holds the GIL, as rasterio does during CreateCopy).
+// Python is never finalised (numpy/torch do not support re-initialisation).
+
+#include "tec_python.h"
+
+#include <dlfcn.h>
+
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "cpl_conv.h"
+#include "cpl_error.h"
+#include "cpl_json.h"
+#include "cpl_string.h"
+
+namespace tec
+{
+namespace
+{
+
+typedef struct _object PyObject;  // opaque: only handled through API functions
+typedef long Py_ssize_t_;
+
+struct PyAPI
+{
+    int (*Py_IsInitialized)(void);
+    void (*Py_InitializeEx)(int);
+    void (*Py_SetProgramName)(const wchar_t *);  // optional (deprecated, still present)
+    wchar_t *(*Py_DecodeLocale)(const char *, size_t *);
+    void *(*PyEval_SaveThread)(void);
+    int (*PyGILState_Ensure)(void);
+    void (*PyGILState_Release)(int);
+    const char *(*Py_GetVersion)(void);
+    PyObject *(*PyImport_ImportModule)(const char *);
+    PyObject *(*PyObject_GetAttrString)(PyObject *, const char *);
+    PyObject *(*PyObject_CallObject)(PyObject *, PyObject *);
+    PyObject *(*PyTuple_New)(Py_ssize_t_);
+    int (*PyTuple_SetItem)(PyObject *, Py_ssize_t_, PyObject *);
+    PyObject *(*PyUnicode_FromString)(const char *);
+    const char *(*PyUnicode_AsUTF8AndSize)(PyObject *, Py_ssize_t_ *);
+    PyObject *(*PyLong_FromLongLong)(long long);
+    PyObject *(*PyMemoryView_FromMemory)(char *, Py_ssize_t_, int);
+    int (*PyBytes_AsStringAndSize)(PyObject *, char **, Py_ssize_t_ *);
+    PyObject *(*PyObject_Str)(PyObject *);
+    void (*Py_IncRef)(PyObject *);
+    void (*Py_DecRef)(PyObject *);
+    PyObject *(*PyErr_Occurred)(void);
+    void (*PyErr_Fetch)(PyObject **, PyObject **, PyObject **);
+    void (*PyErr_NormalizeException)(PyObject **, PyObject **, PyObject **);
+    void (*PyErr_Clear)(void);
+    PyObject *Py_None;
+};
+
+constexpr int kPyBUF_READ = 0x100;
+
+PyAPI g_api;
+std::mutex g_initMutex;
+bool g_initDone = false;
+bool g_initOK = false;
+std::string g_initError;
+std::string g_hostDescription = "Python not started";
+PyObject *g_module = nullptr;
+
+struct Config
+{
+    std::string osPython, osVersion, osLibPython, osModule = "terracodec.gdal_bridge";
+    std::vector<std::string> aosPythonPath;
+};
+
+std::string PluginDirectory()
+{
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void *>(&PyHostDescription), &info) && info.dli_fname)
+        return CPLGetPath(info.dli_fname);
+    return std::string();
+}
+
+Config LoadConfig()
+{
+    Config cfg;
+    const std::string osDir = PluginDirectory();
+    const std::string osFile = CPLFormFilename(osDir.c_str(), "gdal_TEC", "json");
+    VSIStatBufL sStat;
+    if (!osDir.empty() && VSIStatL(osFile.c_str(), &sStat) == 0)
+    {
+        CPLJSONDocument oDoc;
+        if (oDoc.Load(osFile))
+        {
+            const CPLJSONObject oRoot = oDoc.GetRoot();
+            cfg.osPython = oRoot.GetString("python");
+            cfg.osVersion = oRoot.GetString("python_version");
+            cfg.osLibPython = oRoot.GetString("libpython");
+            cfg.osModule = oRoot.GetString("module", cfg.osModule);
+            for (const auto &oItem : oRoot.GetArray("pythonpath"))
+                cfg.aosPythonPath.push_back(oItem.ToString());
+        }
+        else
+            CPLDebug("TEC", "cannot parse %s", osFile.c_str());
+    }
+    else
+        CPLDebug("TEC", "no %s; relying on TEC_* options", osFile.c_str());
+    if (const char *p = CPLGetConfigOption("TEC_PYTHON", nullptr))
+        cfg.osPython = p;
+    if (const char *p = CPLGetConfigOption("TEC_LIBPYTHON", nullptr))
+        cfg.osLibPython = p;
+    if (const char *p = CPLGetConfigOption("TEC_PYTHON_MODULE", nullptr))
+        cfg.osModule = p;
+    if (const char *p = CPLGetConfigOption("TEC_PYTHONPATH", nullptr))
+    {
+        const CPLStringList aos(CSLTokenizeString2(p, ":", 0));
+        for (int i = 0; i < aos.size(); ++i)
+            cfg.aosPythonPath.insert(cfg.aosPythonPath.begin() + i, aos[i]);
+    }
+    return cfg;
+}
+
+template <class T> bool Bind(void *handle, const char *name, T &fn, bool required = true)
+{
+    fn = reinterpret_cast<T>(dlsym(handle, name));
+    if (!fn && required)
+    {
+        g_initError = std::string("Python symbol ") + name + " not found";
+        return false;
+    }
+    return true;
+}
+
+bool BindAll(void *h)
+{
+    PyAPI &a = g_api;
+    bool ok = Bind(h, "Py_IsInitialized", a.Py_IsInitialized) &&
+              Bind(h, "Py_InitializeEx", a.Py_InitializeEx) &&
+              Bind(h, "Py_SetProgramName", a.Py_SetProgramName, false) &&
+              Bind(h, "Py_DecodeLocale", a.Py_DecodeLocale) &&
+              Bind(h, "PyEval_SaveThread", a.PyEval_SaveThread) &&
+              Bind(h, "PyGILState_Ensure", a.PyGILState_Ensure) &&
+              Bind(h, "PyGILState_Release", a.PyGILState_Release) &&
+              Bind(h, "Py_GetVersion", a.Py_GetVersion) &&
+              Bind(h, "PyImport_ImportModule", a.PyImport_ImportModule) &&
+              Bind(h, "PyObject_GetAttrString", a.PyObject_GetAttrString) &&
+              Bind(h, "PyObject_CallObject", a.PyObject_CallObject) &&
+              Bind(h, "PyTuple_New", a.PyTuple_New) &&
+              Bind(h, "PyTuple_SetItem", a.PyTuple_SetItem) &&
+              Bind(h, "PyUnicode_FromString", a.PyUnicode_FromString) &&
+              Bind(h, "PyUnicode_AsUTF8AndSize", a.PyUnicode_AsUTF8AndSize) &&
+              Bind(h, "PyLong_FromLongLong", a.PyLong_FromLongLong) &&
+              Bind(h, "PyMemoryView_FromMemory", a.PyMemoryView_FromMemory) &&
+              Bind(h, "PyBytes_AsStringAndSize", a.PyBytes_AsStringAndSize) &&
+              Bind(h, "PyObject_Str", a.PyObject_Str) && Bind(h, "Py_IncRef", a.Py_IncRef) &&
+              Bind(h, "Py_DecRef", a.Py_DecRef) && Bind(h, "PyErr_Occurred", a.PyErr_Occurred) &&
+              Bind(h, "PyErr_Fetch", a.PyErr_Fetch) &&
+              Bind(h, "PyErr_NormalizeException", a.PyErr_NormalizeException) &&
+              Bind(h, "PyErr_Clear", a.PyErr_Clear);
+    if (ok)
+    {
+        a.Py_None = reinterpret_cast<PyObject *>(dlsym(h, "_Py_NoneStruct"));
+        if (!a.Py_None)
+        {
+            g_initError = "Python symbol _Py_NoneStruct not found";
+            ok = false;
+        }
+    }
+    return ok;
+}
+
+// ---- small helpers (GIL held) -------------------------------------------------------------
+void DecRef(PyObject *o)
+{
+    if (o)
+        g_api.Py_DecRef(o);
+}
+
+std::string ToStr(PyObject *o)
+{
+    std::string s;
+    if (!o)
+        return s;
+    PyObject *str = g_api.PyObject_Str(o);
+    if (str)
+    {
+        Py_ssize_t_ n = 0;
+        const char *c = g_api.PyUnicode_AsUTF8AndSize(str, &n);
+        if (c)
+            s.assign(c, static_cast<size_t>(n));
+        DecRef(str);
+    }
+    if (g_api.PyErr_Occurred())
+        g_api.PyErr_Clear();
+    return s;
+}
+
+// Consume the pending Python exception: returns "TypeName: message"; the full traceback goes to
+// CPLDebug("TEC") (visible with CPL_DEBUG=TEC).
+std::string FetchError()
+{
+    PyObject *t = nullptr, *v = nullptr, *tb = nullptr;
+    g_api.PyErr_Fetch(&t, &v, &tb);
+    if (!t)
+        return "unknown Python error";
+    g_api.PyErr_NormalizeException(&t, &v, &tb);
+    std::string osName = "Exception";
+    if (PyObject *n = g_api.PyObject_GetAttrString(t, "__name__"))
+    {
+        osName = ToStr(n);
+        DecRef(n);
+    }
+    std::string osMsg = v ? ToStr(v) : std::string();
+    // Traceback for debugging.
+    if (PyObject *mod = g_api.PyImport_ImportModule("traceback"))
+    {
+        if (PyObject *fn = g_api.PyObject_GetAttrString(mod, "format_exception"))
+        {
+            PyObject *args = g_api.PyTuple_New(3);
+            PyObject *items[3] = {t, v ? v : g_api.Py_None, tb ? tb : g_api.Py_None};
+            for (int i = 0; i < 3; ++i)
+            {
+                g_api.Py_IncRef(items[i]);
+                g_api.PyTuple_SetItem(args, i, items[i]);
+            }
+            PyObject *lines = g_api.PyObject_CallObject(fn, args);
+            DecRef(args);
+            if (lines)
+            {
+                PyObject *sep = g_api.PyUnicode_FromString("");
+                PyObject *join = sep ? g_api.PyObject_GetAttrString(sep, "join") : nullptr;
+                if (join)
+                {
+                    PyObject *a1 = g_api.PyTuple_New(1);
+                    g_api.Py_IncRef(lines);
+                    g_api.PyTuple_SetItem(a1, 0, lines);
+                    PyObject *text = g_api.PyObject_CallObject(join, a1);
+                    DecRef(a1);
+                    if (text)
+                        CPLDebug("TEC", "Python traceback:\n%s", ToStr(text).c_str());
+                    DecRef(text);
+                }
+                DecRef(join);
+                DecRef(sep);
+                DecRef(lines);
+            }
+            DecRef(fn);
+        }
+        DecRef(mod);
+    }
+    if (g_api.PyErr_Occurred())
+        g_api.PyErr_Clear();
+    DecRef(t);
+    DecRef(v);
+    DecRef(tb);
+    return osMsg.empty() ? osName : osName + ": " + osMsg;
+}
+
+// Call `callable(*args)`; steals the references in `args`. Returns a new reference or null.
+PyObject *Call(PyObject *callable, std::initializer_list<PyObject *> args)
+{
+    PyObject *tuple = g_api.PyTuple_New(static_cast<Py_ssize_t_>(args.size()));
+    if (!tuple)
+    {
+        for (PyObject *o : args)
+            DecRef(o);
+        return nullptr;
+    }
+    Py_ssize_t_ i = 0;
+    bool bad = false;
+    for (PyObject *o : args)
+    {
+        if (!o)
+            bad = true;
+        else
+            g_api.PyTuple_SetItem(tuple, i, o);
+        ++i;
+    }
+    PyObject *res = bad ? nullptr : g_api.PyObject_CallObject(callable, tuple);
+    DecRef(tuple);
+    return res;
+}
+
+PyObject *CallMethod(PyObject *obj, const char *name, std::initializer_list<PyObject *> args)
+{
+    PyObject *m = g_api.PyObject_GetAttrString(obj, name);
+    if (!m)
+    {
+        for (PyObject *o : args)
+            DecRef(o);
+        return nullptr;
+    }
+    PyObject *res = Call(m, args);
+    DecRef(m);
+    return res;
+}
+
+std::string MajorMinor(const char *version)
+{
+    // "3.11.7 (main, ...)" -> "3.11"
+    std::string s(version ? version : "");
+    size_t p1 = s.find('.');
+    if (p1 == std::string::npos)
+        return s;
+    size_t p2 = p1 + 1;
+    while (p2 < s.size() && s[p2] >= '0' && s[p2] <= '9')
+        ++p2;
+    return s.substr(0, p2);
+}
+
+// ---- initialisation --------------------------------------------------------------------------
+bool InitLocked()
+{
+    const Config cfg = LoadConfig();
+    void *handle = nullptr;
+    std::string osHow;
+
+    if (dlsym(RTLD_DEFAULT, "Py_IsInitialized") && dlsym(RTLD_DEFAULT, "PyGILState_Ensure"))
+    {
+        handle = RTLD_DEFAULT;
+        osHow = "host process (global)";
+    }
+    else
+    {
+        // A libpython loaded privately (RTLD_LOCAL) by the host: promote it.
+        std::vector<std::string> candidates;
+        if (!cfg.osLibPython.empty())
+            candidates.push_back(CPLGetFilename(cfg.osLibPython.c_str()));
+        for (int minor = 8; minor <= 14; ++minor)
+            candidates.push_back(CPLSPrintf("libpython3.%d.so.1.0", minor));
+        for (const auto &c : candidates)
+        {
+            handle = dlopen(c.c_str(), RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
+            if (handle)
+            {
+                osHow = "host process (" + c + " promoted to RTLD_GLOBAL)";
+                break;
+            }
+        }
+        if (!handle)
+        {
+            if (cfg.osLibPython.empty())
+            {
+                g_initError = "no Python in this process and no libpython configured (run "
+                              "`make -C gdal_plugin install`, or set TEC_LIBPYTHON)";
+                return false;
+            }
+            handle = dlopen(cfg.osLibPython.c_str(), RTLD_NOW | RTLD_GLOBAL);
+            if (!handle)
+            {
+                const char *e = dlerror();
+                g_initError = "cannot load " + cfg.osLibPython + ": " + (e ? e : "?");
+                return false;
+            }
+            osHow = "embedded " + cfg.osLibPython;
+        }
+    }
+    if (!BindAll(handle))
+        return false;
+
+    const std::string osRuntime = MajorMinor(g_api.Py_GetVersion());
+    if (!cfg.osVersion.empty() && osRuntime != cfg.osVersion)
+    {
+        g_initError = "this process runs Python " + osRuntime +
+                      " but the terracodec environment is Python " + cfg.osVersion +
+                      " (its compiled packages cannot be loaded here)";
+        return false;
+    }
+
+    bool bEmbedded = false;
+    if (!g_api.Py_IsInitialized())
+    {
+        if (!cfg.osPython.empty() && g_api.Py_SetProgramName)
+        {
+            // The venv's python as program name: sys.prefix becomes the venv (pyvenv.cfg).
+            wchar_t *w = g_api.Py_DecodeLocale(cfg.osPython.c_str(), nullptr);
+            if (w)
+                g_api.Py_SetProgramName(w);  // must stay alive: intentionally never freed
+        }
+        g_api.Py_InitializeEx(0);  // 0: leave SIGINT etc. to the host application
+        if (!g_api.Py_IsInitialized())
+        {
+            g_initError = "cannot initialise Python";
+            return false;
+        }
+        g_api.PyEval_SaveThread();  // release the GIL; every call takes it with GILState
+        bEmbedded = true;
+    }
+    g_hostDescription = osHow + ", Python " + std::string(g_api.Py_GetVersion()).substr(0, 20);
+    CPLDebug("TEC", "Python: %s", g_hostDescription.c_str());
+
+    const int st = g_api.PyGILState_Ensure();
+    bool ok = true;
+    // sys.path: site.addsitedir honours .pth files (editable installs).
+    if (!cfg.aosPythonPath.empty())
+    {
+        PyObject *sys = g_api.PyImport_ImportModule("sys");
+        PyObject *path = sys ? g_api.PyObject_GetAttrString(sys, "path") : nullptr;
+        PyObject *site = g_api.PyImport_ImportModule("site");
+        if (!path || !site)
+        {
+            g_initError = "cannot import sys/site: " + FetchError();
+            ok = false;
+        }
+        for (size_t i = 0; ok && i < cfg.aosPythonPath.size(); ++i)
+        {
+            const std::string &p = cfg.aosPythonPath[i];
+            PyObject *contains =
+                CallMethod(path, "__contains__", {g_api.PyUnicode_FromString(p.c_str())});
+            const bool present = contains && ToStr(contains) == "True";
+            DecRef(contains);
+            if (present)
+                continue;
+            PyObject *r = CallMethod(site, "addsitedir", {g_api.PyUnicode_FromString(p.c_str())});
+            if (!r)
+                CPLDebug("TEC", "site.addsitedir(%s) failed: %s", p.c_str(), FetchError().c_str());
+            DecRef(r);
+        }
+        DecRef(site);
+        DecRef(path);
+        DecRef(sys);
+    }
+    if (ok)
+    {
+        g_module = g_api.PyImport_ImportModule(cfg.osModule.c_str());
+        if (!g_module)
+        {
+            g_initError = "cannot import " + cfg.osModule + ": " + FetchError();
+            ok = false;
+        }
+    }
+    g_api.PyGILState_Release(st);
+    (void)bEmbedded;
+    return ok;
+}
+
+bool EnsurePython(std::string &osError)
+{
+    std::lock_guard<std::mutex> lock(g_initMutex);
+    if (!g_initDone)
+    {
+        g_initOK = InitLocked();
+        g_initDone = true;
+        if (!g_initOK)
+            CPLDebug("TEC", "Python bridge unavailable: %s", g_initError.c_str());
+    }
+    if (!g_initOK)
+        osError = "Python bridge unavailable: " + g_initError;
+    return g_initOK;
+}
+
+class GIL
+{
+  public:
+    GIL() : m_state(g_api.PyGILState_Ensure()) {}
+    ~GIL() { g_api.PyGILState_Release(m_state); }
+
+  private:
+    int m_state;
+};
+
+PyObject *MemView(const void *data, size_t n)
+{
+    return g_api.PyMemoryView_FromMemory(const_cast<char *>(static_cast<const char *>(data)),
+                                         static_cast<Py_ssize_t_>(n), kPyBUF_READ);
+}
+
+// Release a memoryview over C++ memory so that Python cannot touch it after the call.
+void ReleaseView(PyObject *view)
+{
+    if (!view)
+        return;
+    PyObject *r = CallMethod(view, "release", {});
+    if (!r && g_api.PyErr_Occurred())
+        g_api.PyErr_Clear();
+    DecRef(r);
+    DecRef(view);
+}
+
+}  // namespace
+
+std::string PyHostDescription()
+{
+    std::lock_guard<std::mutex> lock(g_initMutex);
+    return g_hostDescription;
+}
+
+bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &osModel,
+                  int nCount, int nHeight, int nWidth, const std::string &osDType, void *dst,
+                  size_t nExpectedBytes, std::string &osError)
+{
+    if (!EnsurePython(osError))
+        return false;
+    GIL gil;
+    PyObject *fn = g_api.PyObject_GetAttrString(g_module, "decode_payload");
+    if (!fn)
+    {
+        osError = FetchError();
+        return false;
+    }
+    PyObject *view = MemView(payload, nPayloadBytes);
+    if (view)
+        g_api.Py_IncRef(view);  // one ref for the tuple, one kept to release() it
+    PyObject *res = Call(fn, {view, g_api.PyUnicode_FromString(osModel.c_str()),
+                              g_api.PyLong_FromLongLong(nCount), g_api.PyLong_FromLongLong(nHeight),
+                              g_api.PyLong_FromLongLong(nWidth),
+                              g_api.PyUnicode_FromString(osDType.c_str())});
+    DecRef(fn);
+    bool ok = false;
+    if (!res)
+        osError = FetchError();
+    else
+    {
+        char *p = nullptr;
+        Py_ssize_t_ n = 0;
+        if (g_api.PyBytes_AsStringAndSize(res, &p, &n) != 0)
+            osError = "decode_payload did not return bytes: " + FetchError();
+        else if (static_cast<size_t>(n) != nExpectedBytes)
+            osError = CPLSPrintf("decoded tile has %ld bytes, expected %lu", static_cast<long>(n),
+                                 static_cast<unsigned long>(nExpectedBytes));
+        else
+        {
+            memcpy(dst, p, nExpectedBytes);
+            ok = true;
+        }
+        DecRef(res);
+    }
+    ReleaseView(view);
+    return ok;
+}
+
+PyEncoder::~PyEncoder()
+{
+    Abort();
+}
+
+bool PyEncoder::Open(const std::string &osParamsJSON, std::string &osError)
+{
+    if (!EnsurePython(osError))
+        return false;
+    GIL gil;
+    PyObject *cls = g_api.PyObject_GetAttrString(g_module, "Encoder");
+    if (!cls)
+    {
+        osError = FetchError();
+        return false;
+    }
+    PyObject *obj = Call(cls, {g_api.PyUnicode_FromString(osParamsJSON.c_str())});
+    DecRef(cls);
+    if (!obj)
+    {
+        osError = FetchError();
+        return false;
+    }
+    m_poObj = obj;
+    return true;
+}
+
+bool PyEncoder::WriteRows(const void *data, size_t nBytes, int nRows, std::string &osError)
+{
+    if (!m_poObj)
+    {
+        osError = "encoder is not open";
+        return false;
+    }
+    GIL gil;
+    PyObject *view = MemView(data, nBytes);
+    if (view)
+        g_api.Py_IncRef(view);
+    PyObject *res = CallMethod(static_cast<PyObject *>(m_poObj), "write_rows",
+                               {view, g_api.PyLong_FromLongLong(nRows)});
+    const bool ok = res != nullptr;
+    if (!ok)
+        osError = FetchError();
+    DecRef(res);
+    ReleaseView(view);
+    return ok;
+}
+
+bool PyEncoder::Close(std::string &osError)
+{
+    if (!m_poObj)
+    {
+        osError = "encoder is not open";
+        return false;
+    }
+    GIL gil;
+    PyObject *obj = static_cast<PyObject *>(m_poObj);
+    m_poObj = nullptr;
+    PyObject *res = CallMethod(obj, "close", {});
+    bool ok = res != nullptr;
+    if (!ok)
+    {
+        osError = FetchError();
+        PyObject *r = CallMethod(obj, "abort", {});
+        if (!r)
+            g_api.PyErr_Clear();
+        DecRef(r);
+    }
+    DecRef(res);
+    DecRef(obj);
+    return ok;
+}
+
+void PyEncoder::Abort()
+{
+    if (!m_poObj)
+        return;
+    GIL gil;
+    PyObject *obj = static_cast<PyObject *>(m_poObj);
+    m_poObj = nullptr;
+    PyObject *res = CallMethod(obj, "abort", {});
+    if (!res)
+        CPLDebug("TEC", "Encoder.abort failed: %s", FetchError().c_str());
+    DecRef(res);
+    DecRef(obj);
+}
+
+}  // namespace tec

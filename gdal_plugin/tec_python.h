@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+// Python host for the TEC GDAL driver.
+//
+// The plugin is NOT linked against libpython. At the first pixel access it finds a Python
+// interpreter at run time (see tec_python.cpp): the one already running in the process (python,
+// rasterio, osgeo, QGIS), promoted to RTLD_GLOBAL if needed, or the project venv's libpython,
+// dlopen'ed RTLD_GLOBAL and embedded. The Python C API is reached through dlsym'ed function
+// pointers (stable-ABI functions only), so no Python headers are needed to build the plugin.
+//
+// The only Python functions called live in `terracodec.gdal_bridge`; arguments and results are
+// primitive types (str, int, bytes, memoryview).
+#ifndef TEC_PYTHON_H_INCLUDED
+#define TEC_PYTHON_H_INCLUDED
+
+#include <cstddef>
+#include <string>
+
+namespace tec
+{
+
+// Decode one tile payload. `payload` is the raw tile bytes read from the container; on success
+// `dst` (exactly `nExpectedBytes` long) receives the tile as band-sequential little-endian pixels
+// (count, height, width). On failure returns false and sets `osError`.
+bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &osModel,
+                  int nCount, int nHeight, int nWidth, const std::string &osDType, void *dst,
+                  size_t nExpectedBytes, std::string &osError);
+
+// Streaming encoder (wraps terracodec.gdal_bridge.Encoder, itself wrapping terracodec.Writer).
+class PyEncoder
+{
+  public:
+    PyEncoder() = default;
+    ~PyEncoder();
+    PyEncoder(const PyEncoder &) = delete;
+    PyEncoder &operator=(const PyEncoder &) = delete;
+
+    // `osParamsJSON`: JSON object with the Writer arguments (see gdal_bridge.Encoder).
+    bool Open(const std::string &osParamsJSON, std::string &osError);
+    // A horizontal strip of `nRows` rows, band-sequential little-endian (count, nRows, width).
+    bool WriteRows(const void *data, size_t nBytes, int nRows, std::string &osError);
+    bool Close(std::string &osError);  // finish the file
+    void Abort();                      // drop everything, leave no file
+
+  private:
+    void *m_poObj = nullptr;  // PyObject*
+};
+
+// Diagnostic line for `CPL_DEBUG=TEC`: how Python was found ("host" / "embedded" + version).
+std::string PyHostDescription();
+
+}  // namespace tec
+
+#endif

@@ -1,0 +1,963 @@
+// SPDX-License-Identifier: Apache-2.0
+// GDAL raster driver "TEC" for TerraCodec (.tec) files.
+//
+// * Identify, Open, the JSON header, the tile index (with CRC32 checks), georeferencing, band
+//   descriptions, nodata and metadata are handled here in C++: gdalinfo never starts Python.
+// * Pixels: IReadBlock reads the tile payload through VSI, checks its CRC32 and hands it to the
+//   Python package (terracodec.gdal_bridge.decode_payload) which returns raw pixels. One tile
+//   holds every band, so a decoded tile fills the block cache of all bands at once.
+// * Overviews: power-of-two overview levels computed by the driver (nearest, pixel centres) from
+//   decoded full-resolution tiles, so -outsize / zoomed-out views never go through GDAL's
+//   generic full-resolution resampling. External .ovr files (gdaladdo -ro) take precedence.
+// * CreateCopy (no Create): the source is read in strips of whole tile rows and streamed to
+//   terracodec.gdal_bridge.Encoder (a terracodec.Writer), with progress and cancel.
+//
+// File layout: docs/FORMAT.md.
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cpl_json.h"
+#include "cpl_string.h"
+#include "cpl_vsi.h"
+#include "gdal_frmts.h"
+#include "gdal_pam.h"
+#include "gdal_priv.h"
+#include "ogr_spatialref.h"
+
+#include "tec_python.h"
+
+#define TEC_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace
+{
+
+constexpr GByte kMagic[8] = {0x89, 'T', 'E', 'C', '\r', '\n', 0x1a, '\n'};
+constexpr int kPrefixSize = 64;
+constexpr int kIndexEntrySize = 24;
+constexpr int kMaxBands = 13;
+
+// ---- little helpers ---------------------------------------------------------------------------
+uint32_t CRC32(const GByte *p, size_t n, uint32_t crc = 0)
+{
+    // zlib / PNG CRC-32 (reflected polynomial 0xEDB88320), table built on first use.
+    static uint32_t table[256];
+    static std::once_flag once;
+    std::call_once(once,
+                   []()
+                   {
+                       for (uint32_t i = 0; i < 256; ++i)
+                       {
+                           uint32_t c = i;
+                           for (int k = 0; k < 8; ++k)
+                               c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+                           table[i] = c;
+                       }
+                   });
+    crc = ~crc;
+    for (size_t i = 0; i < n; ++i)
+        crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+template <class T> T ReadLE(const GByte *p)
+{
+    T v;
+    memcpy(&v, p, sizeof(T));
+#if CPL_IS_LSB == 0
+    std::reverse(reinterpret_cast<GByte *>(&v), reinterpret_cast<GByte *>(&v) + sizeof(T));
+#endif
+    return v;
+}
+
+GDALDataType DataTypeFromName(const std::string &s)
+{
+    if (s == "uint8")
+        return GDT_Byte;
+    if (s == "int16")
+        return GDT_Int16;
+    if (s == "uint16")
+        return GDT_UInt16;
+    return GDT_Unknown;
+}
+
+const char *DataTypeName(GDALDataType e)
+{
+    switch (e)
+    {
+        case GDT_Byte:
+            return "uint8";
+        case GDT_Int16:
+            return "int16";
+        case GDT_UInt16:
+            return "uint16";
+        default:
+            return nullptr;
+    }
+}
+
+bool IsInt(const CPLJSONObject &o)
+{
+    return o.GetType() == CPLJSONObject::Type::Integer || o.GetType() == CPLJSONObject::Type::Long;
+}
+
+bool IsNumber(const CPLJSONObject &o)
+{
+    return IsInt(o) || o.GetType() == CPLJSONObject::Type::Double;
+}
+
+struct TileEntry
+{
+    uint64_t nOffset;
+    uint32_t nLength;
+    uint32_t nCRC;
+    uint16_t nKind;
+};
+
+}  // namespace
+
+class TECRasterBand;
+
+// ================================================================================================
+class TECDataset final : public GDALPamDataset
+{
+    friend class TECRasterBand;
+
+    // Shared by a base dataset and its overview datasets (they read tiles from the base).
+    VSILFILE *m_fp = nullptr;
+    std::mutex m_oFileMutex;
+    std::string m_osModel;
+    std::string m_osDType;
+    GDALDataType m_eDT = GDT_Unknown;
+    int m_nTileSize = 0;
+    int m_nTilesX = 0;
+    int m_nTilesY = 0;
+    std::vector<TileEntry> m_aoIndex;
+    bool m_bHaveGT = false;
+    double m_adfGT[6] = {0, 1, 0, 0, 0, 1};
+    OGRSpatialReference m_oSRS;
+    bool m_bHaveNoData = false;
+    double m_dfNoData = 0;
+
+    int m_nFactor = 1;                  // overview decimation (1 = full resolution)
+    TECDataset *m_poBase = nullptr;     // full-resolution dataset of an overview
+    std::vector<std::unique_ptr<TECDataset>> m_apoOverviews;
+
+    bool ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut);
+    bool DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vector<GByte> &abyOut);
+    CPLErr ReadBlock(int nBand, int nBX, int nBY, void *pImage);
+    void BuildOverviews();
+
+  public:
+    TECDataset() = default;
+    ~TECDataset() override;
+
+    CPLErr GetGeoTransform(double *padfGT) override;
+    const OGRSpatialReference *GetSpatialRef() const override;
+
+    static int Identify(GDALOpenInfo *poOpenInfo);
+    static GDALDataset *Open(GDALOpenInfo *poOpenInfo);
+    static GDALDataset *CreateCopy(const char *pszFilename, GDALDataset *poSrcDS, int bStrict,
+                                   char **papszOptions, GDALProgressFunc pfnProgress,
+                                   void *pProgressData);
+};
+
+// ================================================================================================
+class TECRasterBand final : public GDALPamRasterBand
+{
+    friend class TECDataset;
+
+  public:
+    TECRasterBand(TECDataset *poDS, int nBand);
+
+    CPLErr IReadBlock(int nBX, int nBY, void *pImage) override;
+    double GetNoDataValue(int *pbSuccess) override;
+    GDALColorInterp GetColorInterpretation() override { return GCI_Undefined; }
+    int GetOverviewCount() override;
+    GDALRasterBand *GetOverview(int i) override;
+};
+
+TECRasterBand::TECRasterBand(TECDataset *poDSIn, int nBandIn)
+{
+    poDS = poDSIn;
+    nBand = nBandIn;
+    eDataType = poDSIn->m_eDT;
+    nBlockXSize = poDSIn->m_nTileSize;
+    nBlockYSize = poDSIn->m_nTileSize;
+    nRasterXSize = poDSIn->GetRasterXSize();
+    nRasterYSize = poDSIn->GetRasterYSize();
+}
+
+CPLErr TECRasterBand::IReadBlock(int nBX, int nBY, void *pImage)
+{
+    return static_cast<TECDataset *>(poDS)->ReadBlock(nBand, nBX, nBY, pImage);
+}
+
+double TECRasterBand::GetNoDataValue(int *pbSuccess)
+{
+    auto *ds = static_cast<TECDataset *>(poDS);
+    if (ds->m_bHaveNoData)
+    {
+        if (pbSuccess)
+            *pbSuccess = TRUE;
+        return ds->m_dfNoData;
+    }
+    return GDALPamRasterBand::GetNoDataValue(pbSuccess);
+}
+
+int TECRasterBand::GetOverviewCount()
+{
+    // External overviews (.ovr made with gdaladdo -ro) win over the driver's own ones.
+    const int nExternal = GDALPamRasterBand::GetOverviewCount();
+    if (nExternal > 0)
+        return nExternal;
+    return static_cast<int>(static_cast<TECDataset *>(poDS)->m_apoOverviews.size());
+}
+
+GDALRasterBand *TECRasterBand::GetOverview(int i)
+{
+    if (GDALPamRasterBand::GetOverviewCount() > 0)
+        return GDALPamRasterBand::GetOverview(i);
+    auto *ds = static_cast<TECDataset *>(poDS);
+    if (i < 0 || i >= static_cast<int>(ds->m_apoOverviews.size()))
+        return nullptr;
+    return ds->m_apoOverviews[i]->GetRasterBand(nBand);
+}
+
+// ================================================================================================
+TECDataset::~TECDataset()
+{
+    if (!m_poBase)
+        GDALPamDataset::FlushCache(true);
+    m_apoOverviews.clear();
+    if (m_fp)
+        VSIFCloseL(m_fp);
+}
+
+CPLErr TECDataset::GetGeoTransform(double *padfGT)
+{
+    if (m_bHaveGT)
+    {
+        memcpy(padfGT, m_adfGT, sizeof(m_adfGT));
+        return CE_None;
+    }
+    return m_poBase ? CE_Failure : GDALPamDataset::GetGeoTransform(padfGT);
+}
+
+const OGRSpatialReference *TECDataset::GetSpatialRef() const
+{
+    if (!m_oSRS.IsEmpty())
+        return &m_oSRS;
+    return m_poBase ? nullptr : GDALPamDataset::GetSpatialRef();
+}
+
+int TECDataset::Identify(GDALOpenInfo *poOpenInfo)
+{
+    return poOpenInfo->nHeaderBytes >= kPrefixSize &&
+           memcmp(poOpenInfo->pabyHeader, kMagic, sizeof(kMagic)) == 0;
+}
+
+// Read one full-resolution tile (all bands, band-sequential, cropped edge size) and decode it.
+bool TECDataset::ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut)
+{
+    TECDataset *base = m_poBase ? m_poBase : this;
+    const size_t iTile = static_cast<size_t>(nTY) * base->m_nTilesX + nTX;  // date 0, level 0
+    const TileEntry &e = base->m_aoIndex[iTile];
+    const int T = base->m_nTileSize;
+    const int nW = std::min(T, base->nRasterXSize - nTX * T);
+    const int nH = std::min(T, base->nRasterYSize - nTY * T);
+    const char *pszName = CPLGetFilename(base->GetDescription());
+
+    std::vector<GByte> abyPayload;
+    try
+    {
+        abyPayload.resize(e.nLength);
+    }
+    catch (const std::bad_alloc &)
+    {
+        CPLError(CE_Failure, CPLE_OutOfMemory, "TEC: %s: tile (%d,%d): out of memory", pszName,
+                 nTX, nTY);
+        return false;
+    }
+    {
+        std::lock_guard<std::mutex> lock(base->m_oFileMutex);
+        if (VSIFSeekL(base->m_fp, e.nOffset, SEEK_SET) != 0 ||
+            VSIFReadL(abyPayload.data(), 1, e.nLength, base->m_fp) != e.nLength)
+        {
+            CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: tile (%d,%d): cannot read %u bytes at %llu",
+                     pszName, nTX, nTY, e.nLength, static_cast<unsigned long long>(e.nOffset));
+            return false;
+        }
+    }
+    if (CRC32(abyPayload.data(), abyPayload.size()) != e.nCRC)
+    {
+        CPLError(CE_Failure, CPLE_AppDefined,
+                 "TEC: %s: tile (%d,%d) [index %lu]: payload CRC32 mismatch (corrupt file)",
+                 pszName, nTX, nTY, static_cast<unsigned long>(iTile));
+        return false;
+    }
+    const int nDTSize = GDALGetDataTypeSizeBytes(base->m_eDT);
+    const size_t nBytes = static_cast<size_t>(base->nBands) * nW * nH * nDTSize;
+    abyOut.resize(nBytes);
+    std::string osErr;
+    if (!tec::PyDecodeTile(abyPayload.data(), abyPayload.size(), base->m_osModel, base->nBands,
+                           nH, nW, base->m_osDType, abyOut.data(), nBytes, osErr))
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: tile (%d,%d) [index %lu]: %s", pszName,
+                 nTX, nTY, static_cast<unsigned long>(iTile), osErr.c_str());
+        return false;
+    }
+#if CPL_IS_LSB == 0
+    GDALSwapWords(abyOut.data(), nDTSize, static_cast<int>(nBytes / nDTSize), nDTSize);
+#endif
+    return true;
+}
+
+// Pixels of block (nBX, nBY) of this (possibly overview) dataset for every band:
+// band-sequential, nW x nH (the valid part of the block).
+bool TECDataset::DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vector<GByte> &abyOut)
+{
+    if (m_nFactor == 1)
+        return ReadTile(nBX, nBY, abyOut);
+
+    TECDataset *base = m_poBase;
+    const int T = base->m_nTileSize;
+    const int f = m_nFactor;
+    const int nDTSize = GDALGetDataTypeSizeBytes(m_eDT);
+    // Nearest neighbour at pixel centres: overview pixel i <- full-resolution pixel i*f + f/2.
+    std::vector<int> anSX(nW), anSY(nH);
+    for (int i = 0; i < nW; ++i)
+        anSX[i] = std::min((nBX * T + i) * f + f / 2, base->nRasterXSize - 1);
+    for (int j = 0; j < nH; ++j)
+        anSY[j] = std::min((nBY * T + j) * f + f / 2, base->nRasterYSize - 1);
+    abyOut.assign(static_cast<size_t>(nBands) * nW * nH * nDTSize, 0);
+
+    std::vector<GByte> abyTile;
+    const int nTY0 = anSY.front() / T, nTY1 = anSY.back() / T;
+    const int nTX0 = anSX.front() / T, nTX1 = anSX.back() / T;
+    for (int ty = nTY0; ty <= nTY1; ++ty)
+    {
+        for (int tx = nTX0; tx <= nTX1; ++tx)
+        {
+            if (!ReadTile(tx, ty, abyTile))
+                return false;
+            const int tw = std::min(T, base->nRasterXSize - tx * T);
+            const int th = std::min(T, base->nRasterYSize - ty * T);
+            for (int b = 0; b < nBands; ++b)
+            {
+                const GByte *src = abyTile.data() + static_cast<size_t>(b) * tw * th * nDTSize;
+                GByte *dst = abyOut.data() + static_cast<size_t>(b) * nW * nH * nDTSize;
+                for (int j = 0; j < nH; ++j)
+                {
+                    if (anSY[j] / T != ty)
+                        continue;
+                    const GByte *srow = src + static_cast<size_t>(anSY[j] - ty * T) * tw * nDTSize;
+                    GByte *drow = dst + static_cast<size_t>(j) * nW * nDTSize;
+                    for (int i = 0; i < nW; ++i)
+                    {
+                        if (anSX[i] / T != tx)
+                            continue;
+                        memcpy(drow + i * nDTSize, srow + (anSX[i] - tx * T) * nDTSize, nDTSize);
+                    }
+                }
+            }
+        }
+    }
+    return true;
+}
+
+CPLErr TECDataset::ReadBlock(int nBand, int nBX, int nBY, void *pImage)
+{
+    const int T = m_nTileSize;
+    const int nW = std::min(T, nRasterXSize - nBX * T);
+    const int nH = std::min(T, nRasterYSize - nBY * T);
+    const int nDTSize = GDALGetDataTypeSizeBytes(m_eDT);
+    std::vector<GByte> abyAll;
+    if (!DecodeBlockAllBands(nBX, nBY, nW, nH, abyAll))
+        return CE_Failure;
+
+    auto fill = [&](int b, void *pDst)
+    {
+        GByte *dst = static_cast<GByte *>(pDst);
+        const GByte *src = abyAll.data() + static_cast<size_t>(b - 1) * nW * nH * nDTSize;
+        if (nW != T || nH != T)
+            memset(dst, 0, static_cast<size_t>(T) * T * nDTSize);
+        for (int j = 0; j < nH; ++j)
+            memcpy(dst + static_cast<size_t>(j) * T * nDTSize,
+                   src + static_cast<size_t>(j) * nW * nDTSize, static_cast<size_t>(nW) * nDTSize);
+    };
+    fill(nBand, pImage);
+    // The tile held every band: put the other bands into the block cache too, so that reading
+    // band 2..N of this block does not decode the tile again.
+    for (int b = 1; b <= nBands; ++b)
+    {
+        if (b == nBand)
+            continue;
+        GDALRasterBand *poOther = GetRasterBand(b);
+        GDALRasterBlock *poBlock = poOther->TryGetLockedBlockRef(nBX, nBY);
+        if (poBlock)
+        {
+            poBlock->DropLock();
+            continue;
+        }
+        poBlock = poOther->GetLockedBlockRef(nBX, nBY, TRUE);
+        if (!poBlock)
+            continue;
+        fill(b, poBlock->GetDataRef());
+        poBlock->DropLock();
+    }
+    return CE_None;
+}
+
+void TECDataset::BuildOverviews()
+{
+    // Power-of-two levels until the overview fits in one tile.
+    for (int f = 2;; f *= 2)
+    {
+        const int nW = (nRasterXSize + f - 1) / f;
+        const int nH = (nRasterYSize + f - 1) / f;
+        if (nW < 1 || nH < 1)
+            break;
+        const int nPrevW = (nRasterXSize + f / 2 - 1) / (f / 2);
+        const int nPrevH = (nRasterYSize + f / 2 - 1) / (f / 2);
+        if (std::max(nPrevW, nPrevH) <= m_nTileSize)
+            break;
+        auto poOv = std::make_unique<TECDataset>();
+        poOv->m_poBase = this;
+        poOv->m_nFactor = f;
+        poOv->nRasterXSize = nW;
+        poOv->nRasterYSize = nH;
+        poOv->m_eDT = m_eDT;
+        poOv->m_osDType = m_osDType;
+        poOv->m_nTileSize = m_nTileSize;
+        poOv->m_bHaveNoData = m_bHaveNoData;
+        poOv->m_dfNoData = m_dfNoData;
+        poOv->nPamFlags |= GPF_DISABLED;
+        poOv->eAccess = GA_ReadOnly;
+        for (int b = 1; b <= nBands; ++b)
+            poOv->SetBand(b, new TECRasterBand(poOv.get(), b));
+        m_apoOverviews.push_back(std::move(poOv));
+    }
+}
+
+GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
+{
+    if (!Identify(poOpenInfo) || poOpenInfo->fpL == nullptr)
+        return nullptr;
+    const char *pszName = CPLGetFilename(poOpenInfo->pszFilename);
+    if (poOpenInfo->eAccess == GA_Update)
+    {
+        CPLError(CE_Failure, CPLE_NotSupported,
+                 "TEC: %s: the TEC driver does not support update access to existing files "
+                 "(use CreateCopy; for gdaladdo use -ro to build external overviews)",
+                 pszName);
+        return nullptr;
+    }
+    const GByte *p = poOpenInfo->pabyHeader;
+    const uint16_t nMajor = ReadLE<uint16_t>(p + 8);
+    const uint16_t nMinor = ReadLE<uint16_t>(p + 10);
+    if (ReadLE<uint32_t>(p + 60) != CRC32(p, 60))
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: prefix CRC32 mismatch (corrupt file)",
+                 pszName);
+        return nullptr;
+    }
+    if (nMajor != 1)
+    {
+        CPLError(CE_Failure, CPLE_NotSupported,
+                 "TEC: %s: format version %u.%u is not supported (this driver reads 1.x)", pszName,
+                 nMajor, nMinor);
+        return nullptr;
+    }
+    const uint64_t nHeaderOff = ReadLE<uint64_t>(p + 16);
+    const uint32_t nHeaderLen = ReadLE<uint32_t>(p + 24);
+    const uint32_t nHeaderCRC = ReadLE<uint32_t>(p + 28);
+    const uint64_t nIndexOff = ReadLE<uint64_t>(p + 32);
+    const uint32_t nIndexCount = ReadLE<uint32_t>(p + 40);
+    const uint32_t nIndexCRC = ReadLE<uint32_t>(p + 44);
+
+    VSILFILE *fp = poOpenInfo->fpL;
+    if (VSIFSeekL(fp, 0, SEEK_END) != 0)
+        return nullptr;
+    const uint64_t nFileSize = VSIFTellL(fp);
+    const uint64_t nIndexBytes = static_cast<uint64_t>(nIndexCount) * kIndexEntrySize;
+    if (nHeaderOff < kPrefixSize || nHeaderLen == 0 || nHeaderOff + nHeaderLen > nFileSize ||
+        nHeaderLen > 64 * 1024 * 1024)
+    {
+        CPLError(CE_Failure, CPLE_FileIO,
+                 "TEC: %s: file truncated or corrupt (header at %llu, %u bytes; file is %llu "
+                 "bytes)",
+                 pszName, static_cast<unsigned long long>(nHeaderOff), nHeaderLen,
+                 static_cast<unsigned long long>(nFileSize));
+        return nullptr;
+    }
+    if (nIndexOff < kPrefixSize || nIndexOff + nIndexBytes > nFileSize)
+    {
+        CPLError(CE_Failure, CPLE_FileIO,
+                 "TEC: %s: file truncated or corrupt (tile index at %llu, %u entries; file is "
+                 "%llu bytes)",
+                 pszName, static_cast<unsigned long long>(nIndexOff), nIndexCount,
+                 static_cast<unsigned long long>(nFileSize));
+        return nullptr;
+    }
+
+    // ---- header --------------------------------------------------------------------------------
+    std::vector<GByte> abyHeader(nHeaderLen + 1, 0);
+    if (VSIFSeekL(fp, nHeaderOff, SEEK_SET) != 0 ||
+        VSIFReadL(abyHeader.data(), 1, nHeaderLen, fp) != nHeaderLen)
+    {
+        CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: cannot read the header", pszName);
+        return nullptr;
+    }
+    if (CRC32(abyHeader.data(), nHeaderLen) != nHeaderCRC)
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: header CRC32 mismatch (corrupt file)",
+                 pszName);
+        return nullptr;
+    }
+    CPLJSONDocument oDoc;
+    {
+        CPLErrorStateBackuper oBackuper;
+        CPLPushErrorHandler(CPLQuietErrorHandler);
+        const bool bOK = oDoc.LoadMemory(abyHeader.data(), static_cast<int>(nHeaderLen));
+        CPLPopErrorHandler();
+        if (!bOK || oDoc.GetRoot().GetType() != CPLJSONObject::Type::Object)
+        {
+            CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: header is not a valid JSON object",
+                     pszName);
+            return nullptr;
+        }
+    }
+    const CPLJSONObject oRoot = oDoc.GetRoot();
+    auto bad = [pszName](const char *what)
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: invalid header: %s", pszName, what);
+        return nullptr;
+    };
+    for (const char *key : {"width", "height", "count", "tile_size", "tiles_x", "tiles_y"})
+        if (!IsInt(oRoot.GetObj(key)))
+            return bad(CPLSPrintf("'%s' missing or not an integer", key));
+    const GInt64 nWidth = oRoot.GetLong("width"), nHeight = oRoot.GetLong("height");
+    const GInt64 nCount = oRoot.GetLong("count"), nTile = oRoot.GetLong("tile_size");
+    if (nWidth < 1 || nHeight < 1 || nWidth > INT_MAX || nHeight > INT_MAX)
+        return bad("bad width/height");
+    if (nCount < 1 || nCount > kMaxBands)
+        return bad("count must be 1..13");
+    if (nTile < 1 || nTile > 65535)
+        return bad("bad tile_size");
+    const GInt64 nTilesX = (nWidth + nTile - 1) / nTile, nTilesY = (nHeight + nTile - 1) / nTile;
+    if (oRoot.GetLong("tiles_x") != nTilesX || oRoot.GetLong("tiles_y") != nTilesY)
+        return bad("tiles_x/tiles_y do not match width/height/tile_size");
+    const std::string osDType = oRoot.GetString("dtype");
+    const GDALDataType eDT = DataTypeFromName(osDType);
+    if (eDT == GDT_Unknown)
+        return bad(CPLSPrintf("unsupported dtype '%s'", osDType.c_str()));
+    const CPLJSONArray oBands = oRoot.GetArray("bands");
+    if (!oBands.IsValid() || oBands.Size() != nCount)
+        return bad("'bands' must list one name per band");
+    GInt64 nDates = 1, nLevels = 1;
+    if (oRoot.GetObj("dates").GetType() == CPLJSONObject::Type::Array)
+        nDates = std::max(1, oRoot.GetArray("dates").Size());
+    if (IsInt(oRoot.GetObj("levels")))
+        nLevels = oRoot.GetLong("levels");
+    if (nLevels < 1)
+        return bad("levels must be >= 1");
+    if (static_cast<GInt64>(nIndexCount) != nDates * nLevels * nTilesX * nTilesY)
+        return bad(CPLSPrintf("index has %u entries, expected %lld", nIndexCount,
+                              static_cast<long long>(nDates * nLevels * nTilesX * nTilesY)));
+
+    // ---- tile index ------------------------------------------------------------------------------
+    std::vector<GByte> abyIndex(static_cast<size_t>(nIndexBytes));
+    if (VSIFSeekL(fp, nIndexOff, SEEK_SET) != 0 ||
+        VSIFReadL(abyIndex.data(), 1, abyIndex.size(), fp) != abyIndex.size())
+    {
+        CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: cannot read the tile index", pszName);
+        return nullptr;
+    }
+    if (CRC32(abyIndex.data(), abyIndex.size()) != nIndexCRC)
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: tile index CRC32 mismatch (corrupt file)",
+                 pszName);
+        return nullptr;
+    }
+    auto poDS = std::make_unique<TECDataset>();
+    poDS->m_aoIndex.resize(nIndexCount);
+    for (uint32_t i = 0; i < nIndexCount; ++i)
+    {
+        const GByte *e = abyIndex.data() + static_cast<size_t>(i) * kIndexEntrySize;
+        TileEntry &t = poDS->m_aoIndex[i];
+        t.nOffset = ReadLE<uint64_t>(e);
+        t.nLength = ReadLE<uint32_t>(e + 8);
+        t.nCRC = ReadLE<uint32_t>(e + 12);
+        t.nKind = ReadLE<uint16_t>(e + 16);
+        if (t.nOffset < kPrefixSize || t.nOffset + t.nLength > nFileSize)
+        {
+            CPLError(CE_Failure, CPLE_FileIO,
+                     "TEC: %s: file truncated (tile %u lies beyond the end of the file)", pszName,
+                     i);
+            return nullptr;
+        }
+    }
+
+    // ---- dataset -----------------------------------------------------------------------------------
+    poDS->nRasterXSize = static_cast<int>(nWidth);
+    poDS->nRasterYSize = static_cast<int>(nHeight);
+    poDS->eAccess = GA_ReadOnly;
+    poDS->m_eDT = eDT;
+    poDS->m_osDType = osDType;
+    poDS->m_nTileSize = static_cast<int>(nTile);
+    poDS->m_nTilesX = static_cast<int>(nTilesX);
+    poDS->m_nTilesY = static_cast<int>(nTilesY);
+    const CPLJSONObject oModel = oRoot.GetObj("model");
+    poDS->m_osModel = oModel.GetType() == CPLJSONObject::Type::Object ? oModel.GetString("name")
+                                                                      : std::string();
+
+    const CPLJSONObject oGT = oRoot.GetObj("geotransform");
+    if (oGT.GetType() == CPLJSONObject::Type::Array)
+    {
+        const CPLJSONArray aGT = oRoot.GetArray("geotransform");
+        if (aGT.Size() != 6)
+            return bad("geotransform must have 6 numbers");
+        for (int i = 0; i < 6; ++i)
+        {
+            if (!IsNumber(aGT[i]))
+                return bad("geotransform must have 6 numbers");
+            poDS->m_adfGT[i] = aGT[i].ToDouble();
+        }
+        poDS->m_bHaveGT = true;
+    }
+    const CPLJSONObject oWKT = oRoot.GetObj("crs_wkt");
+    if (oWKT.GetType() == CPLJSONObject::Type::String && !oWKT.ToString().empty())
+    {
+        poDS->m_oSRS.SetAxisMappingStrategy(OAMS_TRADITIONAL_GIS_ORDER);
+        if (poDS->m_oSRS.importFromWkt(oWKT.ToString().c_str()) != OGRERR_NONE)
+        {
+            CPLError(CE_Warning, CPLE_AppDefined, "TEC: %s: cannot parse crs_wkt; CRS ignored",
+                     pszName);
+            poDS->m_oSRS.Clear();
+        }
+    }
+    const CPLJSONObject oNoData = oRoot.GetObj("nodata");
+    if (IsNumber(oNoData))
+    {
+        poDS->m_bHaveNoData = true;
+        poDS->m_dfNoData = oNoData.ToDouble();
+    }
+
+    // Metadata (set through GDALMajorObject so that PAM does not write an .aux.xml for it).
+    const CPLJSONObject oMeta = oRoot.GetObj("metadata");
+    if (oMeta.GetType() == CPLJSONObject::Type::Object)
+        for (const auto &oItem : oMeta.GetChildren())
+            poDS->GDALMajorObject::SetMetadataItem(oItem.GetName().c_str(),
+                                                   oItem.ToString().c_str());
+    poDS->GDALMajorObject::SetMetadataItem("COMPRESSION", "TEC", "IMAGE_STRUCTURE");
+    poDS->GDALMajorObject::SetMetadataItem("INTERLEAVE", "PIXEL", "IMAGE_STRUCTURE");
+    poDS->GDALMajorObject::SetMetadataItem("FORMAT_VERSION", CPLSPrintf("%u.%u", nMajor, nMinor),
+                                           "TEC");
+    if (oModel.GetType() == CPLJSONObject::Type::Object)
+    {
+        poDS->GDALMajorObject::SetMetadataItem("MODEL", oModel.GetString("name").c_str(), "TEC");
+        poDS->GDALMajorObject::SetMetadataItem("MODEL_SHA256", oModel.GetString("sha256").c_str(),
+                                               "TEC");
+    }
+    if (IsInt(oRoot.GetObj("quality")))
+        poDS->GDALMajorObject::SetMetadataItem(
+            "QUALITY", CPLSPrintf("%d", oRoot.GetInteger("quality")), "TEC");
+    const CPLJSONObject oStats = oRoot.GetObj("stats");
+    if (oStats.GetType() == CPLJSONObject::Type::Object)
+    {
+        if (IsNumber(oStats.GetObj("compression_ratio")))
+            poDS->GDALMajorObject::SetMetadataItem(
+                "COMPRESSION_RATIO", CPLSPrintf("%.3f", oStats.GetDouble("compression_ratio")),
+                "TEC");
+        if (IsInt(oStats.GetObj("fallback_tiles")))
+            poDS->GDALMajorObject::SetMetadataItem(
+                "FALLBACK_TILES", CPLSPrintf("%d", oStats.GetInteger("fallback_tiles")), "TEC");
+    }
+    if (oRoot.GetObj("created_by").GetType() == CPLJSONObject::Type::String)
+        poDS->GDALMajorObject::SetMetadataItem("CREATED_BY",
+                                               oRoot.GetString("created_by").c_str(), "TEC");
+    poDS->GDALMajorObject::SetMetadataItem("TILE_SIZE", CPLSPrintf("%d", poDS->m_nTileSize),
+                                           "TEC");
+    poDS->GDALMajorObject::SetMetadataItem("DATES", CPLSPrintf("%lld", static_cast<long long>(nDates)),
+                                           "TEC");
+
+    for (int b = 1; b <= static_cast<int>(nCount); ++b)
+    {
+        auto *poBand = new TECRasterBand(poDS.get(), b);
+        poBand->GDALMajorObject::SetDescription(oBands[b - 1].ToString().c_str());
+        poDS->SetBand(b, poBand);
+    }
+
+    poDS->m_fp = fp;
+    poOpenInfo->fpL = nullptr;  // the dataset owns it now
+    poDS->BuildOverviews();
+    poDS->SetDescription(poOpenInfo->pszFilename);
+    poDS->TryLoadXML(poOpenInfo->GetSiblingFiles());
+    poDS->oOvManager.Initialize(poDS.get(), poOpenInfo->pszFilename,
+                                poOpenInfo->GetSiblingFiles());
+    return poDS.release();
+}
+
+// ================================================================================================
+// CreateCopy
+// ================================================================================================
+GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcDS, int /*bStrict*/,
+                                    char **papszOptions, GDALProgressFunc pfnProgress,
+                                    void *pProgressData)
+{
+    if (!pfnProgress)
+        pfnProgress = GDALDummyProgress;
+    const int nBands = poSrcDS->GetRasterCount();
+    const int nW = poSrcDS->GetRasterXSize(), nH = poSrcDS->GetRasterYSize();
+    if (nBands < 1 || nBands > kMaxBands)
+    {
+        CPLError(CE_Failure, CPLE_NotSupported,
+                 "TEC: %d bands; TEC stores 1 to %d Sentinel-2 bands", nBands, kMaxBands);
+        return nullptr;
+    }
+    const GDALDataType eDT = poSrcDS->GetRasterBand(1)->GetRasterDataType();
+    for (int b = 1; b <= nBands; ++b)
+    {
+        GDALRasterBand *poBand = poSrcDS->GetRasterBand(b);
+        const GDALDataType e = poBand->GetRasterDataType();
+        const char *pszPixelType = poBand->GetMetadataItem("PIXELTYPE", "IMAGE_STRUCTURE");
+        if (DataTypeName(e) == nullptr || (pszPixelType && EQUAL(pszPixelType, "SIGNEDBYTE")))
+        {
+            CPLError(CE_Failure, CPLE_NotSupported,
+                     "TEC: data type %s (band %d) is not supported; TEC codes Byte (uint8), "
+                     "Int16 and UInt16",
+                     pszPixelType ? "signed Byte" : GDALGetDataTypeName(e), b);
+            return nullptr;
+        }
+        if (e != eDT)
+        {
+            CPLError(CE_Failure, CPLE_NotSupported,
+                     "TEC: all bands must have the same data type (band 1 is %s, band %d is %s)",
+                     GDALGetDataTypeName(eDT), b, GDALGetDataTypeName(e));
+            return nullptr;
+        }
+    }
+    if (STARTS_WITH(pszFilename, "/vsi"))
+    {
+        CPLError(CE_Failure, CPLE_NotSupported,
+                 "TEC: writing to GDAL virtual file systems (%s) is not supported", pszFilename);
+        return nullptr;
+    }
+
+    // ---- options ---------------------------------------------------------------------------------
+    const char *pszQuality = CSLFetchNameValueDef(papszOptions, "QUALITY", "5");
+    const int nQuality = atoi(pszQuality);
+    if (nQuality < 1 || nQuality > 8 || CPLGetValueType(pszQuality) != CPL_VALUE_INTEGER)
+    {
+        CPLError(CE_Failure, CPLE_IllegalArg, "TEC: QUALITY=%s: expected an integer 1..8",
+                 pszQuality);
+        return nullptr;
+    }
+    const char *pszBlock = CSLFetchNameValue(papszOptions, "BLOCKSIZE");
+    const char *pszBX = CSLFetchNameValue(papszOptions, "BLOCKXSIZE");
+    const char *pszBY = CSLFetchNameValue(papszOptions, "BLOCKYSIZE");
+    if (!pszBlock && (pszBX || pszBY))
+    {
+        if (pszBX && pszBY && atoi(pszBX) != atoi(pszBY))
+        {
+            CPLError(CE_Failure, CPLE_IllegalArg,
+                     "TEC: tiles are square: BLOCKXSIZE (%s) must equal BLOCKYSIZE (%s)", pszBX,
+                     pszBY);
+            return nullptr;
+        }
+        pszBlock = pszBX ? pszBX : pszBY;
+    }
+    const int nTile = pszBlock ? atoi(pszBlock) : 256;
+    if (nTile < 16 || nTile > 4096)
+    {
+        CPLError(CE_Failure, CPLE_IllegalArg, "TEC: BLOCKSIZE=%s: expected 16..4096",
+                 pszBlock ? pszBlock : "");
+        return nullptr;
+    }
+
+    // ---- encoder parameters (JSON, read by terracodec.gdal_bridge.Encoder) ----------------------
+    CPLJSONObject oParams;
+    oParams.Add("path", pszFilename);
+    oParams.Add("width", nW);
+    oParams.Add("height", nH);
+    oParams.Add("count", nBands);
+    oParams.Add("dtype", DataTypeName(eDT));
+    oParams.Add("quality", nQuality);
+    oParams.Add("tile_size", nTile);
+    if (const char *pszModel = CSLFetchNameValue(papszOptions, "MODEL"))
+        oParams.Add("model", pszModel);
+    else
+        oParams.AddNull("model");
+    if (const char *pszThreads = CSLFetchNameValue(papszOptions, "NUM_THREADS"))
+        oParams.Add("num_threads", pszThreads);
+    // Band names: BANDS option, else the source's band descriptions, else the package default.
+    if (const char *pszBands = CSLFetchNameValue(papszOptions, "BANDS"))
+        oParams.Add("bands", pszBands);
+    else
+    {
+        CPLJSONArray oBandNames;
+        int nNamed = 0;
+        for (int b = 1; b <= nBands; ++b)
+        {
+            const char *pszDesc = poSrcDS->GetRasterBand(b)->GetDescription();
+            oBandNames.Add(pszDesc ? pszDesc : "");
+            if (pszDesc && pszDesc[0])
+                ++nNamed;
+        }
+        if (nNamed > 0)
+            oParams.Add("bands", oBandNames);
+        else
+            oParams.AddNull("bands");
+    }
+    int bHasNoData = FALSE;
+    const double dfNoData = poSrcDS->GetRasterBand(1)->GetNoDataValue(&bHasNoData);
+    if (bHasNoData)
+        oParams.Add("nodata", dfNoData);
+    else
+        oParams.AddNull("nodata");
+    double adfGT[6];
+    if (poSrcDS->GetGeoTransform(adfGT) == CE_None)
+    {
+        CPLJSONArray oGT;
+        for (double v : adfGT)
+            oGT.Add(v);
+        oParams.Add("geotransform", oGT);
+    }
+    else
+        oParams.AddNull("geotransform");
+    const OGRSpatialReference *poSRS = poSrcDS->GetSpatialRef();
+    char *pszWKT = nullptr;
+    if (poSRS && !poSRS->IsEmpty())
+    {
+        const char *const apszWktOpts[] = {"FORMAT=WKT2_2019", nullptr};
+        poSRS->exportToWkt(&pszWKT, apszWktOpts);
+    }
+    if (pszWKT && pszWKT[0])
+        oParams.Add("crs_wkt", pszWKT);
+    else
+        oParams.AddNull("crs_wkt");
+    CPLFree(pszWKT);
+    CPLJSONObject oMeta;
+    for (CSLConstList papszIter = poSrcDS->GetMetadata(); papszIter && *papszIter; ++papszIter)
+    {
+        char *pszKey = nullptr;
+        const char *pszValue = CPLParseNameValue(*papszIter, &pszKey);
+        if (pszKey && pszValue)
+            oMeta.Add(pszKey, pszValue);
+        CPLFree(pszKey);
+    }
+    oParams.Add("metadata", oMeta);
+
+    if (!pfnProgress(0.0, nullptr, pProgressData))
+    {
+        CPLError(CE_Failure, CPLE_UserInterrupt, "TEC: interrupted by the user");
+        return nullptr;
+    }
+
+    // ---- stream strips of whole tile rows --------------------------------------------------------
+    tec::PyEncoder oEncoder;
+    std::string osErr;
+    if (!oEncoder.Open(oParams.Format(CPLJSONObject::PrettyFormat::Plain), osErr))
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: cannot start the encoder for %s: %s",
+                 pszFilename, osErr.c_str());
+        return nullptr;
+    }
+    const int nDTSize = GDALGetDataTypeSizeBytes(eDT);
+    std::vector<GByte> abyStrip;
+    try
+    {
+        abyStrip.resize(static_cast<size_t>(nBands) * nTile * nW * nDTSize);
+    }
+    catch (const std::bad_alloc &)
+    {
+        CPLError(CE_Failure, CPLE_OutOfMemory, "TEC: out of memory for a %d-row strip", nTile);
+        oEncoder.Abort();
+        return nullptr;
+    }
+    for (int y = 0; y < nH; y += nTile)
+    {
+        const int nRows = std::min(nTile, nH - y);
+        const GSpacing nLine = static_cast<GSpacing>(nW) * nDTSize;
+        if (poSrcDS->RasterIO(GF_Read, 0, y, nW, nRows, abyStrip.data(), nW, nRows, eDT, nBands,
+                              nullptr, nDTSize, nLine, nLine * nRows, nullptr) != CE_None)
+        {
+            oEncoder.Abort();
+            return nullptr;  // the source reported the error
+        }
+        const size_t nBytes = static_cast<size_t>(nBands) * nRows * nW * nDTSize;
+#if CPL_IS_LSB == 0
+        GDALSwapWords(abyStrip.data(), nDTSize, static_cast<int>(nBytes / nDTSize), nDTSize);
+#endif
+        if (!oEncoder.WriteRows(abyStrip.data(), nBytes, nRows, osErr))
+        {
+            CPLError(CE_Failure, CPLE_AppDefined, "TEC: encoding rows %d-%d of %s failed: %s", y,
+                     y + nRows - 1, pszFilename, osErr.c_str());
+            oEncoder.Abort();
+            return nullptr;
+        }
+        if (!pfnProgress(static_cast<double>(y + nRows) / nH, nullptr, pProgressData))
+        {
+            oEncoder.Abort();
+            CPLError(CE_Failure, CPLE_UserInterrupt, "TEC: interrupted by the user");
+            return nullptr;
+        }
+    }
+    if (!oEncoder.Close(osErr))
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: cannot finish %s: %s", pszFilename,
+                 osErr.c_str());
+        return nullptr;
+    }
+    pfnProgress(1.0, nullptr, pProgressData);
+
+    GDALOpenInfo oOpenInfo(pszFilename, GA_ReadOnly);
+    return Open(&oOpenInfo);
+}
+
+// ================================================================================================
+TEC_EXPORT void GDALRegister_TEC()
+{
+    if (!GDAL_CHECK_VERSION("TEC driver"))
+        return;
+    if (GDALGetDriverByName("TEC") != nullptr)
+        return;
+
+    auto *poDriver = new GDALDriver();
+    poDriver->SetDescription("TEC");
+    poDriver->SetMetadataItem(GDAL_DCAP_RASTER, "YES");
+    poDriver->SetMetadataItem(GDAL_DMD_LONGNAME, "TerraCodec learned compression (Sentinel-2)");
+    poDriver->SetMetadataItem(GDAL_DMD_EXTENSION, "tec");
+    poDriver->SetMetadataItem(GDAL_DMD_CREATIONDATATYPES, "Byte Int16 UInt16");
+    poDriver->SetMetadataItem(GDAL_DCAP_VIRTUALIO, "YES");
+    poDriver->SetMetadataItem(
+        GDAL_DMD_CREATIONOPTIONLIST,
+        "<CreationOptionList>"
+        "  <Option name='QUALITY' type='int' min='1' max='8' default='5' "
+        "description='Quality level, 1 (smallest) to 8 (best)'/>"
+        "  <Option name='MODEL' type='string' "
+        "description='Codec model name (default: the package default model)'/>"
+        "  <Option name='BLOCKSIZE' type='int' min='16' max='4096' default='256' "
+        "description='Tile width and height in pixels'/>"
+        "  <Option name='BLOCKXSIZE' type='int' description='Alias of BLOCKSIZE (must equal "
+        "BLOCKYSIZE)'/>"
+        "  <Option name='BLOCKYSIZE' type='int' description='Alias of BLOCKSIZE (must equal "
+        "BLOCKXSIZE)'/>"
+        "  <Option name='BANDS' type='string' description='Comma-separated Sentinel-2 band "
+        "names (e.g. B02,B03,B04,B08), used when the source bands have no descriptions'/>"
+        "  <Option name='NUM_THREADS' type='string' "
+        "description='Number of encoder threads, or ALL_CPUS'/>"
+        "  <Option name='TILED' type='boolean' description='Ignored: TEC is always tiled'/>"
+        "  <Option name='INTERLEAVE' type='string' description='Ignored'/>"
+        "</CreationOptionList>");
+    poDriver->pfnIdentify = TECDataset::Identify;
+    poDriver->pfnOpen = TECDataset::Open;
+    poDriver->pfnCreateCopy = TECDataset::CreateCopy;
+    GetGDALDriverManager()->RegisterDriver(poDriver);
+}
