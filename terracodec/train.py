@@ -154,7 +154,7 @@ def train(args) -> None:
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=args.lr)
-    aux_opt = torch.optim.Adam(aux_params, lr=5e-3)
+    aux_opt = torch.optim.Adam(aux_params, lr=args.aux_lr)
     step, elapsed = 0, 0.0
     ckpt_path = out / "last.pt"
     if ckpt_path.exists() and not args.fresh:
@@ -162,6 +162,8 @@ def train(args) -> None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         aux_opt.load_state_dict(ck["aux_opt"])
+        for g in aux_opt.param_groups:
+            g["lr"] = args.aux_lr
         step, elapsed = ck["step"], ck["elapsed"]
         log.info("resumed from %s at step %d (%.1f min)", ckpt_path, step, elapsed / 60)
     sampler = CropSampler(list_split_images(Path(args.data), "train"), seed=args.seed + step)
@@ -278,6 +280,7 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=80)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--aux-lr", type=float, default=2e-2, help="learning rate of the entropy bottlenecks' quantiles")
     p.add_argument("--N", type=int, default=64)
     p.add_argument("--M", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
