@@ -258,7 +258,8 @@ const OGRSpatialReference *TECDataset::GetSpatialRef() const
 
 int TECDataset::Identify(GDALOpenInfo *poOpenInfo)
 {
-    return poOpenInfo->nHeaderBytes >= kPrefixSize &&
+    // Magic only (GDAL calls Identify for every file it opens): never starts Python.
+    return poOpenInfo->nHeaderBytes >= static_cast<int>(sizeof(kMagic)) &&
            memcmp(poOpenInfo->pabyHeader, kMagic, sizeof(kMagic)) == 0;
 }
 
@@ -328,6 +329,7 @@ bool TECDataset::DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vect
     TECDataset *base = m_poBase;
     const int T = base->m_nTileSize;
     const int f = m_nFactor;
+    CPLDebug("TEC", "overview 1/%d: block (%d,%d) from full-resolution tiles", f, nBX, nBY);
     const int nDTSize = GDALGetDataTypeSizeBytes(m_eDT);
     // Nearest neighbour at pixel centres: overview pixel i <- full-resolution pixel i*f + f/2.
     std::vector<int> anSX(nW), anSY(nH);
@@ -456,6 +458,12 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
                  "TEC: %s: the TEC driver does not support update access to existing files "
                  "(use CreateCopy; for gdaladdo use -ro to build external overviews)",
                  pszName);
+        return nullptr;
+    }
+    if (poOpenInfo->nHeaderBytes < kPrefixSize)
+    {
+        CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: file truncated (%d bytes, shorter than the "
+                 "64-byte prefix)", pszName, poOpenInfo->nHeaderBytes);
         return nullptr;
     }
     const GByte *p = poOpenInfo->pabyHeader;
