@@ -1,0 +1,365 @@
+# SPDX-License-Identifier: Apache-2.0
+"""GDAL driver plugin `TEC`: gdal tools, rasterio and osgeo against the Python API.
+
+Needs the GDAL command line tools and the installed plugin (`make -C gdal_plugin install`);
+skipped with a reason otherwise. Every GDAL/rasterio/osgeo call runs in a subprocess with
+GDAL_DRIVER_PATH set, so a crash would show as a failed test, not a dead pytest.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN_DIR = Path(os.environ.get("TEC_GDAL_PLUGIN_DIR", Path(sys.prefix) / "lib" / "gdalplugins"))
+if not (PLUGIN_DIR / "gdal_TEC.so").exists():
+    PLUGIN_DIR = REPO / ".venv" / "lib" / "gdalplugins"
+
+SOURCES = [
+    *sorted(glob.glob(str(REPO / "tests" / "data" / "**" / "*durban*.tif"), recursive=True)),
+    str(REPO.parent / "shared" / "data" / "s2l2a" / "oceanecowatch_durban_2019-04-24.tif"),
+    *sorted(glob.glob(str(REPO / "tests" / "data" / "**" / "*.tif"), recursive=True)),
+    *sorted(glob.glob(str(REPO.parent / "shared" / "data" / "s2l2a" / "*.tif"))),
+]
+CROP = (100, 120, 300, 260)      # xoff yoff xsize ysize: 3x3 tiles of 128, cropped edge tiles
+TILE = 128
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("gdalinfo") is None or shutil.which("gdal_translate") is None,
+                       reason="GDAL command line tools (gdal-bin) not installed"),
+    pytest.mark.skipif(not (PLUGIN_DIR / "gdal_TEC.so").exists(),
+                       reason=f"TEC plugin not built: run `make -C gdal_plugin install` ({PLUGIN_DIR})"),
+]
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env["GDAL_DRIVER_PATH"] = str(PLUGIN_DIR)
+    env.pop("CPL_DEBUG", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(*args, check=True, **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=_env(**env),
+                          timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_python(code: str, *args) -> dict:
+    """Run ``code`` in a fresh interpreter of this environment; it prints one JSON line last."""
+    proc = run(sys.executable, "-c", textwrap.dedent(code), *args)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def api_read(path) -> np.ndarray:
+    import terracodec
+
+    return np.asarray(terracodec.open(str(path)).read())
+
+
+def gtiff_read(path) -> np.ndarray:
+    """Read a GeoTIFF written by gdal_translate without GDAL in this process (fresh interpreter)."""
+    out = Path(str(path) + ".npy")
+    run_python("""
+        import sys, json, numpy as np, rasterio
+        with rasterio.open(sys.argv[1]) as ds:
+            np.save(sys.argv[2], ds.read())
+        print(json.dumps({}))
+    """, path, out)
+    return np.load(out)
+
+
+def _core_api_missing() -> str | None:
+    try:
+        import terracodec
+
+        terracodec.open, terracodec.Writer                   # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        return f"core API terracodec.open/Writer not available ({exc})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    if _core_api_missing():
+        pytest.skip(_core_api_missing())
+    src = next((s for s in SOURCES if os.path.exists(s)), None)
+    if src is None:
+        pytest.skip("no Sentinel-2 GeoTIFF in tests/data or ../shared/data")
+    out = tmp_path_factory.mktemp("tec_gdal") / "src.tif"
+    run("gdal_translate", "-q", "-srcwin", *CROP, src, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoded(source) -> Path:
+    """gdal_translate -of TEC -co QUALITY=6 (the default learned codec)."""
+    out = source.with_name("out.tec")
+    t0 = time.perf_counter()
+    run("gdal_translate", "-q", "-of", "TEC", "-co", "QUALITY=6", "-co", f"BLOCKSIZE={TILE}",
+        source, out)
+    print(f"\n[timing] gdal_translate -of TEC {CROP[2]}x{CROP[3]}: {time.perf_counter() - t0:.2f} s")
+    assert out.exists()
+    return out
+
+
+@pytest.fixture(scope="module")
+def decoded(encoded) -> np.ndarray:
+    return api_read(encoded)
+
+
+# -- driver registration ------------------------------------------------------------------------------
+def test_formats_lists_tec():
+    out = run("gdalinfo", "--formats").stdout
+    line = next((ln for ln in out.splitlines() if ln.strip().startswith("TEC ")), None)
+    assert line is not None, out
+    assert "-raster-" in line and "(rw" in line and "v)" in line
+    fmt = run("gdalinfo", "--format", "TEC").stdout
+    for opt in ("QUALITY", "MODEL", "BLOCKSIZE", "BANDS", "NUM_THREADS"):
+        assert f'name="{opt}"' in fmt
+    assert "CreateCopy()" in fmt and "Create()" not in fmt.replace("CreateCopy()", "")
+
+
+# -- gdalinfo: metadata only, Python never started ----------------------------------------------------
+def test_gdalinfo_metadata_without_python(source, encoded):
+    src = json.loads(run("gdalinfo", "-json", source).stdout)
+    t0 = time.perf_counter()
+    proc = run("gdalinfo", "-json", "-mdd", "TEC", encoded, CPL_DEBUG="TEC")
+    elapsed = time.perf_counter() - t0
+    print(f"\n[timing] gdalinfo out.tec: {elapsed:.3f} s")
+    assert "Python" not in proc.stderr, proc.stderr          # the bridge logs when Python starts
+    assert elapsed < 5.0
+    info = json.loads(proc.stdout)
+    assert info["driverShortName"] == "TEC"
+    assert info["size"] == [CROP[2], CROP[3]]
+    assert info["geoTransform"] == pytest.approx(src["geoTransform"])
+    assert [b["description"] for b in info["bands"]] == [b["description"] for b in src["bands"]]
+    assert all(b["type"] == src["bands"][0]["type"] for b in info["bands"])
+    assert all(b["block"] == [TILE, TILE] for b in info["bands"])
+    assert [b.get("noDataValue") for b in info["bands"]] == [b.get("noDataValue") for b in src["bands"]]
+    assert info["coordinateSystem"]["wkt"].split("\n")[-1] == src["coordinateSystem"]["wkt"].split("\n")[-1]
+    tec = info["metadata"]["TEC"]
+    assert tec["QUALITY"] == "6" and tec["MODEL"] and float(tec["COMPRESSION_RATIO"]) > 1
+    assert len(info["bands"][0]["overviews"]) >= 1
+    # the human-readable form shows the same
+    text = run("gdalinfo", encoded).stdout
+    assert "Driver: TEC" in text and f"Size is {CROP[2]}, {CROP[3]}" in text and "Description = B" in text
+
+
+# -- pixels -----------------------------------------------------------------------------------------------
+def test_translate_roundtrip_matches_python_api(source, encoded, decoded):
+    back = encoded.with_name("back.tif")
+    t0 = time.perf_counter()
+    run("gdal_translate", "-q", encoded, back)
+    print(f"\n[timing] gdal_translate out.tec back.tif: {time.perf_counter() - t0:.2f} s")
+    got = gtiff_read(back)
+    assert got.dtype == decoded.dtype and got.shape == decoded.shape
+    assert np.array_equal(got, decoded)                      # bit-exact with terracodec.open().read()
+    src_info = json.loads(run("gdalinfo", "-json", source).stdout)
+    back_info = json.loads(run("gdalinfo", "-json", back).stdout)
+    assert back_info["geoTransform"] == pytest.approx(src_info["geoTransform"])
+    assert back_info["coordinateSystem"]["wkt"] == src_info["coordinateSystem"]["wkt"]
+    assert [b["description"] for b in back_info["bands"]] == [b["description"] for b in src_info["bands"]]
+    assert [b.get("noDataValue") for b in back_info["bands"]] == [b.get("noDataValue") for b in src_info["bands"]]
+    ref = gtiff_read(source).astype(np.float64)
+    mse = float(np.mean((ref - got.astype(np.float64)) ** 2))
+    psnr = 10 * np.log10(10000.0 ** 2 / mse) if mse else float("inf")
+    print(f"[quality] PSNR_10000 of the GDAL round trip at QUALITY=6: {psnr:.2f} dB")
+    assert psnr > 30
+
+
+def test_srcwin(encoded, decoded):
+    out = encoded.with_name("win.tif")
+    run("gdal_translate", "-q", "-srcwin", 70, 30, 150, 200, encoded, out)
+    assert np.array_equal(gtiff_read(out), decoded[:, 30:230, 70:220])
+
+
+def test_outsize_served_by_driver_overviews(encoded, decoded):
+    out = encoded.with_name("half.tif")
+    w, h = (CROP[2] + 1) // 2, (CROP[3] + 1) // 2
+    proc = run("gdal_translate", "-outsize", w, h, encoded, out, CPL_DEBUG="TEC")
+    assert "overview 1/2" in proc.stderr                     # read from the driver's overview
+    got = gtiff_read(out)
+    assert np.array_equal(got, decoded[:, 1::2, 1::2])       # nearest at pixel centres
+
+
+def test_gdalwarp_multithreaded_to_other_crs(encoded):
+    back = encoded.with_name("back_ref.tif")
+    run("gdal_translate", "-q", encoded, back)
+    a, b = encoded.with_name("warp_tec.tif"), encoded.with_name("warp_ref.tif")
+    for src, dst in ((encoded, a), (back, b)):
+        run("gdalwarp", "-q", "-multi", "-wo", "NUM_THREADS=2", "-t_srs", "EPSG:4326", "-r", "near",
+            src, dst, GDAL_NUM_THREADS=2)
+    assert np.array_equal(gtiff_read(a), gtiff_read(b))
+
+
+# -- rasterio ------------------------------------------------------------------------------------------------
+def test_rasterio_read_window_overview_write(encoded, decoded, tmp_path):
+    pytest.importorskip("rasterio")
+    arrays = tmp_path / "rio.npz"
+    written = tmp_path / "rio_written.tec"
+    res = run_python("""
+        import sys, json, numpy as np, rasterio
+        from rasterio.windows import Window
+        src, arrays, written = sys.argv[1:4]
+        if rasterio.__gdal_version__.split(".")[:2] != ["3", "6"] and "TEC" not in rasterio.drivers.raster_driver_extensions().values():
+            print(json.dumps({"skip": "rasterio " + rasterio.__gdal_version__ + " cannot load the plugin"})); sys.exit()
+        with rasterio.open(src) as ds:
+            full = ds.read()
+            win = ds.read(window=Window(40, 25, 200, 150))
+            meta = dict(driver=ds.driver, crs=ds.crs.to_wkt() if ds.crs else None,
+                        transform=list(ds.transform)[:6], nodata=ds.nodata, descriptions=list(ds.descriptions),
+                        overviews=ds.overviews(1), block=list(ds.block_shapes[0]))
+            profile = ds.profile
+        with rasterio.open(src, overview_level=0) as ov:
+            ovr = ov.read()
+        with rasterio.open(written, "w", driver="TEC", width=full.shape[2], height=full.shape[1],
+                           count=full.shape[0], dtype=full.dtype, crs=profile["crs"],
+                           transform=profile["transform"], nodata=profile["nodata"], quality=4) as dst:
+            dst.descriptions = meta["descriptions"]
+            dst.write(full)
+        with rasterio.open(written) as ds:
+            re = ds.read()
+            meta["written"] = dict(driver=ds.driver, crs_same=ds.crs == profile["crs"],
+                                   descriptions=list(ds.descriptions), nodata=ds.nodata)
+        np.savez(arrays, full=full, win=win, ovr=ovr, re=re)
+        print(json.dumps(meta))
+    """, encoded, arrays, written)
+    if "skip" in res:
+        pytest.skip(res["skip"])
+    got = np.load(arrays)
+    assert res["driver"] == "TEC" and res["block"] == [TILE, TILE] and res["overviews"][:1] == [2]
+    assert np.array_equal(got["full"], decoded)
+    assert np.array_equal(got["win"], decoded[:, 25:175, 40:240])
+    assert np.array_equal(got["ovr"], decoded[:, 1::2, 1::2])
+    w = res["written"]
+    assert w["driver"] == "TEC" and w["crs_same"] and w["descriptions"] == res["descriptions"]
+    assert w["nodata"] == res["nodata"]
+    assert np.array_equal(got["re"], api_read(written))      # rasterio read == Python API, again
+
+
+# -- osgeo ------------------------------------------------------------------------------------------------------
+def test_osgeo_api(encoded, decoded, tmp_path):
+    probe = subprocess.run([sys.executable, "-c", "from osgeo import gdal_array"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("osgeo (GDAL Python bindings with gdal_array) not installed in this environment")
+    arr_file = tmp_path / "osgeo.npy"
+    res = run_python("""
+        import sys, json, numpy as np
+        from osgeo import gdal
+        gdal.UseExceptions()
+        src, arr_file, out = sys.argv[1:4]
+        ds = gdal.Open(src)
+        np.save(arr_file, ds.ReadAsArray())
+        drv = gdal.GetDriverByName("TEC")
+        meta = dict(createcopy=drv.GetMetadataItem("DCAP_CREATECOPY"), create=drv.GetMetadataItem("DCAP_CREATE"),
+                    tec=ds.GetMetadata("TEC"), desc=ds.GetRasterBand(1).GetDescription())
+        mem = gdal.GetDriverByName("MEM").Create("", 64, 48, 4, gdal.GDT_UInt16)
+        mem.WriteArray((np.arange(4 * 48 * 64) % 3000 + 100).reshape(4, 48, 64).astype("uint16"))
+        try:
+            gdal.Translate(out, mem, format="TEC", creationOptions=["BANDS=B02,B03,B04,B08", "QUALITY=7"])
+            meta["translated"] = gdal.Open(out).GetRasterBand(4).GetDescription()
+        except RuntimeError as exc:
+            meta["translated"] = "error: " + str(exc)
+        ds = None
+        print(json.dumps(meta))
+    """, encoded, arr_file, tmp_path / "osgeo.tec")
+    assert np.array_equal(np.load(arr_file), decoded)
+    assert res["createcopy"] == "YES" and res["create"] is None
+    assert res["tec"]["QUALITY"] == "6" and res["desc"].startswith("B")
+    assert res["translated"] == "B08"
+
+
+# -- errors -------------------------------------------------------------------------------------------------------
+def _assert_clean_failure(proc, *needles):
+    assert proc.returncode > 0, f"rc={proc.returncode} (negative = killed by a signal)\n{proc.stderr}"
+    assert "ERROR" in proc.stderr
+    for n in needles:
+        assert n in proc.stderr, proc.stderr
+
+
+def test_corrupt_truncated_and_foreign_files(encoded, tmp_path):
+    data = encoded.read_bytes()
+    trunc = tmp_path / "trunc.tec"
+    trunc.write_bytes(data[: len(data) // 2])
+    _assert_clean_failure(run("gdalinfo", trunc, check=False), "TEC", "truncated")
+    short = tmp_path / "short.tec"
+    short.write_bytes(data[:40])
+    _assert_clean_failure(run("gdalinfo", short, check=False), "truncated")
+    badhdr = tmp_path / "badhdr.tec"
+    hoff = int.from_bytes(data[16:24], "little")
+    b = bytearray(data)
+    b[hoff + 3] ^= 0x55
+    badhdr.write_bytes(bytes(b))
+    _assert_clean_failure(run("gdalinfo", badhdr, check=False), "CRC")
+    foreign = tmp_path / "random.tec"
+    foreign.write_bytes(np.random.default_rng(0).bytes(5000))
+    _assert_clean_failure(run("gdalinfo", foreign, check=False), "not recognized")
+    # a corrupt tile payload: the CRC check in C++ names the tile
+    ioff = int.from_bytes(data[32:40], "little")
+    poff = int.from_bytes(data[ioff + 24 * 4: ioff + 24 * 4 + 8], "little")
+    b = bytearray(data)
+    b[poff + 30] ^= 0xFF
+    bad = tmp_path / "badtile.tec"
+    bad.write_bytes(bytes(b))
+    assert run("gdalinfo", bad).returncode == 0              # metadata still fine
+    _assert_clean_failure(run("gdal_translate", bad, tmp_path / "x.tif", check=False), "tile (1,1)")
+
+
+def test_python_decoder_error_names_the_tile(encoded, tmp_path):
+    """A payload whose CRC is right but which the decoder rejects: the Python exception surfaces."""
+    import struct
+    import zlib
+
+    data = bytearray(encoded.read_bytes())
+    ioff, count = int.from_bytes(data[32:40], "little"), int.from_bytes(data[40:44], "little")
+    e = ioff + 24 * 4
+    poff, plen = struct.unpack_from("<QI", data, e)
+    data[poff: poff + 4] = b"XXXX"                           # break the tile magic
+    struct.pack_into("<I", data, e + 12, zlib.crc32(bytes(data[poff: poff + plen])))
+    struct.pack_into("<I", data, 44, zlib.crc32(bytes(data[ioff: ioff + 24 * count])))
+    struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
+    bad = tmp_path / "baddecode.tec"
+    bad.write_bytes(bytes(data))
+    proc = run("gdal_translate", bad, tmp_path / "y.tif", check=False)
+    _assert_clean_failure(proc, "tile (1,1)", "TecFormatError")
+
+
+def test_createcopy_rejects_unsupported_input(source, tmp_path):
+    f32 = tmp_path / "f32.tif"
+    run("gdal_translate", "-q", "-ot", "Float32", source, f32)
+    out = tmp_path / "f32.tec"
+    proc = run("gdal_translate", "-of", "TEC", f32, out, check=False)
+    _assert_clean_failure(proc, "Float32", "not supported")
+    assert not list(tmp_path.glob("f32.tec*"))
+    # three bands without descriptions: no default band set, so the bands cannot be identified
+    nodesc = tmp_path / "nodesc.tif"
+    run_python("""
+        import sys, json, numpy as np, rasterio
+        arr = (np.arange(3 * 40 * 50) % 4000 + 200).reshape(3, 40, 50).astype("uint16")
+        with rasterio.open(sys.argv[1], "w", driver="GTiff", width=50, height=40, count=3,
+                           dtype="uint16") as d:
+            d.write(arr)
+        print(json.dumps({}))
+    """, nodesc)
+    out2 = tmp_path / "nodesc.tec"
+    proc = run("gdal_translate", "-of", "TEC", nodesc, out2, check=False)
+    _assert_clean_failure(proc, "band")
+    assert not list(tmp_path.glob("nodesc.tec*"))
+    # ... and BANDS names them
+    run("gdal_translate", "-q", "-of", "TEC", "-co", "BANDS=B02,B03,B04", nodesc, out2)
+    assert "Description = B04" in run("gdalinfo", out2).stdout
