@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -363,3 +364,70 @@ def test_createcopy_rejects_unsupported_input(source, tmp_path):
     # ... and BANDS names them
     run("gdal_translate", "-q", "-of", "TEC", "-co", "BANDS=B02,B03,B04", nodesc, out2)
     assert "Description = B04" in run("gdalinfo", out2).stdout
+
+
+# -- QGIS (headless PyQGIS under Debian's python3, the plugin attached to QGIS' interpreter) --------------
+QGIS_PYTHON = "/usr/bin/python3"
+
+
+def test_qgis_layer_stats_and_render(encoded, decoded, tmp_path):
+    probe = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("PyQGIS not installed (apt-get install python3-qgis qgis-providers)")
+    png = Path(os.environ.get("TEC_QGIS_PNG", tmp_path / "qgis_render.png"))
+    script = textwrap.dedent("""
+        import sys, json
+        from qgis.core import (QgsApplication, QgsRasterLayer, QgsMapSettings, QgsRasterBandStats,
+                               QgsMapRendererSequentialJob, QgsMultiBandColorRenderer, QgsContrastEnhancement)
+        from qgis.PyQt.QtCore import QSize
+        app = QgsApplication([], False)
+        app.initQgis()
+        path, png = sys.argv[1:3]
+        lyr = QgsRasterLayer(path, "tec", "gdal")
+        res = dict(valid=lyr.isValid(), bands=lyr.bandCount(), crs=lyr.crs().authid(), w=lyr.width(),
+                   h=lyr.height(), stats=[])
+        prov = lyr.dataProvider()
+        for b in range(1, lyr.bandCount() + 1):
+            s = prov.bandStatistics(b, QgsRasterBandStats.All)
+            res["stats"].append([s.minimumValue, s.maximumValue, s.mean])
+        names = [prov.generateBandName(b) for b in range(1, lyr.bandCount() + 1)]
+        rgb = [next((i + 1 for i, n in enumerate(names) if want in n), k) for k, want in ((1, "B04"), (2, "B03"), (3, "B02"))]
+        ren = QgsMultiBandColorRenderer(prov, *rgb)
+        for setter, band in ((ren.setRedContrastEnhancement, rgb[0]), (ren.setGreenContrastEnhancement, rgb[1]),
+                             (ren.setBlueContrastEnhancement, rgb[2])):
+            ce = QgsContrastEnhancement(prov.dataType(band))
+            ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+            ce.setMinimumValue(0)
+            ce.setMaximumValue(2500)
+            setter(ce)
+        lyr.setRenderer(ren)
+        ms = QgsMapSettings()
+        ms.setLayers([lyr])
+        ms.setDestinationCrs(lyr.crs())
+        ms.setExtent(lyr.extent())
+        ms.setOutputSize(QSize(lyr.width(), lyr.height()))
+        job = QgsMapRendererSequentialJob(ms)
+        job.start()
+        job.waitForFinished()
+        img = job.renderedImage()
+        img.save(png)
+        colors = {img.pixel(x, y) for x in range(0, img.width(), 7) for y in range(0, img.height(), 7)}
+        res["colors"] = len(colors)
+        print(json.dumps(res), flush=True)
+        del img, job, ms, ren, prov, lyr
+        app.exitQgis()
+    """)
+    proc = run(QGIS_PYTHON, "-c", script, encoded, png, QT_QPA_PLATFORM="offscreen")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["valid"] and res["bands"] == decoded.shape[0]
+    assert (res["w"], res["h"]) == (decoded.shape[2], decoded.shape[1])
+    info = json.loads(run("gdalinfo", "-json", encoded).stdout)
+    epsg = re.findall(r'ID\["EPSG",(\d+)\]', info["coordinateSystem"]["wkt"])[-1]
+    assert res["crs"] == f"EPSG:{epsg}"
+    nodata = info["bands"][0].get("noDataValue")
+    for b, (mn, mx, mean) in enumerate(res["stats"]):
+        band = decoded[b].astype(np.float64)
+        valid = band[band != nodata] if nodata is not None else band.ravel()
+        assert (mn, mx) == (valid.min(), valid.max())
+        assert mean == pytest.approx(valid.mean(), rel=1e-9)
+    assert png.exists() and res["colors"] > 50               # a real scene, not a blank image
