@@ -138,37 +138,84 @@ def tile_psnr(ref: np.ndarray, test: np.ndarray, mask: np.ndarray | None) -> flo
     return float("inf") if mse == 0 else 10 * np.log10(1e8 / mse)
 
 
-# -- classical fallback (kind 1): uniform quantizer + row DPCM + DEFLATE -------------------------
-_CLASSICAL = struct.Struct("<I")
+# -- classical fallback (kind 1): per-tile KLT + JPEG 2000 per component (OpenJPEG) ----------------
+# body: f32 means[count], f16 basis[count*count], then per component u32 len + JPEG 2000 codestream
+# (int16 components in reflectance units). The encoder searches the OpenJPEG quality level per tile
+# until the floor is met; if even lossless components miss it (basis rounding), the tile is lossless.
+
+
+def _j2k_encode_components(comps: np.ndarray, level: int) -> list[bytes]:
+    import imagecodecs
+
+    return [imagecodecs.jpeg2k_encode(np.ascontiguousarray(c), level=level if level < 100 else None, numthreads=1)
+            if level is not None else imagecodecs.jpeg2k_encode(np.ascontiguousarray(c), numthreads=1) for c in comps]
 
 
 def encode_classical(tile: np.ndarray, nodata, floor_db: float) -> bytes:
-    """Guarantees the floor: uniform quantization error has MSE step^2/12; step 1 is lossless."""
+    from . import spectral
+
     mask = nodata_mask(tile, nodata)
-    target_mse = 1e8 / 10 ** (floor_db / 10)
-    step = max(1, int(np.sqrt(12 * target_mse) * 0.9))
-    while True:
-        q = np.round(tile.astype(np.float64) / step).astype(np.int32)
-        pred = np.diff(q, axis=2, prepend=0)
-        body = _CLASSICAL.pack(step) + zlib.compress(pred.astype("<i4").tobytes(), 9)
-        payload = pack_header(KIND_CLASSICAL, tile, nodata, mask) + body
-        if step == 1 or tile_psnr(tile, decode_tile(payload), mask) >= floor_db:
-            return payload
-        step = max(1, step // 2)
+    count, h, w = tile.shape
+    x = tile.astype(np.float64)
+    valid = np.ones((h, w), bool) if mask is None else ~mask.any(axis=0)
+    if not valid.any():
+        valid[:] = True
+    means, basis_q = _fit_tile_klt(x, valid)
+    if mask is not None:
+        x = np.where(mask, means[:, None, None], x)
+    comps = np.rint(spectral.forward(x, means, basis_q).astype(np.float64) * spectral.COMPONENT_SCALE)
+    comps = np.clip(comps, -32768, 32767).astype(np.int16)     # OpenJPEG via imagecodecs: 16-bit is exact
+    head = pack_header(KIND_CLASSICAL, tile, nodata, mask)
+    side = means.astype("<f4").tobytes() + basis_q.astype("<f2").tobytes()
+
+    def build(level):
+        streams = _j2k_encode_components(comps, level)
+        return head + side + b"".join(struct.pack("<I", len(b)) + b for b in streams)
+
+    lo, hi = 30, 100           # OpenJPEG level: higher is better; None (here: 100) is reversible
+    best = build(None)
+    if tile_psnr(tile, decode_tile(best), mask) < floor_db:
+        return encode_lossless(tile, nodata)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        payload = build(mid)
+        if tile_psnr(tile, decode_tile(payload), mask) >= floor_db:
+            hi, best = mid, payload
+        else:
+            lo = mid
+    return best
 
 
 def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
-    if len(payload) < head.body + _CLASSICAL.size:
+    import imagecodecs
+
+    from . import spectral
+
+    n = head.count
+    off = head.body
+    if len(payload) < off + 4 * n + 2 * n * n:
         raise TecFormatError("classical tile truncated")
-    (step,) = _CLASSICAL.unpack_from(payload, head.body)
-    try:
-        raw = zlib.decompress(payload[head.body + _CLASSICAL.size:])
-    except zlib.error as exc:
-        raise TecFormatError(f"corrupt classical tile: {exc}") from None
-    if len(raw) != 4 * head.count * head.height * head.width or step < 1:
-        raise TecFormatError("classical tile has the wrong size")
-    q = np.cumsum(np.frombuffer(raw, "<i4").reshape(head.shape), axis=2, dtype=np.int64)
-    return _to_dtype(q.astype(np.float64) * step, head.dtype)
+    means = np.frombuffer(payload, "<f4", n, off).astype(np.float64)
+    off += 4 * n
+    basis_q = np.frombuffer(payload, "<f2", n * n, off).astype(np.float64).reshape(n, n)
+    off += 2 * n * n
+    comps = np.empty(head.shape, np.float64)
+    for i in range(n):
+        if len(payload) < off + 4:
+            raise TecFormatError("classical tile truncated")
+        (length,) = struct.unpack_from("<I", payload, off)
+        off += 4
+        if len(payload) < off + length:
+            raise TecFormatError("classical tile truncated")
+        try:
+            comp = imagecodecs.jpeg2k_decode(payload[off:off + length])
+        except Exception as exc:       # imagecodecs raises its own Jpeg2kError
+            raise TecFormatError(f"corrupt JPEG 2000 component {i}: {exc}") from None
+        if comp.shape != (head.height, head.width):
+            raise TecFormatError(f"JPEG 2000 component {i} has shape {comp.shape}")
+        comps[i] = comp
+        off += length
+    return _to_dtype(spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q), head.dtype)
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
