@@ -14,6 +14,8 @@ Payload layout (little-endian):
     13  8  f64 nodata value (NaN when mode 0)
     21  4  u32 mask length, then zlib(packbits(mask))
     ..     kind-specific body
+    -4  4  u32 CRC32 of every byte before it (a payload outside a .tec file, e.g. a zarr chunk, is
+           still checked)
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from .errors import TecDecodeError, TecFormatError, TecInputError
+from .errors import TecChecksumError, TecDecodeError, TecFormatError, TecInputError
 
 TILE_MAGIC = b"TECT"
 KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS = 0, 1, 2
@@ -58,6 +60,22 @@ def pack_header(kind: int, tile: np.ndarray, nodata, mask: np.ndarray | None) ->
     value = float(nodata) if mode else float("nan")
     return _HEAD.pack(TILE_MAGIC, kind, dtype_code(tile.dtype), count, 0, height, width,
                       mode, value, len(blob)) + blob
+
+
+def seal(payload: bytes) -> bytes:
+    """Append the payload CRC32."""
+    return payload + struct.pack("<I", zlib.crc32(payload))
+
+
+def unseal(payload: bytes) -> bytes:
+    """Check and strip the payload CRC32."""
+    payload = bytes(payload)
+    if len(payload) < _HEAD.size + 4:
+        raise TecFormatError(f"tile payload too short ({len(payload)} bytes)")
+    (crc,) = struct.unpack_from("<I", payload, len(payload) - 4)
+    if zlib.crc32(payload[:-4]) != crc:
+        raise TecChecksumError("tile payload CRC32 mismatch (corrupt or truncated tile)")
+    return payload[:-4]
 
 
 class TileHeader:
@@ -110,7 +128,7 @@ def restore_nodata(decoded: np.ndarray, head: TileHeader) -> np.ndarray:
 def encode_lossless(tile: np.ndarray, nodata=None) -> bytes:
     mask = nodata_mask(tile, nodata)
     body = zlib.compress(np.ascontiguousarray(tile).astype(tile.dtype.newbyteorder("<")).tobytes(), 6)
-    return pack_header(KIND_LOSSLESS, tile, nodata, mask) + body
+    return seal(pack_header(KIND_LOSSLESS, tile, nodata, mask) + body)
 
 
 def decode_lossless(payload: bytes, head: TileHeader) -> np.ndarray:
@@ -170,7 +188,7 @@ def encode_classical(tile: np.ndarray, nodata, floor_db: float) -> bytes:
 
     def build(level):
         streams = _j2k_encode_components(comps, level)
-        return head + side + b"".join(struct.pack("<I", len(b)) + b for b in streams)
+        return seal(head + side + b"".join(struct.pack("<I", len(b)) + b for b in streams))
 
     lo, hi = 30, 100           # OpenJPEG level: higher is better; None (here: 100) is reversible
     best = build(None)
@@ -289,7 +307,7 @@ def encode_learned(tile: np.ndarray, model, level: float, nodata) -> tuple[bytes
     body += means.astype("<f4").tobytes() + basis_q.astype("<f2").tobytes()
     for s in streams:
         body += struct.pack("<I", len(s)) + s
-    return head + body, restore_nodata(recon, TileHeader(head))
+    return seal(head + body), restore_nodata(recon, TileHeader(head))
 
 
 def _entropy_params(model, z_hat, hyper_gain):
@@ -439,6 +457,7 @@ def decode_tile(payload: bytes, *, model=None) -> np.ndarray:
 
     ``model`` is a model name or a loaded model; learned tiles name their weights by sha256 prefix,
     and the default model is used when none is given."""
+    payload = unseal(payload)
     head = TileHeader(payload)
     if head.kind == KIND_LOSSLESS:
         out = decode_lossless(payload, head)
