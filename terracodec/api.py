@@ -1,0 +1,664 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The public core of terracodec: every front end (CLI, GDAL plugin, numcodecs) goes through here.
+
+Arrays are ``(bands, height, width)``; a 2-D ``(height, width)`` array is one band and needs its band
+name (``bands=["B04"]``), since no default exists for a single band. :func:`decode` and
+:meth:`TecDataset.read` always return 3-D arrays (except ``read(bands=<int>)``, which, as in
+rasterio, returns the 2-D band).
+
+Supported dtypes: ``uint8``, ``int16`` (Sentinel-2 reflectance x 10000) and ``uint16``. Floating-point
+arrays (and NaN) are rejected with :class:`TecInputError`: scale to integers and mark missing
+pixels with a ``nodata`` value, which comes back exactly.
+
+Models: ``model=None`` is the default learned model (``terracodec.weights``); ``model="lossless"``
+stores every tile exactly (zlib), needs no weights, and is what to use when the decoded pixels
+must equal the input. Quality is an int 1..8 (ignored by ``"lossless"``).
+
+Errors (all from :mod:`terracodec.errors`): bad arrays or arguments -> TecInputError (band problems
+-> TecBandError), unknown model or missing weights -> TecModelError, corrupt or truncated files ->
+TecFormatError / TecChecksumError, a well-formed tile that fails to decode -> TecDecodeError,
+a missing path -> FileNotFoundError.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from numbers import Integral
+
+import numpy as np
+
+from . import tilecodec
+from .bands import MAX_BANDS, resolve_bands
+from .errors import (TecBandError, TecDecodeError, TecError, TecFormatError, TecInputError,
+                     TecModelError)
+
+__all__ = ["encode", "decode", "write", "open", "Writer", "TecDataset", "LOSSLESS_MODEL",
+           "SUPPORTED_DTYPES"]
+
+LOSSLESS_MODEL = "lossless"
+SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("int16"), np.dtype("uint16"))
+MIN_TILE_SIZE, MAX_TILE_SIZE = 16, 4096
+DEFAULT_TILE_SIZE = 256
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("terracodec")
+    except Exception:                                       # not installed (source checkout)
+        return "0.1.0"
+
+
+# -- validation ----------------------------------------------------------------------------------------
+def _check_dtype(dtype, array: np.ndarray | None = None) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TecInputError(f"unsupported dtype {dtype!r}; TEC codes uint8, int16 and uint16") from None
+    if dt in SUPPORTED_DTYPES:
+        return dt
+    if dt.kind == "f":
+        msg = (f"{dt} arrays are not supported: TEC codes integer rasters (uint8, int16, uint16), "
+               f"e.g. reflectance x 10000 as int16; scale the data and mark missing pixels (NaN) "
+               f"with an integer nodata value")
+        if array is not None and np.isnan(array).any():
+            msg = f"the array contains NaN and {msg}"
+        raise TecInputError(msg)
+    raise TecInputError(f"unsupported dtype {dt}; TEC codes uint8, int16 and uint16"
+                        + (" (int16 holds Sentinel-2 reflectance x 10000)" if dt.kind in "iu" else ""))
+
+
+def _check_quality(quality) -> int:
+    if isinstance(quality, bool) or not isinstance(quality, Integral):
+        raise TecInputError(f"quality must be an integer 1..8, got {quality!r}")
+    if not 1 <= int(quality) <= 8:
+        raise TecInputError(f"quality must be 1..8, got {quality}")
+    return int(quality)
+
+
+def _check_tile_size(tile_size) -> int:
+    if isinstance(tile_size, bool) or not isinstance(tile_size, Integral):
+        raise TecInputError(f"tile_size must be an integer, got {tile_size!r}")
+    if not MIN_TILE_SIZE <= int(tile_size) <= MAX_TILE_SIZE:
+        raise TecInputError(f"tile_size must be {MIN_TILE_SIZE}..{MAX_TILE_SIZE}, got {tile_size}")
+    return int(tile_size)
+
+
+def _check_nodata(nodata, dtype: np.dtype):
+    """nodata as a Python int representable in ``dtype`` (or None)."""
+    if nodata is None:
+        return None
+    try:
+        value = float(nodata)
+    except (TypeError, ValueError):
+        raise TecInputError(f"nodata must be a number, got {nodata!r}") from None
+    if math.isnan(value):
+        raise TecInputError(f"nodata NaN cannot be represented in {dtype}; use an integer value (e.g. 0)")
+    info = np.iinfo(dtype)
+    if not value.is_integer() or not info.min <= value <= info.max:
+        raise TecInputError(f"nodata {nodata!r} is not representable in {dtype} ({info.min}..{info.max})")
+    return int(value)
+
+
+def _check_georef(crs_wkt, geotransform):
+    if crs_wkt is not None:
+        if hasattr(crs_wkt, "to_wkt"):                       # rasterio / pyproj CRS objects
+            crs_wkt = crs_wkt.to_wkt()
+        if not isinstance(crs_wkt, str):
+            raise TecInputError(f"crs_wkt must be a WKT string, got {type(crs_wkt).__name__}")
+        crs_wkt = crs_wkt or None
+    if geotransform is not None:
+        if hasattr(geotransform, "to_gdal"):                 # affine.Affine
+            geotransform = geotransform.to_gdal()
+        try:
+            gt = [float(v) for v in geotransform]
+        except (TypeError, ValueError):
+            raise TecInputError(f"geotransform must be 6 numbers, got {geotransform!r}") from None
+        if len(gt) != 6 or not all(math.isfinite(v) for v in gt):
+            raise TecInputError(f"geotransform must be 6 finite numbers, got {geotransform!r}")
+        geotransform = gt
+    return crs_wkt, geotransform
+
+
+def _check_metadata(metadata) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TecInputError(f"metadata must be a dict of str -> str, got {type(metadata).__name__}")
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
+def _as_3d(array) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise TecInputError(f"expected a numpy array (bands, height, width), got {type(array).__name__}")
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim != 3:
+        raise TecInputError(f"expected a 3-D array (bands, height, width) or a 2-D single band, "
+                            f"got {array.ndim} dimensions {array.shape}")
+    if array.size == 0:
+        raise TecInputError(f"the array is empty (shape {array.shape})")
+    return array
+
+
+# -- models ----------------------------------------------------------------------------------------------
+def _model_record(model: str | None) -> dict:
+    """What the header records about ``model``: {"name": ..., "sha256": ...} ("" when no weights).
+
+    Raises TecModelError for an unknown model or when no model is installed."""
+    if model == LOSSLESS_MODEL:
+        return {"name": LOSSLESS_MODEL, "sha256": ""}
+    if model is not None and not isinstance(model, str):
+        raise TecInputError(f"model must be a model name (str) or None, got {type(model).__name__}")
+    try:
+        from . import weights
+    except ImportError:
+        return {"name": model or LOSSLESS_MODEL, "sha256": ""}
+    try:
+        rec = weights.describe(model)
+    except TecModelError as exc:
+        if model is None:
+            raise TecModelError(f"{exc}; no default model is available (model='lossless' "
+                                f"needs no weights)") from None
+        raise
+    return {"name": rec["name"], "sha256": rec.get("sha256") or ""}
+
+
+# -- tile grid --------------------------------------------------------------------------------------------
+def _grid(width: int, height: int, tile_size: int) -> tuple[int, int]:
+    return -(-width // tile_size), -(-height // tile_size)
+
+
+# -- container (terracodec.format) ------------------------------------------------------------------
+def _header_dict(header) -> dict:
+    return header.to_dict() if hasattr(header, "to_dict") else dict(header)
+
+
+# -- streaming writer --------------------------------------------------------------------------------------
+class Writer:
+    """Encode a raster to a ``.tec`` file strip by strip (the file appears atomically at :meth:`close`).
+
+    Feed horizontal strips of rows from the top with :meth:`write` (any number of rows; they are
+    buffered until a row of tiles is complete) or :meth:`write_tiles` (explicit ``row_off``).
+    Used as a context manager, an exception inside the block aborts the write (no file is left)::
+
+        with Writer("x.tec", width, height, 12, "int16", None, quality=6) as w:
+            for strip in strips:          # (12, rows, width) arrays, top to bottom
+                w.write(strip)
+    """
+
+    def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
+                 model: str | None = None, nodata=None, tile_size: int = DEFAULT_TILE_SIZE,
+                 crs_wkt: str | None = None, geotransform=None, metadata: dict | None = None, *,
+                 date: str | None = None, progress: bool = False):
+        for name, value in (("width", width), ("height", height), ("count", count)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise TecInputError(f"{name} must be a positive integer, got {value!r}")
+        self.width, self.height, self.count = int(width), int(height), int(count)
+        if self.count > MAX_BANDS:
+            raise TecBandError(f"{self.count} bands given; Sentinel-2 has at most {MAX_BANDS}")
+        self.dtype = _check_dtype(dtype)
+        self.bands = resolve_bands(bands, self.count)
+        self.quality = _check_quality(quality)
+        self.tile_size = _check_tile_size(tile_size)
+        if max(self.width, self.height) > 0xFFFFFFFF:
+            raise TecInputError("raster too large")
+        self.nodata = _check_nodata(nodata, self.dtype)
+        self.crs_wkt, self.geotransform = _check_georef(crs_wkt, geotransform)
+        self.metadata = _check_metadata(metadata)
+        self.date = None if date is None else str(date)
+        self.model_record = _model_record(model)
+        self._lossless = self.model_record["name"] == LOSSLESS_MODEL
+        self.tiles_x, self.tiles_y = _grid(self.width, self.height, self.tile_size)
+        self.path = path if hasattr(path, "write") else os.fspath(path)
+        self.rows_written = 0
+        self.fallback_tiles = 0
+        self.kinds: dict[int, int] = {}
+        self.payload_bytes = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._closed = False
+        self._bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.tiles_x * self.tiles_y, unit="tile", desc="encode",
+                             leave=False)
+        from .format import ContainerWriter
+
+        try:
+            self._out = ContainerWriter(self.path)
+        except BaseException:
+            self._closed = True
+            self._close_bar()
+            raise
+
+    # -- feeding --
+    def write(self, block: np.ndarray) -> None:
+        """Append the next rows: ``block`` is (count, rows, width), or (rows, width) for one band."""
+        self._check_open()
+        try:
+            block = self._check_block(block)
+            if self.rows_written + self._pending_rows + block.shape[1] > self.height:
+                raise TecInputError(f"more rows written than the raster's height {self.height}")
+            self._pending.append(block)
+            self._pending_rows += block.shape[1]
+            self._flush_rows()
+        except BaseException:
+            self.abort()
+            raise
+
+    def write_tiles(self, row_off: int, block: np.ndarray) -> None:
+        """Write the strip that starts at row ``row_off`` (strips must come in order, top to bottom)."""
+        expected = self.rows_written + self._pending_rows
+        if row_off != expected:
+            self.abort()
+            raise TecInputError(f"strips must be written top to bottom: got row_off {row_off}, "
+                                f"expected {expected}")
+        self.write(block)
+
+    def _check_block(self, block) -> np.ndarray:
+        if not isinstance(block, np.ndarray):
+            raise TecInputError(f"expected a numpy array, got {type(block).__name__}")
+        if block.ndim == 2 and self.count == 1:
+            block = block[None]
+        if block.ndim != 3 or block.shape[0] != self.count or block.shape[2] != self.width:
+            raise TecInputError(f"strip of shape {block.shape} does not fit a raster of "
+                                f"{self.count} bands x {self.width} columns")
+        if block.dtype != self.dtype:
+            _check_dtype(block.dtype, block)
+            raise TecInputError(f"strip dtype {block.dtype} differs from the writer's {self.dtype}")
+        return block
+
+    def _flush_rows(self) -> None:
+        T = self.tile_size
+        while self._pending_rows and (self._pending_rows >= T
+                                      or self.rows_written + self._pending_rows == self.height):
+            strip = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+            n = min(T, strip.shape[1])
+            self._encode_tile_row(strip[:, :n])
+            rest = strip[:, n:]
+            self._pending = [rest] if rest.shape[1] else []
+            self._pending_rows = rest.shape[1]
+            self.rows_written += n
+
+    def _encode_tile_row(self, strip: np.ndarray) -> None:
+        T = self.tile_size
+        for tx in range(self.tiles_x):
+            tile = np.ascontiguousarray(strip[:, :, tx * T:(tx + 1) * T])
+            payload, kind = self._encode_tile(tile)
+            self._out.add_tile(payload, kind)
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            self.payload_bytes += len(payload)
+            if kind == tilecodec.KIND_CLASSICAL:
+                self.fallback_tiles += 1
+            if self._bar is not None:
+                self._bar.update(1)
+
+    def _encode_tile(self, tile: np.ndarray) -> tuple[bytes, int]:
+        if self._lossless:
+            return tilecodec.encode_tile(tile, quality=self.quality, model=None, nodata=self.nodata,
+                                         lossless=True)
+        return tilecodec.encode_tile(tile, quality=self.quality, model=self.model_record["name"],
+                                     nodata=self.nodata)
+
+    # -- finishing --
+    def header_fields(self) -> dict:
+        """The JSON header as it will be written (stats filled in at close)."""
+        return {
+            "width": self.width, "height": self.height, "count": self.count,
+            "dtype": self.dtype.name, "bands": list(self.bands), "nodata": self.nodata,
+            "crs_wkt": self.crs_wkt, "geotransform": self.geotransform,
+            "tile_size": self.tile_size, "tiles_x": self.tiles_x, "tiles_y": self.tiles_y,
+            "dates": [self.date], "levels": 1, "model": dict(self.model_record),
+            "quality": self.quality, "stats": self._stats(), "metadata": dict(self.metadata),
+            "created_by": f"terracodec {_version()}",
+        }
+
+    def _header(self):
+        from .format import TecHeader
+
+        fields = self.header_fields()
+        # the header holds the compression ratio of the whole file, its own length included
+        for _ in range(4):
+            header = TecHeader(**fields)
+            fields["stats"] = self._stats(len(header.to_json().encode("utf-8")))
+        return TecHeader(**fields)
+
+    def _stats(self, header_len: int = 0) -> dict:
+        n = self.tiles_x * self.tiles_y
+        total = 64 + self.payload_bytes + header_len + 24 * n
+        raw = self.count * self.width * self.height * self.dtype.itemsize
+        return {"fallback_tiles": self.fallback_tiles,
+                "lossless_tiles": self.kinds.get(tilecodec.KIND_LOSSLESS, 0),
+                "learned_tiles": self.kinds.get(tilecodec.KIND_LEARNED, 0),
+                "compression_ratio": round(raw / total, 3)}
+
+    def close(self) -> None:
+        """Finish the file (atomic rename). Raises TecInputError when rows are missing."""
+        if self._closed:
+            return
+        if self.rows_written != self.height:
+            missing = self.height - self.rows_written
+            self.abort()
+            raise TecInputError(f"writer closed with {missing} of {self.height} rows not written")
+        try:
+            self._out.finish(self._header())
+            self._closed = True
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._close_bar()
+
+    def abort(self) -> None:
+        """Drop the partial file; the destination path is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close_bar()
+        out = getattr(self, "_out", None)
+        if out is not None:
+            try:
+                out.abort()
+            except Exception:
+                pass
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TecInputError("the writer is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self):                                      # an abandoned writer leaves no file
+        try:
+            if not self._closed:
+                self.abort()
+        except Exception:
+            pass
+
+
+# -- one-shot encoding ------------------------------------------------------------------------------------
+def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
+          tile_size: int = DEFAULT_TILE_SIZE, crs_wkt: str | None = None, geotransform=None,
+          metadata: dict | None = None, progress: bool = False, date: str | None = None) -> None:
+    """Encode ``array`` (bands, height, width) to the ``.tec`` file ``path`` (written atomically).
+
+    ``path`` may also be a seekable binary file object."""
+    array = _as_3d(array)
+    dtype = _check_dtype(array.dtype, array)
+    count, height, width = array.shape
+    with Writer(path, width, height, count, dtype, bands, quality=quality, model=model, nodata=nodata,
+                tile_size=tile_size, crs_wkt=crs_wkt, geotransform=geotransform, metadata=metadata,
+                date=date, progress=progress) as w:
+        for r in range(0, height, w.tile_size):
+            w.write(array[:, r:r + w.tile_size])
+
+
+def encode(array: np.ndarray, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
+           tile_size: int = DEFAULT_TILE_SIZE, crs_wkt: str | None = None, geotransform=None,
+           metadata: dict | None = None, progress: bool = False, date: str | None = None) -> bytes:
+    """Encode ``array`` (bands, height, width) and return the bytes of a ``.tec`` file."""
+    array = _as_3d(array)
+    _check_dtype(array.dtype, array)
+    buf = io.BytesIO()
+    write(buf, array, bands, quality, model, nodata, tile_size=tile_size, crs_wkt=crs_wkt,
+          geotransform=geotransform, metadata=metadata, progress=progress, date=date)
+    return buf.getvalue()
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+def _parse_window(window, width: int, height: int) -> tuple[int, int, int, int]:
+    """-> (row_start, row_stop, col_start, col_stop) inside the raster."""
+    if window is None:
+        return 0, height, 0, width
+    try:
+        if all(hasattr(window, a) for a in ("col_off", "row_off", "width", "height")):
+            r0, c0 = window.row_off, window.col_off
+            r1, c1 = r0 + window.height, c0 + window.width
+        else:
+            (r0, r1), (c0, c1) = window
+        vals = [float(v) for v in (r0, r1, c0, c1)]
+    except (TypeError, ValueError):
+        raise TecInputError("window must be ((row_start, row_stop), (col_start, col_stop)) or an "
+                            "object with col_off, row_off, width, height") from None
+    if not all(v.is_integer() for v in vals):
+        raise TecInputError(f"window offsets and sizes must be whole pixels, got {window!r}")
+    r0, r1, c0, c1 = (int(v) for v in vals)
+    if not (0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width):
+        raise TecInputError(f"window rows {r0}:{r1}, cols {c0}:{c1} is empty or outside the raster "
+                            f"({height} rows x {width} cols)")
+    return r0, r1, c0, c1
+
+
+class TecDataset:
+    """An open ``.tec`` file. Reads decode only the tiles a window touches."""
+
+    def __init__(self, path):
+        from .format import ContainerReader
+
+        if isinstance(path, (bytes, bytearray, memoryview)):      # used by decode()
+            self.name, self._size = "<bytes>", len(path)
+        else:
+            self.name = os.fspath(path)
+            if not os.path.exists(self.name):
+                raise FileNotFoundError(f"No such file: {self.name!r}")
+            self._size = os.path.getsize(self.name)
+        self._reader = ContainerReader(path)
+        self._head = self._reader.header
+        self.header = _header_dict(self._head)
+        h = self.header
+        try:
+            self.width, self.height, self.count = int(h["width"]), int(h["height"]), int(h["count"])
+            self.dtype = np.dtype(h["dtype"])
+            self.bands = tuple(h["bands"])
+            self.tile_size = int(h["tile_size"])
+            self.tiles_x, self.tiles_y = int(h["tiles_x"]), int(h["tiles_y"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TecFormatError(f"{self.name}: header lacks or has a bad field: {exc}") from None
+        if (self.tiles_x, self.tiles_y) != _grid(self.width, self.height, self.tile_size):
+            raise TecFormatError(f"{self.name}: tile grid does not match the raster size")
+        self._closed = False
+
+    # -- header views --
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.count, self.height, self.width)
+
+    @property
+    def nodata(self):
+        return self.header.get("nodata")
+
+    @property
+    def crs(self) -> str | None:
+        return self.header.get("crs_wkt")
+
+    @property
+    def transform(self) -> tuple | None:
+        gt = self.header.get("geotransform")
+        return tuple(float(v) for v in gt) if gt is not None else None
+
+    @property
+    def affine(self):
+        """The geotransform as an ``affine.Affine`` (needs the affine package; None without georef)."""
+        from affine import Affine
+
+        gt = self.transform
+        return Affine.from_gdal(*gt) if gt is not None else None
+
+    @property
+    def profile(self) -> dict:
+        """Keyword arguments for ``rasterio.open(path, "w", **profile)`` (GeoTIFF)."""
+        try:
+            transform = self.affine
+        except ImportError:
+            transform = self.transform
+        return {"driver": "GTiff", "width": self.width, "height": self.height, "count": self.count,
+                "dtype": self.dtype.name, "crs": self.crs, "transform": transform,
+                "nodata": self.nodata}
+
+    @property
+    def quality(self) -> int | None:
+        return self.header.get("quality")
+
+    @property
+    def model(self) -> str | None:
+        return (self.header.get("model") or {}).get("name")
+
+    @property
+    def dates(self) -> list:
+        return list(self.header.get("dates") or [None])
+
+    @property
+    def metadata(self) -> dict:
+        return dict(self.header.get("metadata") or {})
+
+    @property
+    def stats(self) -> dict:
+        return dict(self.header.get("stats") or {})
+
+    @property
+    def fallback_tiles(self) -> int | None:
+        return self.stats.get("fallback_tiles")
+
+    @property
+    def compression_ratio(self) -> float:
+        """Raw pixel bytes / file size (measured on the file, not taken from the header)."""
+        raw = self.count * self.width * self.height * self.dtype.itemsize
+        return raw / self._size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- pixels --
+    def _model_arg(self):
+        name = self.model
+        return None if name in (None, LOSSLESS_MODEL) else name
+
+    def _tile_index(self, ty: int, tx: int) -> int:
+        return self._head.entry_index(ty, tx)             # date 0, level 0
+
+    def _read_tile(self, ty: int, tx: int) -> np.ndarray:
+        T = self.tile_size
+        shape = (self.count, min(T, self.height - ty * T), min(T, self.width - tx * T))
+        i = self._tile_index(ty, tx)
+        payload = self._reader.read_tile(i)              # checks the payload CRC
+        where = f"{self.name}: tile (row {ty}, col {tx}) [index {i}]"
+        try:
+            arr = tilecodec.decode_tile(bytes(payload), model=self._model_arg())
+        except TecModelError:
+            raise
+        except TecError as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+        except Exception as exc:                         # torch / rANS on bad streams
+            raise TecDecodeError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        if arr.shape != shape or arr.dtype != self.dtype:
+            raise TecFormatError(f"{where}: decoded to {arr.dtype}{list(arr.shape)}, "
+                                 f"the header says {self.dtype}{list(shape)}")
+        return arr
+
+    def _band_indexes(self, bands) -> tuple[list[int], bool]:
+        """-> (0-based indexes, squeeze) from None, a 1-based int, names or 1-based ints."""
+        if bands is None:
+            return list(range(self.count)), False
+        if isinstance(bands, (Integral, str)) and not isinstance(bands, bool):
+            idx, _ = self._band_indexes([bands])
+            return idx, isinstance(bands, Integral)
+        out = []
+        for b in bands:
+            if isinstance(b, Integral) and not isinstance(b, bool):
+                if not 1 <= b <= self.count:
+                    raise TecBandError(f"band index {b} out of range 1..{self.count} (1-based)")
+                out.append(int(b) - 1)
+            else:
+                from .bands import normalize_band_name
+
+                name = normalize_band_name(b)
+                if name not in self.bands:
+                    raise TecBandError(f"band {name} is not in this file ({', '.join(self.bands)})")
+                out.append(self.bands.index(name))
+        if not out:
+            raise TecBandError("no bands selected")
+        return out, False
+
+    def read(self, window=None, bands=None, *, progress: bool = False) -> np.ndarray:
+        """Pixels of ``window`` (None = all) as (bands, rows, cols).
+
+        ``window``: ((row_start, row_stop), (col_start, col_stop)) or an object with
+        ``col_off, row_off, width, height`` (rasterio ``Window``). ``bands``: None (all), a list of
+        Sentinel-2 names or 1-based indexes, or a single 1-based int (returns a 2-D array)."""
+        if self._closed:
+            raise TecInputError("the dataset is closed")
+        r0, r1, c0, c1 = _parse_window(window, self.width, self.height)
+        idx, squeeze = self._band_indexes(bands)
+        T = self.tile_size
+        out = np.empty((len(idx), r1 - r0, c1 - c0), self.dtype)
+        tiles = [(ty, tx) for ty in range(r0 // T, (r1 - 1) // T + 1)
+                 for tx in range(c0 // T, (c1 - 1) // T + 1)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(tiles), unit="tile", desc="decode", leave=False)
+        try:
+            for ty, tx in tiles:
+                tile = self._read_tile(ty, tx)
+                ys, xs = ty * T, tx * T
+                a0, a1 = max(r0, ys), min(r1, ys + T)
+                b0, b1 = max(c0, xs), min(c1, xs + T)
+                out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = tile[idx, a0 - ys:a1 - ys, b0 - xs:b1 - xs]
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out[0] if squeeze else out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if hasattr(self._reader, "close"):
+                self._reader.close()
+
+    def __enter__(self) -> "TecDataset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<TecDataset {self.name!r} {self.count}x{self.height}x{self.width} {self.dtype} "
+                f"model={self.model} quality={self.quality}>")
+
+
+def open(path) -> TecDataset:                              # noqa: A001 - mirrors rasterio.open
+    """Open a ``.tec`` file for reading (FileNotFoundError if it does not exist)."""
+    return TecDataset(path)
+
+
+def decode(data, *, window=None) -> np.ndarray:
+    """Decode the bytes of a ``.tec`` file (all of it, or ``window``) to (bands, rows, cols)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TecInputError(f"decode() takes the bytes of a .tec file, got {type(data).__name__}; "
+                            f"use terracodec.open(path) for files")
+    with TecDataset(data) as ds:
+        return ds.read(window)
