@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: Apache-2.0
+"""GeoTIFF in and out for the ``tec`` CLI (rasterio; imported only when needed).
+
+Band names travel as GDAL band descriptions, the convention of the Sentinel-2 data set this
+project uses. Georeferencing is passed as WKT + GDAL geotransform, like the .tec header.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import warnings
+
+import numpy as np
+
+from .bands import normalize_band_name, resolve_bands
+from .errors import TecBandError, TecInputError
+
+
+def _rasterio():
+    try:
+        import rasterio
+    except ImportError:                                        # pragma: no cover
+        raise TecInputError("reading and writing GeoTIFF needs rasterio: pip install 'terracodec[io]'") from None
+    return rasterio
+
+
+def read_geotiff(path, bands=None) -> tuple[np.ndarray, dict]:
+    """Read a GeoTIFF -> ``(array (count, H, W), meta)``.
+
+    Band names come from the band descriptions, or from ``bands`` (list or "B02,B03,...") which
+    overrides them. ``meta``: ``bands`` (tuple of S2 names), ``crs_wkt``, ``geotransform`` (None
+    when the file has no georeferencing), ``nodata``, ``tags`` (dataset tags, str -> str), ``dtype``.
+    """
+    rasterio = _rasterio()
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file: {path!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                descriptions = list(ds.descriptions)
+                array = ds.read()
+                crs_wkt = ds.crs.to_wkt() if ds.crs else None
+                gt = ds.transform.to_gdal()
+                georef = ds.crs is not None or not ds.transform.is_identity
+                nodatavals = set(ds.nodatavals)
+                nodata = ds.nodata
+                tags = {str(k): str(v) for k, v in ds.tags().items()}
+    except RasterioIOError as exc:
+        raise TecInputError(f"cannot read {path} as a raster: {exc}") from None
+    count = array.shape[0]
+    if bands is not None:
+        names = resolve_bands(bands, count)
+    else:
+        missing = [i + 1 for i, d in enumerate(descriptions) if not d]
+        if missing:
+            raise TecBandError(
+                f"{path}: band(s) {missing} have no description, so their Sentinel-2 names are "
+                f"unknown; pass them with --bands B02,B03,... ({count} names)")
+        try:
+            names = resolve_bands([normalize_band_name(d) for d in descriptions], count)
+        except TecBandError as exc:
+            raise TecBandError(f"{path}: band descriptions {descriptions} are not Sentinel-2 band "
+                               f"names ({exc}); pass the names with --bands B02,B03,...") from None
+    if len(nodatavals) > 1:
+        raise TecInputError(f"{path}: bands have different nodata values {sorted(map(str, nodatavals))}; "
+                            f"TEC stores one nodata value")
+    if nodata is not None and float(nodata).is_integer():
+        nodata = int(nodata)
+    meta = {"bands": names, "crs_wkt": crs_wkt, "geotransform": list(gt) if georef else None,
+            "nodata": nodata, "tags": tags, "dtype": array.dtype.name}
+    return array, meta
+
+
+def write_geotiff(path, array: np.ndarray, bands, crs_wkt=None, geotransform=None, nodata=None,
+                  tags: dict | None = None) -> None:
+    """Write a tiled DEFLATE GeoTIFF with band descriptions, atomically (temporary file + rename)."""
+    rasterio = _rasterio()
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.transform import Affine
+
+    if array.ndim == 2:
+        array = array[None]
+    count, height, width = array.shape
+    bands = list(bands)
+    if len(bands) != count:
+        raise TecBandError(f"{len(bands)} band names for {count} bands")
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count,
+               "dtype": array.dtype.name, "nodata": nodata, "compress": "deflate",
+               "predictor": 2, "interleave": "band"}
+    if width >= 16 and height >= 16:          # GeoTIFF tiles are multiples of 16 pixels
+        block = 256 if min(width, height) >= 256 else 16 * max(1, min(width, height) // 16)
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    if crs_wkt:
+        profile["crs"] = crs_wkt
+    if geotransform is not None:
+        profile["transform"] = Affine.from_gdal(*geotransform)
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp-{secrets.token_hex(6)}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(array)
+                for i, b in enumerate(bands, 1):
+                    dst.set_band_description(i, b)
+                if tags:
+                    dst.update_tags(**{str(k): str(v) for k, v in tags.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, tmp + ".aux.xml"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+        raise
