@@ -282,13 +282,14 @@ def encode_learned(tile: np.ndarray, model, level: float, nodata) -> tuple[bytes
     entropy = ENTROPY_CODES[model.entropy]
     if entropy == 1:
         level = float(round(level))       # factorized priors exist for integer levels only
+    net64 = model.net64
     with torch.no_grad():
-        c = pad_replicate(torch.from_numpy(comps)[None])
-        qt = torch.tensor([level])
-        gain, _, hyper_gain = net.gains(qt)
-        y = net.g_a(c) * gain
+        c = pad_replicate(torch.from_numpy(comps)[None]).double()
+        qt = torch.tensor([level], dtype=torch.float64)
+        gain, _, hyper_gain = net64.gains(qt)
+        y = net64.g_a(c) * gain
         if entropy == 0:
-            z = net.h_a(y) * hyper_gain
+            z = net64.h_a(y) * hyper_gain
             z_strings = net.entropy_bottleneck.compress(z)
             z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
             scales, mu = _entropy_params(model, z_hat, hyper_gain)
@@ -313,7 +314,7 @@ def encode_learned(tile: np.ndarray, model, level: float, nodata) -> tuple[bytes
 def _entropy_params(model, z_hat, hyper_gain):
     import torch
 
-    params = model.h_s64(z_hat.double() / hyper_gain.double())
+    params = model.net64.h_s(z_hat.double() / hyper_gain)
     scales, mu = params.chunk(2, 1)
     return scales, mu
 
@@ -367,8 +368,8 @@ def decode_learned(payload: bytes, head: TileHeader, model=None) -> np.ndarray:
     ph, pw = TecImageModel.pad_size(head.height, head.width)
     lat = (ph // 8, pw // 8)
     with torch.no_grad():
-        qt = torch.tensor([level])
-        _, inv_gain, hyper_gain = net.gains(qt)
+        qt = torch.tensor([level], dtype=torch.float64)
+        _, inv_gain, hyper_gain = model.net64.gains(qt)
         if entropy == 0:
             z_shape = (ph // 32, pw // 32)
             z_hat = net.entropy_bottleneck.decompress([streams[0]], z_shape)
@@ -383,8 +384,8 @@ def decode_learned(payload: bytes, head: TileHeader, model=None) -> np.ndarray:
 def _synthesize(model, y_hat, qt, count, h, w, means, basis_q, dtype) -> np.ndarray:
     from . import spectral
 
-    _, inv_gain, _ = model.net.gains(qt)
-    c_hat = model.net.g_s(y_hat.float() * inv_gain)
+    _, inv_gain, _ = model.net64.gains(qt)
+    c_hat = model.net64.g_s(y_hat.double() * inv_gain)
     comps = c_hat[0, :count, :h, :w].numpy()
     if not np.isfinite(comps).all():
         raise TecDecodeError("learned tile decoded to non-finite values (corrupt stream?)")

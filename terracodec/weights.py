@@ -74,7 +74,7 @@ class LoadedModel:
     sha256: str
     entropy: str            # "hyperprior" or "factorized"
     net: object             # TecImageModel in eval mode
-    h_s64: object           # float64 copy of the hyper-synthesis: entropy parameters must not depend on threads
+    net64: object           # float64 copy for inference: no oneDNN kernels, so results do not depend on threads
     lock: threading.Lock
 
 
@@ -103,8 +103,8 @@ def _load_file(path: str, sha: str, config_json: str):
         raise TecModelError(f"weights {path} do not fit {TecImageModel(**json.loads(config_json)).__class__.__name__}: missing {missing}, unexpected {unexpected}")
     net.gaussian_conditional.update()
     net.eval()
-    h_s64 = copy.deepcopy(net.h_s).double().eval()
-    return net, h_s64
+    net64 = copy.deepcopy(net).double().eval()
+    return net, net64
 
 
 def load_model(name: str | None = None) -> LoadedModel:
@@ -113,8 +113,8 @@ def load_model(name: str | None = None) -> LoadedModel:
     if not path.exists():
         raise TecModelError(f"weights file {path} for model {name!r} is missing")
     with _load_lock:
-        net, h_s64 = _load_file(str(path), entry["sha256"], json.dumps(entry["config"], sort_keys=True))
-    return LoadedModel(name, entry["sha256"], entry["entropy"], net, h_s64, _model_locks(entry["sha256"]))
+        net, net64 = _load_file(str(path), entry["sha256"], json.dumps(entry["config"], sort_keys=True))
+    return LoadedModel(name, entry["sha256"], entry["entropy"], net, net64, _model_locks(entry["sha256"]))
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The learned tile codec with the shipped weights: quality floors, ladder, determinism, corruption."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rasterio = pytest.importorskip("rasterio")
+
+from terracodec import tilecodec as tc  # noqa: E402
+from terracodec.errors import TecChecksumError, TecDecodeError, TecFormatError  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+VAL_SCENE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s2l1c" / "dsen2_T49JGM_2017-10-22.tif"
+
+
+def read(name):
+    with rasterio.open(DATA / name) as src:
+        return src.read()
+
+
+@pytest.fixture(scope="module")
+def bright():
+    return read("l2a_10band_bright_worldcereal.tif")
+
+
+@pytest.fixture(scope="module")
+def cloudy():
+    return read("l1c_13band_cloudy_s2cloudless.tif")
+
+
+@pytest.mark.parametrize("name", ["l2a_10band_bright_worldcereal.tif", "l1c_13band_cloudy_s2cloudless.tif"])
+@pytest.mark.parametrize("quality", [1, 4, 8])
+def test_quality_floor_is_met(name, quality):
+    tile = read(name)
+    payload, kind = tc.encode_tile(tile, quality=quality)
+    out = tc.decode_tile(payload)
+    assert out.shape == tile.shape and out.dtype == tile.dtype
+    assert tc.tile_psnr(tile, out, None) >= tc.QUALITY_FLOOR_DB[quality]
+    assert kind in (tc.KIND_LEARNED, tc.KIND_CLASSICAL, tc.KIND_LOSSLESS)
+
+
+def test_psnr_and_size_grow_with_quality(cloudy):
+    results = []
+    for q in range(1, 9):
+        payload, _ = tc.encode_tile(cloudy, quality=q)
+        results.append((len(payload), tc.tile_psnr(cloudy, tc.decode_tile(payload), None)))
+    psnrs = [p for _, p in results]
+    assert all(b >= a - 0.3 for a, b in zip(psnrs, psnrs[1:])), psnrs
+    assert psnrs[-1] > psnrs[0] + 10
+
+
+@pytest.mark.skipif(not VAL_SCENE.exists(), reason="needs ../shared/data (val scene dsen2_T49JGM)")
+def test_ladder_spans_35_to_55_db_on_val_crop():
+    with rasterio.open(VAL_SCENE) as src:
+        tile = src.read(window=((100, 228), (100, 228)))
+    psnr = {q: tc.tile_psnr(tile, tc.decode_tile(tc.encode_tile(tile, quality=q)[0]), None) for q in (1, 8)}
+    assert psnr[1] <= 40 and psnr[8] >= 55, psnr
+
+
+@pytest.mark.parametrize("model", ["tec-hp-v1", "tec-fp-v1"])
+def test_learned_roundtrip_odd_size_and_band_subsets(model):
+    full = read("l1c_13band_eurosat.tif")
+    for bands in (full, full[[1, 2, 3, 7]], full[:10]):
+        tile = bands[:, 3:20, 5:36]                      # 17 x 31
+        payload, _ = tc.encode_learned(tile, tc_model(model), 2.0, None)
+        out = tc.decode_tile(payload, model=model)
+        assert out.shape == tile.shape
+        assert tc.tile_psnr(tile, out, None) > 30
+
+
+def tc_model(name):
+    from terracodec.weights import load_model
+
+    return load_model(name)
+
+
+def test_nodata_mask_is_exact():
+    tile = read("sref_10band_nodata_rsgislib.tif")
+    nodata = 0
+    assert (tile == nodata).any()
+    out = tc.decode_tile(tc.encode_tile(tile, quality=3, nodata=nodata)[0])
+    np.testing.assert_array_equal(out == nodata, tile == nodata)
+
+
+def test_same_bytes_twice(cloudy):
+    assert tc.encode_tile(cloudy, quality=5)[0] == tc.encode_tile(cloudy, quality=5)[0]
+
+
+def test_decode_in_fresh_process_with_other_thread_count(tmp_path, cloudy):
+    """Entropy parameters must not depend on threads: decode with 1 thread in a new process."""
+    payloads = {}
+    for model in ("tec-hp-v1", "tec-fp-v1"):
+        payload, _ = tc.encode_learned(cloudy, tc_model(model), 4.0, None)
+        (tmp_path / f"{model}.bin").write_bytes(payload)
+        payloads[model] = tc.decode_tile(payload, model=model)
+    script = (
+        "import sys, numpy as np, torch; torch.set_num_threads(int(sys.argv[2]));"
+        "from terracodec import tilecodec as tc;"
+        "from pathlib import Path; d = Path(sys.argv[1]);"
+        "[np.save(d / (m + '.npy'), tc.decode_tile((d / (m + '.bin')).read_bytes(), model=m)) "
+        "for m in ('tec-hp-v1', 'tec-fp-v1')]"
+    )
+    threads = 1 if int(os.environ.get("OMP_NUM_THREADS", "2")) != 1 else 2
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), str(threads)], check=True, env=env)
+    for model, expected in payloads.items():
+        np.testing.assert_array_equal(np.load(tmp_path / f"{model}.npy"), expected)
+
+
+def test_flipped_bit_in_payload_is_detected(cloudy):
+    payload = bytearray(tc.encode_tile(cloudy, quality=3)[0])
+    payload[len(payload) // 2] ^= 0x10
+    with pytest.raises(TecChecksumError):
+        tc.decode_tile(bytes(payload))
+
+
+def test_truncated_payload_is_detected(cloudy):
+    payload = tc.encode_tile(cloudy, quality=3)[0]
+    for cut in (0, 10, 30, len(payload) // 2, len(payload) - 1):
+        with pytest.raises(TecFormatError):
+            tc.decode_tile(payload[:cut])
+
+
+def test_tile_from_other_weights_is_refused(cloudy):
+    payload = bytearray(tc.encode_learned(cloudy, tc_model(None), 2.0, None)[0])
+    body = tc.TileHeader(bytes(payload)).body
+    payload[body] ^= 0xFF                              # model tag
+    resealed = tc.seal(bytes(payload[:-4]))
+    with pytest.raises(TecDecodeError, match="weights"):
+        tc.decode_tile(resealed)
+
+
+def test_models_listed_with_hashes():
+    from terracodec.weights import list_models, sha256_file, weights_dir
+
+    models = {m["name"]: m for m in list_models()}
+    assert {"tec-hp-v1", "tec-fp-v1"} <= set(models)
+    for m in models.values():
+        assert sha256_file(weights_dir() / m["file"]) == m["sha256"]
+        assert m["qualities"] == list(range(1, 9))
+    json.dumps(list(models.values()))
