@@ -1,0 +1,515 @@
+# SPDX-License-Identifier: Apache-2.0
+"""terracodec's Python API: encode/decode/write/open/Writer on real Sentinel-2 crops.
+
+Pixel comparisons go through conftest.assert_decoded_matches (PSNR for the lossy learned codec,
+exact for 'lossless'); shapes, dtypes, nodata, metadata and determinism are always exact. Tests
+that pass ``model="lossless"`` explicitly test structure (tiling, windows, corruption), not the codec.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import CROPS, LOSSLESS, MIN_PSNR, assert_decoded_matches, psnr10000, read_tif
+
+import terracodec as tec
+from terracodec import api
+from terracodec.bands import resolve_bands
+from terracodec.format import PREFIX_SIZE
+
+LL = "lossless"
+
+
+def tiled(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A real crop repeated (mirrored) to h x w, so large tests still see real spectra."""
+    a = np.concatenate([arr, arr[:, ::-1]], axis=1)
+    a = np.concatenate([a, a[:, :, ::-1]], axis=2)
+    reps = (1, -(-h // a.shape[1]), -(-w // a.shape[2]))
+    return np.ascontiguousarray(np.tile(a, reps)[:, :h, :w])
+
+
+@pytest.fixture(scope="module")
+def encoded(crops, model):
+    """name -> .tec bytes of every crop, encoded once (quality 5, the test model)."""
+    out = {}
+    for name, (arr, meta) in crops.items():
+        out[name] = tec.encode(arr, meta["bands"], quality=5, model=model, nodata=meta["nodata"],
+                               crs_wkt=meta["crs_wkt"], geotransform=meta["geotransform"],
+                               metadata=meta["tags"])
+    return out
+
+
+# -- round trips --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(CROPS))
+def test_round_trip_real_crops(name, crops, encoded):
+    arr, meta = crops[name]
+    data = encoded[name]
+    back = tec.decode(data)
+    assert_decoded_matches(back, arr, meta["nodata"])
+    with api.TecDataset(data) as ds:
+        assert ds.shape == arr.shape and ds.count == arr.shape[0]
+        assert ds.bands == tuple(meta["bands"])
+        assert ds.dtype == np.int16
+        assert ds.nodata == meta["nodata"]
+        assert ds.crs == meta["crs_wkt"]
+        assert ds.transform == (tuple(meta["geotransform"]) if meta["geotransform"] else None)
+        assert ds.metadata == meta["tags"]
+        assert ds.quality == 5
+    assert len(data) < arr.nbytes                       # it compresses (even losslessly)
+
+
+@pytest.mark.parametrize("name,count", [("l2a12", 12), ("l1c13", 13), ("sref10_nodata", 10), ("l2a4", 4)])
+def test_band_counts_use_default_names(name, count, crops, model):
+    arr, meta = crops[name]
+    assert arr.shape[0] == count
+    if count != 10:   # the 10-band default is B02..B12 without B01/B09, which this crop also is
+        assert tuple(meta["bands"]) == resolve_bands(None, count)
+    data = tec.encode(arr, model=LL, nodata=meta["nodata"])          # bands=None -> defaults
+    with api.TecDataset(data) as ds:
+        assert ds.bands == resolve_bands(None, count)
+
+
+def test_quality_is_recorded_and_monotonic_in_size(l2a12, model):
+    arr, meta = l2a12
+    sizes = {}
+    for q in (1, 8):
+        data = tec.encode(arr, meta["bands"], quality=q, model=model)
+        with api.TecDataset(data) as ds:
+            assert ds.quality == q
+        sizes[q] = len(data)
+        assert_decoded_matches(tec.decode(data), arr, min_psnr=MIN_PSNR)
+    if not LOSSLESS:
+        assert sizes[1] < sizes[8]
+
+
+@pytest.mark.parametrize("h,w,tile", [(1, 1, 256), (17, 300, 256),
+                                      pytest.param(300, 530, 256, marks=pytest.mark.slow), (33, 47, 32)])
+def test_odd_sizes(h, w, tile, l2a12, model):
+    arr = tiled(l2a12[0][[1, 2, 3, 7]], h, w)                  # B02 B03 B04 B08
+    data = tec.encode(arr, ["B02", "B03", "B04", "B08"], model=model, tile_size=tile)
+    with api.TecDataset(data) as ds:
+        assert (ds.tiles_x, ds.tiles_y) == (-(-w // tile), -(-h // tile))
+        assert len(ds._reader.entries) == ds.tiles_x * ds.tiles_y
+    back = tec.decode(data)
+    if h * w == 1:   # one pixel: PSNR of a single value is noisy; still within 1 % of reflectance
+        assert back.shape == arr.shape and back.dtype == arr.dtype
+        assert np.abs(back.astype(int) - arr).max() <= 100 or LOSSLESS
+    else:
+        assert_decoded_matches(back, arr)
+
+
+def test_two_dimensional_array_is_one_band(l2a12, model):
+    band = l2a12[0][3]
+    with pytest.raises(tec.TecBandError):
+        tec.encode(band, model=LL)                             # one band has no default name
+    data = tec.encode(band, ["B04"], model=model)
+    back = tec.decode(data)
+    assert back.shape == (1,) + band.shape
+    assert_decoded_matches(back[0], band)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_other_dtypes(dtype, l2a12, model):
+    arr = l2a12[0][:4].astype(np.int32)
+    arr = (arr // 40).clip(0, 255) if dtype == "uint8" else arr + 1000
+    arr = arr.astype(dtype)
+    back = tec.decode(tec.encode(arr, model=LL))
+    np.testing.assert_array_equal(back, arr)                   # noted: lossless model
+    back = tec.decode(tec.encode(arr, model=model))
+    assert back.dtype == np.dtype(dtype) and back.shape == arr.shape
+
+
+# -- nodata ---------------------------------------------------------------------------------------------
+def test_nodata_real_clouds_exact(crops, encoded):
+    arr, meta = crops["sref10_nodata"]
+    assert meta["nodata"] == 0 and (arr == 0).mean() > 0.1
+    back = tec.decode(encoded["sref10_nodata"])
+    np.testing.assert_array_equal(back == 0, arr == 0)
+    assert_decoded_matches(back, arr, 0)
+
+
+@pytest.mark.parametrize("nodata", [-9999, 0, 32767])
+def test_nodata_per_band_and_block(nodata, l2a12, model):
+    arr = l2a12[0].copy()
+    arr[:, 10:30, 5:40] = nodata                               # all bands
+    arr[3, 40:50, 50:70] = nodata                              # one band only
+    arr[7, ::7, ::5] = nodata                                  # scattered pixels
+    data = tec.encode(arr, model=model, nodata=nodata, tile_size=48)
+    back = tec.decode(data)
+    np.testing.assert_array_equal(back == nodata, arr == nodata)
+    assert_decoded_matches(back, arr, nodata)
+    with api.TecDataset(data) as ds:
+        assert ds.nodata == nodata and ds.profile["nodata"] == nodata
+
+
+def test_all_nodata_tile(l2a12, model):
+    arr = l2a12[0].copy()
+    arr[:, :32, :32] = 0
+    back = tec.decode(tec.encode(arr, model=model, nodata=0, tile_size=32))
+    assert (back[:, :32, :32] == 0).all()
+    assert_decoded_matches(back, arr, 0)
+
+
+# -- windows --------------------------------------------------------------------------------------------
+WINDOWS = [((0, 64), (0, 80)), ((5, 6), (7, 8)), ((10, 50), (30, 79)), ((31, 33), (0, 80)), ((63, 64), (79, 80))]
+
+
+@pytest.fixture(scope="module")
+def small_tiles(l2a12, model, tmp_path_factory):
+    """The 12-band crop in 32-pixel tiles (2 x 3 grid) with the test model."""
+    arr, meta = l2a12
+    path = tmp_path_factory.mktemp("win") / "w.tec"
+    tec.write(path, arr, meta["bands"], model=model, tile_size=32, crs_wkt=meta["crs_wkt"],
+              geotransform=meta["geotransform"])
+    return path
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_window_equals_crop_of_full_read(window, small_tiles):
+    with tec.open(small_tiles) as ds:
+        full = ds.read()
+        (r0, r1), (c0, c1) = window
+        part = ds.read(window=window)
+        np.testing.assert_array_equal(part, full[:, r0:r1, c0:c1])    # exact: same tiles decoded
+
+
+def test_window_forms_and_band_selection(small_tiles):
+    from rasterio.windows import Window
+
+    with tec.open(small_tiles) as ds:
+        full = ds.read()
+        np.testing.assert_array_equal(ds.read(window=Window(30, 10, 49, 40)), full[:, 10:50, 30:79])
+        np.testing.assert_array_equal(ds.read(window=((10, 50), (30, 79)), bands=["B04", "b2"]),
+                                      full[[3, 1], 10:50, 30:79])
+        np.testing.assert_array_equal(ds.read(bands=[4, 2]), full[[3, 1]])
+        np.testing.assert_array_equal(ds.read(bands=4), full[3])           # int -> 2-D, like rasterio
+        for bad in [((0, 65), (0, 10)), ((5, 5), (0, 10)), ((-1, 3), (0, 3)), "x", ((0.5, 3), (0, 3))]:
+            with pytest.raises(tec.TecInputError):
+                ds.read(window=bad)
+        with pytest.raises(tec.TecBandError):
+            ds.read(bands=["B10"])
+        with pytest.raises(tec.TecBandError):
+            ds.read(bands=[13])
+
+
+def test_decode_with_window_bytes(l2a12):
+    arr = l2a12[0]
+    data = tec.encode(arr, model=LL, tile_size=32)
+    np.testing.assert_array_equal(tec.decode(data, window=((3, 40), (20, 70))), arr[:, 3:40, 20:70])
+
+
+@pytest.fixture(scope="module")
+def big_lossless(l2a12, tmp_path_factory):
+    """300 x 530, 4 bands, 64-pixel tiles (5 x 9 grid), lossless: a structural fixture."""
+    arr = tiled(l2a12[0][[1, 2, 3, 7]], 300, 530)
+    path = tmp_path_factory.mktemp("big") / "big.tec"
+    tec.write(path, arr, ["B02", "B03", "B04", "B08"], model=LL, tile_size=64)
+    return path, arr
+
+
+def test_window_decodes_only_touched_tiles(big_lossless, monkeypatch):
+    path, arr = big_lossless
+    calls = []
+    real = api.tilecodec.decode_tile
+
+    def counting(payload, **kw):
+        calls.append(len(payload))
+        return real(payload, **kw)
+
+    monkeypatch.setattr(api.tilecodec, "decode_tile", counting)
+    with tec.open(path) as ds:
+        assert (ds.tiles_x, ds.tiles_y) == (9, 5)
+        part = ds.read(window=((70, 120), (120, 200)))           # rows in tile row 1, cols in tiles 1..3
+        assert len(calls) == 3
+        np.testing.assert_array_equal(part, arr[:, 70:120, 120:200])
+        calls.clear()
+        ds.read(window=((0, 1), (0, 1)))
+        assert len(calls) == 1
+        calls.clear()
+        ds.read()
+        assert len(calls) == 45
+
+
+def _flip_byte_in_tile(src, dst, tile_index):
+    from terracodec.format import ContainerReader
+
+    with ContainerReader(str(src)) as r:
+        e = r.entries[tile_index]
+    raw = bytearray(open(src, "rb").read())
+    raw[e.offset + e.length // 2] ^= 0x10
+    open(dst, "wb").write(bytes(raw))
+
+
+def test_corrupt_untouched_tile_does_not_break_window_read(big_lossless, tmp_path):
+    path, arr = big_lossless
+    bad = tmp_path / "bad.tec"
+    _flip_byte_in_tile(path, bad, tile_index=44)                   # last tile (row 4, col 8)
+    with tec.open(bad) as ds:
+        np.testing.assert_array_equal(ds.read(window=((0, 200), (0, 300))), arr[:, :200, :300])
+        with pytest.raises(tec.TecChecksumError, match="tile 44"):
+            ds.read()
+        with pytest.raises(tec.TecChecksumError):
+            ds.read(window=((290, 300), (520, 530)))
+
+
+# -- determinism and the streaming writer ---------------------------------------------------------------
+def test_same_bytes_for_two_encodes(l2a12, model):
+    arr, meta = l2a12
+    kw = dict(model=model, quality=4, tile_size=48, crs_wkt=meta["crs_wkt"], geotransform=meta["geotransform"])
+    assert tec.encode(arr, **kw) == tec.encode(arr.copy(), **kw)
+
+
+def test_writer_strips_equal_encode(crops, model, tmp_path):
+    arr, meta = crops["sref10_nodata"]
+    arr = np.ascontiguousarray(arr[:, :, :40])                   # 72 x 40: two 36-row tile rows
+    want = tec.encode(arr, meta["bands"], model=model, nodata=0, tile_size=36)
+    path = tmp_path / "s.tec"
+    c, h, w = arr.shape
+    with tec.Writer(path, w, h, c, arr.dtype, meta["bands"], model=model, nodata=0, tile_size=36) as wr:
+        for r0, r1 in [(0, 7), (7, 40), (40, 41), (41, 72)]:      # strips of any height
+            wr.write(arr[:, r0:r1])
+    assert path.read_bytes() == want
+    path2 = tmp_path / "t.tec"
+    with tec.Writer(path2, w, h, c, "int16", meta["bands"], model=LL, nodata=0, tile_size=36) as wr:
+        for r0 in range(0, h, 36):
+            wr.write_tiles(r0, arr[:, r0:r0 + 36])
+    assert path2.read_bytes() == tec.encode(arr, meta["bands"], model=LL, nodata=0, tile_size=36)
+
+
+def test_writer_errors_leave_no_file(l2a12, tmp_path):
+    arr = l2a12[0]
+    c, h, w = arr.shape
+    path = tmp_path / "x.tec"
+    with pytest.raises(RuntimeError):
+        with tec.Writer(path, w, h, c, "int16", model=LL) as wr:
+            wr.write(arr[:, :40])
+            raise RuntimeError("boom")
+    with pytest.raises(tec.TecInputError, match="rows not written"):
+        with tec.Writer(path, w, h, c, "int16", model=LL) as wr:
+            wr.write(arr[:, :40])
+    wr = tec.Writer(path, w, h, c, "int16", model=LL)
+    with pytest.raises(tec.TecInputError, match="top to bottom"):
+        wr.write_tiles(32, arr[:, 32:])
+    wr = tec.Writer(path, w, h, c, "int16", model=LL)
+    with pytest.raises(tec.TecInputError):
+        wr.write(arr[:5])                                          # wrong band count
+    wr = tec.Writer(path, w, h, c, "int16", model=LL)
+    with pytest.raises(tec.TecInputError):
+        wr.write(arr.astype(np.float32))
+    assert sorted(os.listdir(tmp_path)) == []                      # no file, no temporary
+
+
+def test_failed_write_keeps_existing_file(l2a12, tmp_path):
+    path = tmp_path / "keep.tec"
+    path.write_bytes(b"old")
+    with pytest.raises(tec.TecInputError):
+        tec.write(path, l2a12[0].astype(np.float32))
+    with pytest.raises(RuntimeError):
+        with tec.Writer(path, 80, 64, 12, "int16", model=LL) as wr:
+            wr.write(l2a12[0][:, :10])
+            raise RuntimeError
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["keep.tec"]
+
+
+# -- the dataset object ---------------------------------------------------------------------------------
+def test_dataset_properties_and_profile(l2a12, model, tmp_path):
+    import rasterio
+    from affine import Affine
+
+    arr, meta = l2a12
+    path = tmp_path / "p.tec"
+    tec.write(path, arr, meta["bands"], quality=6, model=model, crs_wkt=meta["crs_wkt"],
+              geotransform=meta["geotransform"], metadata={"A": "b"}, date="2017-06-17")
+    with tec.open(path) as ds:
+        assert ds.width == 80 and ds.height == 64 and ds.count == 12 and ds.shape == (12, 64, 80)
+        assert ds.dtype == np.int16 and ds.quality == 6 and ds.dates == ["2017-06-17"]
+        assert ds.model == (model or __import__("terracodec.weights").weights.default_model())
+        assert ds.header["model"]["name"] == ds.model
+        assert isinstance(ds.crs, str) and rasterio.crs.CRS.from_wkt(ds.crs) == meta["crs"]
+        assert ds.transform == tuple(meta["geotransform"])
+        assert ds.affine == meta["transform"] and isinstance(ds.affine, Affine)
+        assert ds.metadata == {"A": "b"}
+        stats = ds.header["stats"]
+        assert stats["fallback_tiles"] == sum(e.kind == 1 for e in ds._reader.entries)
+        assert stats["compression_ratio"] == pytest.approx(ds.compression_ratio, rel=1e-3)
+        assert ds.compression_ratio == pytest.approx(arr.nbytes / path.stat().st_size)
+        data = ds.read()
+        profile = ds.profile
+    assert ds.closed
+    assert set(profile) >= {"driver", "width", "height", "count", "dtype", "crs", "transform", "nodata"}
+    out = tmp_path / "p.tif"
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data)
+    back, m2 = read_tif(out)
+    np.testing.assert_array_equal(back, data)
+    assert m2["crs"] == meta["crs"] and m2["transform"] == meta["transform"]
+
+
+def test_no_georeferencing(crops, encoded):
+    arr, meta = crops["cloudy13"]
+    assert meta["crs_wkt"] is None
+    with api.TecDataset(encoded["cloudy13"]) as ds:
+        assert ds.crs is None and ds.transform is None and ds.affine is None
+        assert ds.profile["crs"] is None
+
+
+def test_bright_and_cloudy_quality(crops, encoded):
+    """Values above 10000 (thick cloud) and cloudy L1C still meet the floor of the test quality."""
+    for name in ("bright10", "cloudy13"):
+        arr, meta = crops[name]
+        back = tec.decode(encoded[name])
+        assert_decoded_matches(back, arr, meta["nodata"])
+    assert crops["bright10"][0].max() > 15000
+
+
+def test_cloudy_crop_matches_its_mask(crops):
+    mask, _ = read_tif(os.path.join(os.path.dirname(__file__), "data", "l1c_13band_cloudy_s2cloudless_cloudmask.tif"))
+    assert mask.shape[1:] == crops["cloudy13"][0].shape[1:]
+    assert 0.2 < mask[0].mean() < 0.8
+
+
+# -- bad inputs -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad,exc,match", [
+    ([[[1, 2]]], tec.TecInputError, "numpy array"),
+    (np.zeros((2, 3, 4, 5), np.int16), tec.TecInputError, "3-D"),
+    (np.zeros((4,), np.int16), tec.TecInputError, "3-D"),
+    (np.zeros((4, 0, 5), np.int16), tec.TecInputError, "empty"),
+    (np.zeros((0, 4, 5), np.int16), tec.TecInputError, "empty"),
+    (np.zeros((4, 8, 8), np.float32), tec.TecInputError, "float32"),
+    (np.zeros((4, 8, 8), np.float64), tec.TecInputError, "float64"),
+    (np.zeros((4, 8, 8), np.int32), tec.TecInputError, "int32"),
+    (np.zeros((4, 8, 8), np.int8), tec.TecInputError, "int8"),
+    (np.zeros((4, 8, 8), bool), tec.TecInputError, "bool"),
+    (np.zeros((14, 8, 8), np.int16), tec.TecBandError, "14 bands"),
+    (np.zeros((5, 8, 8), np.int16), tec.TecBandError, "explicit band names"),
+])
+def test_bad_arrays(bad, exc, match):
+    with pytest.raises(exc, match=match):
+        tec.encode(bad, model=LL)
+
+
+def test_nan_is_named():
+    a = np.full((4, 8, 8), 0.1, np.float32)
+    a[0, 0, 0] = np.nan
+    with pytest.raises(tec.TecInputError, match="NaN"):
+        tec.encode(a)
+
+
+@pytest.mark.parametrize("kw,exc", [
+    ({"bands": ["B02", "B03", "B04", "BXX"]}, tec.TecBandError),
+    ({"bands": ["B02", "B03", "B04"]}, tec.TecBandError),
+    ({"bands": ["B02", "B02", "B04", "B08"]}, tec.TecBandError),
+    ({"quality": 0}, tec.TecInputError), ({"quality": 9}, tec.TecInputError),
+    ({"quality": 5.0}, tec.TecInputError), ({"quality": True}, tec.TecInputError),
+    ({"nodata": 40000}, tec.TecInputError), ({"nodata": 0.5}, tec.TecInputError),
+    ({"nodata": float("nan")}, tec.TecInputError), ({"nodata": "zero"}, tec.TecInputError),
+    ({"tile_size": 8}, tec.TecInputError), ({"tile_size": 100.0}, tec.TecInputError),
+    ({"geotransform": (1, 2, 3)}, tec.TecInputError), ({"crs_wkt": 4326}, tec.TecInputError),
+    ({"model": "no-such-model"}, tec.TecModelError),
+])
+def test_bad_arguments(kw, exc, l2a12):
+    arr = l2a12[0][[1, 2, 3, 7]]
+    kw = {"model": LL, **kw}
+    with pytest.raises(exc):
+        tec.encode(arr, **kw)
+
+
+def test_error_hierarchy():
+    assert issubclass(tec.TecBandError, tec.TecInputError)
+    assert issubclass(tec.TecChecksumError, tec.TecFormatError)
+    for e in (tec.TecFormatError, tec.TecInputError, tec.TecModelError, tec.TecDecodeError):
+        assert issubclass(e, tec.TecError)
+
+
+@pytest.fixture(scope="module")
+def good_file(l2a12, tmp_path_factory):
+    path = tmp_path_factory.mktemp("good") / "good.tec"
+    tec.write(path, l2a12[0], model=LL, tile_size=32)
+    return path
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        tec.open(tmp_path / "nope.tec")
+
+
+def test_truncated_file(good_file, tmp_path):
+    raw = good_file.read_bytes()
+    for cut in (len(raw) - 1, len(raw) // 2, PREFIX_SIZE, 10, 0):
+        p = tmp_path / f"t{cut}.tec"
+        p.write_bytes(raw[:cut])
+        with pytest.raises(tec.TecFormatError):
+            tec.open(p)
+        with pytest.raises(tec.TecFormatError):
+            tec.decode(raw[:cut])
+
+
+def test_wrong_magic(good_file, tmp_path):
+    raw = bytearray(good_file.read_bytes())
+    raw[1:4] = b"TIF"
+    with pytest.raises(tec.TecFormatError, match="magic"):
+        tec.decode(bytes(raw))
+    p = tmp_path / "x.tif"
+    p.write_bytes(open(os.path.join(os.path.dirname(__file__), "data", CROPS["l2a4"]), "rb").read())
+    with pytest.raises(tec.TecFormatError, match="not a .tec"):
+        tec.open(p)
+
+
+def test_flipped_bit_in_tile(good_file, tmp_path):
+    bad = tmp_path / "bad.tec"
+    _flip_byte_in_tile(good_file, bad, tile_index=0)
+    with tec.open(bad) as ds:
+        with pytest.raises(tec.TecChecksumError):
+            ds.read()
+        ds.read(window=((40, 64), (40, 80)))                      # other tiles still fine
+
+
+def test_flipped_bit_in_header(good_file):
+    from terracodec.format import ContainerReader
+
+    raw = bytearray(good_file.read_bytes())
+    with ContainerReader(bytes(raw)) as r:
+        off = r.entries[-1].offset + r.entries[-1].length        # header follows the payloads
+    raw[off + 3] ^= 0x01
+    with pytest.raises(tec.TecChecksumError):
+        tec.decode(bytes(raw))
+
+
+def test_decode_rejects_non_bytes(good_file):
+    with pytest.raises(tec.TecInputError):
+        tec.decode(str(good_file))
+
+
+# -- packaging ------------------------------------------------------------------------------------------
+def test_import_is_light():
+    code = "import sys, terracodec; print('torch' in sys.modules, terracodec.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    torch_loaded, version = out.split()
+    assert torch_loaded == "False" and version
+    for name in ("encode", "decode", "open", "write", "Writer", "TecError", "TecFormatError",
+                 "TecChecksumError", "TecInputError", "TecBandError", "TecModelError", "TecDecodeError"):
+        assert hasattr(tec, name)
+
+
+def test_model_record_fallback(monkeypatch):
+    assert api._model_record("lossless") == {"name": "lossless", "sha256": ""}
+    import terracodec
+
+    monkeypatch.setitem(sys.modules, "terracodec.weights", None)   # as if the module did not exist
+    monkeypatch.delattr(terracodec, "weights", raising=False)
+    assert api._model_record(None) == {"name": "lossless", "sha256": ""}
+
+
+# -- full files from the shared data set -----------------------------------------------------------------
+@pytest.mark.shared_data
+def test_full_train_scene(shared_data, model):
+    arr, meta = read_tif(shared_data / "s2l2a" / "bigearthnet_S2B-41-4_2018-04-21.tif")
+    data = tec.encode(arr, meta["bands"], model=model, tile_size=64, crs_wkt=meta["crs_wkt"],
+                      geotransform=meta["geotransform"])
+    back = tec.decode(data)
+    assert_decoded_matches(back, arr)
+    assert psnr10000(back, arr) >= MIN_PSNR
