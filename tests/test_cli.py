@@ -1,0 +1,188 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``tec`` command line: compress/decompress keep georeferencing, bands, nodata and tags; info;
+models; pass-through commands; one-line errors with exit status 1."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import DATA, LOSSLESS, TEST_MODEL, assert_decoded_matches, read_tif
+
+from terracodec.cli import cli
+
+TEC = Path(sys.executable).with_name("tec")
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def model_args():
+    return ["--model", TEST_MODEL] if TEST_MODEL else []
+
+
+@pytest.fixture(scope="module")
+def nodata_pair(tmp_path_factory):
+    """sref_10band_nodata_rsgislib.tif compressed and decompressed with the CLI."""
+    tmp = tmp_path_factory.mktemp("cli")
+    src = DATA / "sref_10band_nodata_rsgislib.tif"
+    run("compress", src, tmp / "a.tec", "-q", "5", "--tile-size", "48", "--no-progress", *model_args())
+    run("decompress", tmp / "a.tec", tmp / "b.tif", "--no-progress")
+    return src, tmp / "a.tec", tmp / "b.tif"
+
+
+def test_compress_decompress_keeps_georeferencing(nodata_pair):
+    src, tec_path, out = nodata_pair
+    a, ma = read_tif(src)
+    b, mb = read_tif(out)
+    assert mb["crs"] == ma["crs"] and mb["crs"] is not None
+    assert mb["transform"] == ma["transform"]
+    assert mb["bands"] == ma["bands"] == ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    assert mb["nodata"] == ma["nodata"] == 0
+    assert mb["tags"]["ACQUISITION_DATE"] == ma["tags"]["ACQUISITION_DATE"]
+    assert mb["tags"]["SOURCE"] == ma["tags"]["SOURCE"]
+    assert_decoded_matches(b, a, 0)
+
+
+def test_decompressed_geotiff_is_tiled_deflate(nodata_pair):
+    import rasterio
+
+    with rasterio.open(nodata_pair[2]) as ds:
+        assert ds.profile["compress"].lower() == "deflate"
+        assert ds.profile.get("tiled") is True
+
+
+def test_info_json(nodata_pair):
+    src, tec_path, _ = nodata_pair
+    d = json.loads(run("info", "--json", tec_path).output)
+    assert d["shape"] == [10, 72, 90] and (d["count"], d["height"], d["width"]) == (10, 72, 90)
+    assert d["dtype"] == "int16" and d["nodata"] == 0
+    assert d["bands"][0] == "B02" and len(d["bands"]) == 10
+    assert d["crs"] == "EPSG:32737" and d["crs_wkt"].startswith(("PROJCS", "PROJCRS"))
+    assert d["geotransform"] == list(read_tif(src)[1]["geotransform"])
+    assert d["quality"] == 5 and d["tile_size"] == 48
+    assert (d["tiles_x"], d["tiles_y"], d["tiles"]) == (2, 2, 4)
+    assert isinstance(d["fallback_tiles"], int) and 0 <= d["fallback_tiles"] <= 4
+    assert d["compression_ratio"] == pytest.approx(10 * 72 * 90 * 2 / d["size_bytes"], rel=1e-3)
+    assert d["size_bytes"] == tec_path.stat().st_size
+    assert d["model"]["name"] == (TEST_MODEL or __import__("terracodec.weights").weights.default_model())
+    assert d["dates"] == ["2016-07-20"]
+    assert d["stats"]["fallback_tiles"] == d["fallback_tiles"]
+
+
+def test_info_text(nodata_pair):
+    out = run("info", nodata_pair[1]).output
+    for key in ("shape:", "bands:", "crs:", "model:", "quality:", "tiles:", "fallback", "ratio"):
+        assert key in out
+    assert "EPSG:32737" in out and "2 x 2 of 48 px" in out
+
+
+@pytest.mark.parametrize("name", ["l2a_12band_bigearthnet.tif", "l1c_13band_eurosat.tif",
+                                  "l2a_4band_openeo.tif", "l1c_13band_cloudy_s2cloudless.tif"])
+def test_round_trip_files(name, tmp_path):
+    src = DATA / name
+    run("compress", src, tmp_path / "x.tec", "--model", "lossless")
+    run("decompress", tmp_path / "x.tec", tmp_path / "x.tif")
+    a, ma = read_tif(src)
+    b, mb = read_tif(tmp_path / "x.tif")
+    np.testing.assert_array_equal(b, a)                    # noted: lossless model
+    assert (mb["crs"], mb["transform"], mb["bands"]) == (ma["crs"], ma["transform"], ma["bands"])
+
+
+def test_bands_override_for_undescribed_file(tmp_path):
+    import rasterio
+
+    a, m = read_tif(DATA / "l2a_4band_openeo.tif")
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=a.shape[2], height=a.shape[1], count=4,
+                       dtype="int16", crs=m["crs"], transform=m["transform"]) as dst:
+        dst.write(a)
+    r = run("compress", plain, tmp_path / "p.tec", ok=False)
+    assert r.exit_code == 1
+    assert r.output.startswith("tec: error:") and "--bands" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "p.tec").exists()
+    run("compress", plain, tmp_path / "p.tec", "--bands", "B2,B3,B4,B8", "--model", "lossless")
+    d = json.loads(run("info", "--json", tmp_path / "p.tec").output)
+    assert d["bands"] == ["B02", "B03", "B04", "B08"]
+    r = run("compress", plain, tmp_path / "q.tec", "--bands", "B02,B03,B04,B99", ok=False)
+    assert r.exit_code == 1 and "B99" in r.output
+
+
+def test_errors_are_one_line(tmp_path):
+    r = run("compress", tmp_path / "missing.tif", tmp_path / "o.tec", ok=False)
+    assert r.exit_code == 1 and r.output.strip().count("\n") == 0 and r.output.startswith("tec: error:")
+    bad = tmp_path / "bad.tec"
+    bad.write_bytes(b"\x89TEC\r\n\x1a\n" + bytes(20))
+    for cmd in (["info", bad], ["decompress", bad, tmp_path / "o.tif"]):
+        r = run(*cmd, ok=False)
+        assert r.exit_code == 1 and "truncated" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o.tif").exists()
+    r = run("compress", DATA / "l2a_4band_openeo.tif", tmp_path / "o.tec", "-q", "9", ok=False)
+    assert r.exit_code == 2                                 # click usage error
+    r = run("compress", DATA / "l2a_4band_openeo.tif", tmp_path / "o.tec", "--model", "nope", ok=False)
+    assert r.exit_code == 1 and "unknown model" in r.output
+
+
+def test_verbose_shows_traceback(tmp_path):
+    bad = tmp_path / "bad.tec"
+    bad.write_bytes(b"not a tec file at all, just some bytes to be long enough for a prefix" * 2)
+    r = CliRunner().invoke(cli, ["-v", "info", str(bad)])
+    assert r.exit_code == 1 and "Traceback" in r.output and "tec: error:" in r.output
+
+
+@pytest.mark.skipif(not TEC.exists(), reason="console script tec not installed (pip install -e .)")
+def test_console_script_exit_status(tmp_path):
+    p = subprocess.run([str(TEC), "info", str(tmp_path / "nope.tec")], capture_output=True, text=True)
+    assert p.returncode == 1
+    assert p.stderr.strip().startswith("tec: error:") and "Traceback" not in p.stderr
+    assert p.stdout == ""
+
+
+def test_models():
+    try:
+        from terracodec.weights import list_models
+
+        expected = [m["name"] for m in list_models()]
+    except Exception as exc:
+        pytest.skip(f"no model registry: {exc}")
+    d = json.loads(run("models", "--json").output)
+    assert [m["name"] for m in d] == expected
+    assert sum(bool(m.get("default")) for m in d) == 1
+    text = run("models").output
+    assert all(name in text for name in expected) and "lossless" in text
+
+
+def test_train_passes_arguments_through():
+    r = run("train", "--help")
+    assert "usage: tec train" in r.output
+
+
+def test_bench_passes_arguments_through(monkeypatch):
+    import types
+
+    seen = {}
+    fake = types.ModuleType("terracodec.bench")
+    fake.main = lambda args: seen.setdefault("args", args) and 0
+    monkeypatch.setitem(sys.modules, "terracodec.bench", fake)
+    run("bench", "--quality", "3", "--out", "x", "extra")
+    assert seen["args"] == ["--quality", "3", "--out", "x", "extra"]
+
+
+@pytest.mark.skipif(LOSSLESS, reason="needs a learned model")
+def test_compress_learned_default_reports(tmp_path):
+    r = run("compress", DATA / "l2a_4band_openeo.tif", tmp_path / "d.tec", "-q", "3")
+    assert "ratio" in r.output and "bits/pixel/band" in r.output and "fallback" in r.output
+    a, _ = read_tif(DATA / "l2a_4band_openeo.tif")
+    out = tmp_path / "d.tif"
+    run("decompress", tmp_path / "d.tec", out)
+    b, _ = read_tif(out)
+    assert_decoded_matches(b, a)
