@@ -6,6 +6,7 @@ project uses. Georeferencing is passed as WKT + GDAL geotransform, like the .tec
 """
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import warnings
@@ -46,7 +47,7 @@ def read_geotiff(path, bands=None) -> tuple[np.ndarray, dict]:
                 crs_wkt = ds.crs.to_wkt() if ds.crs else None
                 gt = ds.transform.to_gdal()
                 georef = ds.crs is not None or not ds.transform.is_identity
-                nodatavals = set(ds.nodatavals)
+                nodatavals = {repr(v) for v in ds.nodatavals}       # repr: NaN == NaN here
                 nodata = ds.nodata
                 tags = {str(k): str(v) for k, v in ds.tags().items()}
     except RasterioIOError as exc:
@@ -66,9 +67,9 @@ def read_geotiff(path, bands=None) -> tuple[np.ndarray, dict]:
             raise TecBandError(f"{path}: band descriptions {descriptions} are not Sentinel-2 band "
                                f"names ({exc}); pass the names with --bands B02,B03,...") from None
     if len(nodatavals) > 1:
-        raise TecInputError(f"{path}: bands have different nodata values {sorted(map(str, nodatavals))}; "
+        raise TecInputError(f"{path}: bands have different nodata values {sorted(nodatavals)}; "
                             f"TEC stores one nodata value")
-    if nodata is not None and float(nodata).is_integer():
+    if nodata is not None and math.isfinite(nodata) and float(nodata).is_integer():
         nodata = int(nodata)
     meta = {"bands": names, "crs_wkt": crs_wkt, "geotransform": list(gt) if georef else None,
             "nodata": nodata, "tags": tags, "dtype": array.dtype.name}

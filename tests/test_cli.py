@@ -132,6 +132,23 @@ def test_errors_are_one_line(tmp_path):
     assert r.exit_code == 1 and "unknown model" in r.output
 
 
+def test_float_geotiff_is_refused(tmp_path):
+    import rasterio
+
+    a, m = read_tif(DATA / "l2a_4band_openeo.tif")
+    f = tmp_path / "float.tif"
+    with rasterio.open(f, "w", driver="GTiff", width=a.shape[2], height=a.shape[1], count=4,
+                       dtype="float32", nodata=float("nan")) as dst:
+        x = a.astype(np.float32) / 10000
+        x[:, :3, :3] = np.nan
+        dst.write(x)
+        for i, b in enumerate(m["bands"], 1):
+            dst.set_band_description(i, b)
+    r = run("compress", f, tmp_path / "f.tec", ok=False)
+    assert r.exit_code == 1 and "float32" in r.output and "NaN" in r.output
+    assert not (tmp_path / "f.tec").exists()
+
+
 def test_verbose_shows_traceback(tmp_path):
     bad = tmp_path / "bad.tec"
     bad.write_bytes(b"not a tec file at all, just some bytes to be long enough for a prefix" * 2)
