@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import anchors as _anchors
-from .metrics import bd_rate, bpppb, pchip_eval, pchip_slopes, psnr10000
+from .metrics import bd_rate, bpppb, mse, pchip_eval, pchip_slopes, psnr10000
 
 log = logging.getLogger("terracodec.bench")
 
@@ -221,14 +221,21 @@ def run_rd(codec: Codec, images: list[dict], progress: bool) -> list[dict]:
                 if out.shape != a.shape:
                     raise RuntimeError(f"{codec.name} decoded shape {out.shape} != {a.shape} for {img['file']}")
                 b, h, w = a.shape
+                n_valid = a.size if img["valid"] is None else int(img["valid"].sum())
                 rows.append({"file": img["file"], "bytes": len(data), "bpppb": bpppb(len(data), h, w, b),
-                             "psnr": psnr10000(a, out, img["valid"]), "encode_s": t1 - t0,
-                             "decode_s": t2 - t1})
+                             "psnr": psnr10000(a, out, img["valid"]), "mse": mse(a, out, img["valid"]),
+                             "band_pixels": a.size, "valid_band_pixels": n_valid,
+                             "encode_s": t1 - t0, "decode_s": t2 - t1})
                 bar.update(1)
             ps = [min(r["psnr"], PSNR_CAP) for r in rows]
+            # pooled: all band-pixels of all images as one data set (total bits / total band-pixels,
+            # PSNR of the pooled MSE); reported next to the per-image means, not used for BD-rates
+            pooled_mse = sum(r["mse"] * r["valid_band_pixels"] for r in rows) / sum(r["valid_band_pixels"] for r in rows)
             points.append({"param": param, "per_image": rows,
                            "mean_bpppb": float(np.mean([r["bpppb"] for r in rows])),
-                           "mean_psnr": float(np.mean(ps))})
+                           "mean_psnr": float(np.mean(ps)),
+                           "pooled_bpppb": 8.0 * sum(r["bytes"] for r in rows) / sum(r["band_pixels"] for r in rows),
+                           "pooled_psnr": 10.0 * math.log10(1e8 / pooled_mse) if pooled_mse > 0 else math.inf})
     finally:
         bar.close()
     return points
@@ -328,6 +335,15 @@ _MEMORY_CHILD = textwrap.dedent("""
     bands = [str(b) for b in z["bands"]]
     nodata = None if z["nodata"].size == 0 else z["nodata"].item()
     def rss():
+        # VmHWM: peak RSS of this process image. ru_maxrss is not used: Linux carries the forking
+        # parent's RSS into it across exec, so it would report the (large) benchmark process.
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     if kind == "tec":
         import torch
@@ -351,7 +367,7 @@ _MEMORY_CHILD = textwrap.dedent("""
 
 
 def measure_memory(kind: str, name: str, param, scene: dict, threads: int) -> dict:
-    """Peak RSS (ru_maxrss of a fresh interpreter) of encode + decode of the scene."""
+    """Peak RSS (VmHWM of a fresh interpreter) of encode + decode of the scene."""
     with tempfile.TemporaryDirectory(prefix="tec-bench-") as tmp:
         path = os.path.join(tmp, "scene.npz")
         nd = np.array([] if scene["nodata"] is None else [scene["nodata"]], dtype=np.float64)
@@ -498,15 +514,20 @@ def write_markdown(path: Path, rep: dict) -> None:
 
     add("## Rate-distortion (mean over images)\n")
     add(f"![RD curves]({rep['png_rel']})\n")
+    add("bpppb and PSNR_10000 are arithmetic means over the images (each image weighs the same; the plot, "
+        "BD-rates and rates at fixed PSNR use these means). A mean of dB values is sensitive to images "
+        "that reach a high PSNR whatever the rate (e.g. a flat 64x64 water chip), so min/max over images "
+        "and the pooled values (all band-pixels as one set: total bits / total band-pixels, PSNR of the "
+        "pooled MSE) are listed as well.\n")
     for name, points in rep["results"].items():
         c = rep["codecs"][name]
         add(f"### {c['label']}\n")
-        add(f"| {c['param_name']} | bpppb | PSNR_10000 [dB] | min PSNR | max PSNR |")
-        add("|---|---|---|---|---|")
+        add(f"| {c['param_name']} | bpppb | PSNR_10000 [dB] | min PSNR | max PSNR | pooled bpppb | pooled PSNR |")
+        add("|---|---|---|---|---|---|---|")
         for p in sorted(points, key=lambda p: p["mean_bpppb"]):
             ps = [x["psnr"] for x in p["per_image"]]
             add(f"| {_fmt_param(p['param'])} | {_f(p['mean_bpppb'], 4)} | {_f(p['mean_psnr'], 2)} | "
-                f"{_f(min(ps), 2)} | {_f(max(ps), 2)} |")
+                f"{_f(min(ps), 2)} | {_f(max(ps), 2)} | {_f(p['pooled_bpppb'], 4)} | {_f(p['pooled_psnr'], 2)} |")
         add("")
 
     add(f"## BD-rate ({BD_RANGE[0]:g}-{BD_RANGE[1]:g} dB)\n")
@@ -558,8 +579,9 @@ def write_markdown(path: Path, rep: dict) -> None:
         add(f"Not measured: {mem['skipped']}\n")
     else:
         add(f"Encode + decode of the {mem['scene']} scene ({SCENE_BANDS} x {SCENE_SIZE} x {SCENE_SIZE} int16) "
-            f"in a fresh Python subprocess per codec; peak = ru_maxrss of that process (RUSAGE_SELF, "
-            f"includes the interpreter, imports and the input array); baseline = after imports and "
+            f"in a fresh Python subprocess per codec; peak = VmHWM of that process (/proc/self/status; "
+            f"includes the interpreter, imports and the input array; ru_maxrss is not used because Linux "
+            f"carries the forking parent's RSS into it across exec); baseline = after imports and "
             f"loading the scene, before encoding.\n")
         add("| codec | parameter | peak RSS [MiB] | baseline [MiB] | peak - baseline [MiB] | seconds |")
         add("|---|---|---|---|---|---|")
