@@ -241,9 +241,10 @@ def run_rd(codec: Codec, images: list[dict], progress: bool) -> list[dict]:
     return points
 
 
-def curve(points) -> tuple[np.ndarray, np.ndarray]:
-    r = np.array([p["mean_bpppb"] for p in points], dtype=np.float64)
-    q = np.array([p["mean_psnr"] for p in points], dtype=np.float64)
+def curve(points, which: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """(bpppb, PSNR) arrays of the per-image means (``which='mean'``) or the pooled values."""
+    r = np.array([p[f"{which}_bpppb"] for p in points], dtype=np.float64)
+    q = np.array([p[f"{which}_psnr"] for p in points], dtype=np.float64)
     return r, q
 
 
@@ -532,14 +533,17 @@ def write_markdown(path: Path, rep: dict) -> None:
 
     add(f"## BD-rate ({BD_RANGE[0]:g}-{BD_RANGE[1]:g} dB)\n")
     add("Bjontegaard delta rate of the mean RD curves: PCHIP of log(bpppb) over PSNR, integrated over the "
-        "PSNR interval both curves cover inside the range. Negative = the first codec needs fewer bits.\n")
+        "PSNR interval both curves cover inside the range. Negative = the first codec needs fewer bits. "
+        "The pooled column does the same on the pooled curves (see the RD tables).\n")
     if rep["bd_rates"]:
-        add("| codec | vs anchor | BD-rate | PSNR interval used |")
-        add("|---|---|---|---|")
+        add("| codec | vs anchor | BD-rate (mean curves) | PSNR interval used | BD-rate (pooled curves) |")
+        add("|---|---|---|---|---|")
         for b in rep["bd_rates"]:
             val = f"{b['bd_rate']:+.1f} %" if b["bd_rate"] is not None else f"n/a ({b['reason']})"
             iv = f"{b['overlap'][0]:.1f}-{b['overlap'][1]:.1f} dB" if b["overlap"] else "-"
-            add(f"| {b['a']} | {b['b']} | {val} | {iv} |")
+            pv = (f"{b['bd_rate_pooled']:+.1f} %" if b["bd_rate_pooled"] is not None
+                  else f"n/a ({b['reason_pooled']})")
+            add(f"| {b['a']} | {b['b']} | {val} | {iv} | {pv} |")
     else:
         add("(no pair of codecs with results)")
     add("")
@@ -675,9 +679,11 @@ def main(argv=None) -> int:
         val = bd_rate(ra, qa, rb, qb, BD_RANGE)
         if not math.isfinite(val):
             log.warning("BD-rate %s vs %s: %s", a, b, val.reason)
+        pooled = bd_rate(*curve(results[a], "pooled"), *curve(results[b], "pooled"), BD_RANGE)
         bd_rows.append({"a": labels[a], "b": labels[b], "a_name": a, "b_name": b,
                         "bd_rate": _finite(float(val)), "reason": val.reason,
-                        "overlap": list(val.overlap) if val.overlap else None})
+                        "overlap": list(val.overlap) if val.overlap else None,
+                        "bd_rate_pooled": _finite(float(pooled)), "reason_pooled": pooled.reason})
     rates = {name: {f"{t:g}": rate_at_psnr(points, t) for t in TARGET_PSNRS} for name, points in results.items()}
 
     # throughput and memory on a fixed ~1 Mpx real scene
