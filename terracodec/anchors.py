@@ -259,8 +259,8 @@ class Anchor:
 
 # OpenJPEG level = PSNR target with peak 65535: PSNR_10000 ~ level - 16.5
 J2K_LEVELS = (46, 49, 52, 54, 56, 58, 60, 62, 64, 66, 68, 70, 72, 75, 78)
-# Butteraugli distances, about 30-62 dB PSNR_10000 on S2 L2A
-JXL_DISTANCES = (0.08, 0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.5, 7.0, 11.0)
+# Butteraugli distances (libjxl allows up to 25), about 34-65 dB PSNR_10000 on S2 L2A
+JXL_DISTANCES = (0.08, 0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 4.5, 7.0, 11.0, 16.0, 25.0)
 
 ANCHORS = {
     "jpeg2000": Anchor("jpeg2000", "JPEG 2000 (per band)", "level", J2K_LEVELS, j2k_encode, j2k_decode,
