@@ -143,9 +143,8 @@ def decode_lossless(payload: bytes, head: TileHeader) -> np.ndarray:
 
 
 # -- quality floors ------------------------------------------------------------------------------
-QUALITY_FLOOR_DB = {q: round(32 + (q - 1) * 23 / 7, 1) for q in range(1, 9)}   # 32.0 ... 55.0
+QUALITY_FLOOR_DB = {q: round(35 + (q - 1) * 20 / 7, 1) for q in range(1, 9)}   # 35.0 ... 55.0
 MAX_LEVEL = 7.0          # internal quality levels of the network are 0..7 (float)
-LEVEL_STEP = 0.5         # closed loop raises the level by this much when a tile misses its floor
 
 
 def tile_psnr(ref: np.ndarray, test: np.ndarray, mask: np.ndarray | None) -> float:
@@ -190,18 +189,34 @@ def encode_classical(tile: np.ndarray, nodata, floor_db: float) -> bytes:
         streams = _j2k_encode_components(comps, level)
         return seal(head + side + b"".join(struct.pack("<I", len(b)) + b for b in streams))
 
-    lo, hi = 30, 100           # OpenJPEG level: higher is better; None (here: 100) is reversible
-    best = build(None)
-    if tile_psnr(tile, decode_tile(best), mask) < floor_db:
-        return encode_lossless(tile, nodata)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        payload = build(mid)
-        if tile_psnr(tile, decode_tile(payload), mask) >= floor_db:
-            hi, best = mid, payload
+    def psnr_at(level):
+        payload = build(level)
+        return payload, tile_psnr(tile, decode_tile(payload), mask)
+
+    # PSNR grows about 1 dB per OpenJPEG level: a secant-like walk finds the lowest passing level
+    # in 3-4 encodes instead of a full bisection.
+    level = int(np.clip(round(floor_db + 15), 10, 99))
+    tried: dict[int, tuple[bytes, float]] = {}
+    best = None
+    for _ in range(8):
+        tried[level] = psnr_at(level)
+        payload, psnr = tried[level]
+        if psnr >= floor_db:
+            best = (level, payload)
+            step = -max(1, int((psnr - floor_db) * 0.8))     # try cheaper
         else:
-            lo = mid
-    return best
+            step = max(1, int(np.ceil((floor_db - psnr) * 1.2)))
+        nxt = int(np.clip(level + step, 10, 99))
+        if nxt in tried or nxt == level:
+            if best is not None and best[0] - 1 >= 10 and best[0] - 1 not in tried:
+                nxt = best[0] - 1
+            else:
+                break
+        level = nxt
+    if best is None:
+        payload, psnr = psnr_at(None)
+        return payload if psnr >= floor_db else encode_lossless(tile, nodata)
+    return best[1]
 
 
 def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
@@ -429,10 +444,12 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
                 lossless: bool = False) -> tuple[bytes, int]:
     """Code one (bands, h, w) tile; returns (payload, kind).
 
-    The learned model codes the tile at the network level for ``quality``; the encoder then decodes
-    its own payload and, while PSNR_10000 (valid pixels) is below QUALITY_FLOOR_DB[quality], raises
-    the level in steps of LEVEL_STEP, finally falling back to the classical kind, which always meets
-    the floor. ``lossless=True`` stores the tile exactly.
+    Each quality has a target PSNR_10000 (QUALITY_FLOOR_DB, over valid pixels) that the tile is
+    guaranteed to meet. The encoder decodes what it writes: it codes the tile with the learned model
+    at the lowest network level that reaches the target (a few tries), codes it with the classical
+    codec (per-tile KLT + JPEG 2000) at the lowest OpenJPEG level that reaches it, and keeps the
+    smaller payload; so a tile is never larger than the classical anchor at equal quality.
+    ``lossless=True`` stores the tile exactly.
     """
     if lossless:
         return encode_lossless(tile, nodata), KIND_LOSSLESS
@@ -443,14 +460,33 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     mask = nodata_mask(tile, nodata)
     if mask is not None and mask.all():
         return encode_lossless(tile, nodata), KIND_LOSSLESS      # all nodata: a few bytes
-    level = float(quality - 1)
-    step = 1.0 if loaded.entropy == "factorized" else LEVEL_STEP
-    while level <= MAX_LEVEL:
+    learned = _encode_learned_to_floor(tile, loaded, nodata, mask, floor)
+    classical = encode_classical(tile, nodata, floor)
+    if learned is not None and len(learned) <= len(classical):
+        return learned, KIND_LEARNED
+    kind = TileHeader(unseal(classical)).kind                     # classical, or lossless if needed
+    return classical, kind
+
+
+LEARNED_TRIES = 3
+
+
+def _encode_learned_to_floor(tile, loaded, nodata, mask, floor) -> bytes | None:
+    """Lowest network level (0, 1, 2, ...) whose decoded tile meets ``floor``; None if it cannot.
+
+    Stops early when the level no longer buys PSNR (the model saturates) or the gap is hopeless."""
+    level, last = 0.0, None
+    for _ in range(LEARNED_TRIES):
         payload, recon = encode_learned(tile, loaded, level, nodata)
-        if tile_psnr(tile, recon, mask) >= floor:
-            return payload, KIND_LEARNED
-        level += step
-    return encode_classical(tile, nodata, floor), KIND_CLASSICAL
+        psnr = tile_psnr(tile, recon, mask)
+        if psnr >= floor:
+            return payload
+        if floor - psnr > 3.0 or (last is not None and psnr - last < 0.3):
+            return None
+        last, level = psnr, level + max(1.0, float(round((floor - psnr) / 1.5)))
+        if level > MAX_LEVEL:
+            return None
+    return None
 
 
 def decode_tile(payload: bytes, *, model=None) -> np.ndarray:
