@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .errors import TecChecksumError, TecFormatError, TecInputError, TecVersionError
-from .tilecodec import KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, TILE_MAGIC
+from .tilecodec import KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_TEMPORAL, TILE_MAGIC
 
 __all__ = [
     "MAGIC", "VERSION", "PREFIX_SIZE", "INDEX_ENTRY_SIZE", "MAX_HEADER_SIZE", "DTYPES", "KINDS",
@@ -41,7 +41,7 @@ PREFIX_SIZE = 64
 INDEX_ENTRY_SIZE = 24
 MAX_HEADER_SIZE = 64 * 1024 * 1024      # readers reject larger headers (the GDAL driver does too)
 DTYPES = ("uint8", "int16", "uint16")
-KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS)
+KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL)
 
 _PREFIX = struct.Struct("<8sHHIQIIQII12x")     # bytes 0..59; bytes 60..63 hold its CRC32
 _CRC = struct.Struct("<I")
@@ -108,6 +108,7 @@ class TecHeader:
     tiles_y: int | None = None
     dates: list = field(default_factory=lambda: [None])
     levels: int = 1
+    keyframe_interval: int | None = None
     model: dict = field(default_factory=lambda: {"name": "", "sha256": ""})
     quality: int = 5
     stats: dict = field(default_factory=dict)
@@ -162,6 +163,8 @@ class TecHeader:
             raise _bad("dates", f"entries must be ISO date strings or null, got {self.dates!r}")
         self.dates = list(self.dates)
         _int_in("levels", self.levels, 1, 64)
+        if self.keyframe_interval is not None:
+            _int_in("keyframe_interval", self.keyframe_interval, 1, 65535)
         m = self.model
         if (not isinstance(m, dict) or not isinstance(m.get("name"), str)
                 or not isinstance(m.get("sha256"), str)):

@@ -4,7 +4,7 @@
 Payload layout (little-endian):
 
     0   4  magic b"TECT"
-    4   1  u8  kind (0 learned, 1 classical fallback, 2 lossless)
+    4   1  u8  kind (0 learned, 1 classical fallback, 2 lossless, 3 temporal: see terracodec.stack)
     5   1  u8  dtype code (1 uint8, 2 int16, 3 uint16)
     6   1  u8  band count
     7   1  u8  reserved
@@ -27,7 +27,7 @@ import numpy as np
 from .errors import TecChecksumError, TecDecodeError, TecFormatError, TecInputError
 
 TILE_MAGIC = b"TECT"
-KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS = 0, 1, 2
+KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL = 0, 1, 2, 3
 DTYPE_CODES = {np.dtype("uint8"): 1, np.dtype("int16"): 2, np.dtype("uint16"): 3}
 DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
 _HEAD = struct.Struct("<4sBBBBHHBdI")
@@ -88,7 +88,8 @@ class TileHeader:
          mask_len) = _HEAD.unpack_from(payload)
         if magic != TILE_MAGIC:
             raise TecFormatError("not a TEC tile payload (bad tile magic)")
-        if code not in DTYPES_BY_CODE or self.kind not in (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS):
+        if code not in DTYPES_BY_CODE or self.kind not in (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS,
+                                                                  KIND_TEMPORAL):
             raise TecFormatError(f"bad tile header (kind {self.kind}, dtype code {code})")
         self.dtype = DTYPES_BY_CODE[code]
         end = _HEAD.size + mask_len
@@ -500,6 +501,9 @@ def decode_tile(payload: bytes, *, model=None) -> np.ndarray:
         out = decode_lossless(payload, head)
     elif head.kind == KIND_CLASSICAL:
         out = decode_classical(payload, head)
+    elif head.kind == KIND_TEMPORAL:
+        raise TecDecodeError("a temporal (TEC-TT) tile depends on earlier dates of its stack; "
+                             "read it through its .tec file: terracodec.open(path).read(date=...)")
     else:
         if model is None or isinstance(model, str):
             from .weights import load_model
