@@ -334,6 +334,8 @@ def test_python_decoder_error_names_the_tile(encoded, tmp_path):
     e = ioff + 24 * 4
     poff, plen = struct.unpack_from("<QI", data, e)
     data[poff: poff + 4] = b"XXXX"                           # break the tile magic
+    # re-seal the payload's own trailing CRC32 so only the magic is wrong
+    struct.pack_into("<I", data, poff + plen - 4, zlib.crc32(bytes(data[poff: poff + plen - 4])))
     struct.pack_into("<I", data, e + 12, zlib.crc32(bytes(data[poff: poff + plen])))
     struct.pack_into("<I", data, 44, zlib.crc32(bytes(data[ioff: ioff + 24 * count])))
     struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
