@@ -34,6 +34,7 @@ def test_two_workers_match_single_process(tmp_path, shared_data, archive):
     items = archive.build_items(shared_data, archive.SCENES[:2], archive.SERIES, dates=2, crop=96)
     assert [len(i["shape"]) for i in items] == [3, 3, 4]
     kw = {"quality": 5, "chunk": 48}
+    archive.tune_dask()
     local = archive.run_local(tmp_path / "local.zarr", items, **kw)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
