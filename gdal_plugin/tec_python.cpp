@@ -409,7 +409,9 @@ bool InitLocked()
         PyObject *sys = g_api.PyImport_ImportModule("sys");
         PyObject *path = sys ? g_api.PyObject_GetAttrString(sys, "path") : nullptr;
         PyObject *site = g_api.PyImport_ImportModule("site");
-        if (!path || !site)
+        // The host's entries, to put behind the added ones below.
+        PyObject *hostPath = path ? CallMethod(path, "copy", {}) : nullptr;
+        if (!path || !site || !hostPath)
         {
             g_initError = "cannot import sys/site: " + FetchError();
             ok = false;
@@ -428,6 +430,51 @@ bool InitLocked()
                 CPLDebug("TEC", "site.addsitedir(%s) failed: %s", p.c_str(), FetchError().c_str());
             DecRef(r);
         }
+        // site.addsitedir appends, so in a host with its own interpreter (QGIS under the system
+        // python3) the host's site-packages would shadow the environment's: e.g. torch importing
+        // sympy lazily, mid-decode, would get Debian's older sympy and fail for some tiles only.
+        // Put the added entries (and what their .pth files added) first, keeping both orders:
+        //   sys.path[:] = [p for p in sys.path if p not in host] + host
+        // Modules the host already imported stay as they are.
+        if (ok)
+        {
+            PyObject *itertools = g_api.PyImport_ImportModule("itertools");
+            PyObject *builtins = g_api.PyImport_ImportModule("builtins");
+            PyObject *listType = builtins ? g_api.PyObject_GetAttrString(builtins, "list") : nullptr;
+            PyObject *inHost = g_api.PyObject_GetAttrString(hostPath, "__contains__");
+            PyObject *added = nullptr;
+            if (itertools && listType && inHost)
+            {
+                g_api.Py_IncRef(path);
+                PyObject *it = CallMethod(itertools, "filterfalse", {inHost, path});
+                inHost = nullptr;  // stolen
+                added = it ? Call(listType, {it}) : nullptr;
+            }
+            PyObject *r1 = nullptr, *r2 = nullptr, *r3 = nullptr;
+            if (added)
+            {
+                g_api.Py_IncRef(hostPath);
+                r1 = CallMethod(added, "extend", {hostPath});
+            }
+            if (r1)
+                r2 = CallMethod(path, "clear", {});
+            if (r2)
+            {
+                g_api.Py_IncRef(added);
+                r3 = CallMethod(path, "extend", {added});
+            }
+            if (!r3)
+                CPLDebug("TEC", "cannot reorder sys.path: %s", FetchError().c_str());
+            DecRef(r1);
+            DecRef(r2);
+            DecRef(r3);
+            DecRef(added);
+            DecRef(inHost);
+            DecRef(listType);
+            DecRef(builtins);
+            DecRef(itertools);
+        }
+        DecRef(hostPath);
         DecRef(site);
         DecRef(path);
         DecRef(sys);

@@ -394,7 +394,7 @@ def test_qgis_layer_stats_and_render(encoded, decoded, tmp_path):
         prov = lyr.dataProvider()
         for b in range(1, lyr.bandCount() + 1):
             s = prov.bandStatistics(b, QgsRasterBandStats.All)
-            res["stats"].append([s.minimumValue, s.maximumValue, s.mean])
+            res["stats"].append([s.minimumValue, s.maximumValue, s.mean, s.elementCount])
         names = [prov.generateBandName(b) for b in range(1, lyr.bandCount() + 1)]
         rgb = [next((i + 1 for i, n in enumerate(names) if want in n), k) for k, want in ((1, "B04"), (2, "B03"), (3, "B02"))]
         ren = QgsMultiBandColorRenderer(prov, *rgb)
@@ -430,9 +430,13 @@ def test_qgis_layer_stats_and_render(encoded, decoded, tmp_path):
     epsg = re.findall(r'ID\["EPSG",(\d+)\]', info["coordinateSystem"]["wkt"])[-1]
     assert res["crs"] == f"EPSG:{epsg}"
     nodata = info["bands"][0].get("noDataValue")
-    for b, (mn, mx, mean) in enumerate(res["stats"]):
+    # QGIS skips blocks whose read failed (logging only): a pixel count short of the valid pixels means
+    # tiles failed to decode in QGIS' interpreter (e.g. the host's site-packages shadowing the venv's).
+    assert "IReadBlock failed" not in proc.stderr, proc.stderr[-2000:]
+    for b, (mn, mx, mean, count) in enumerate(res["stats"]):
         band = decoded[b].astype(np.float64)
         valid = band[band != nodata] if nodata is not None else band.ravel()
+        assert count == valid.size
         assert (mn, mx) == (valid.min(), valid.max())
         assert mean == pytest.approx(valid.mean(), rel=1e-9)
     assert png.exists() and res["colors"] > 50               # a real scene, not a blank image
