@@ -399,10 +399,22 @@ class Writer:
 # -- one-shot encoding ------------------------------------------------------------------------------------
 def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
           tile_size: int = DEFAULT_TILE_SIZE, crs_wkt: str | None = None, geotransform=None,
-          metadata: dict | None = None, progress: bool = False, date: str | None = None) -> None:
+          metadata: dict | None = None, progress: bool = False, date: str | None = None,
+          dates=None, temporal: bool = True, keyframe_interval: int | None = None) -> None:
     """Encode ``array`` (bands, height, width) to the ``.tec`` file ``path`` (written atomically).
 
-    ``path`` may also be a seekable binary file object."""
+    ``path`` may also be a seekable binary file object. A 4-D ``array`` (dates, bands, height, width)
+    is a time stack (terracodec.stack): ``dates`` names its dates (ISO strings); with >= 2 dates it is
+    coded with TEC-TT (the temporal model) unless ``temporal=False``; ``keyframe_interval`` (default
+    8) bounds how many earlier dates a read decodes."""
+    if isinstance(array, np.ndarray) and array.ndim == 4:
+        from . import stack
+
+        stack.write_stack(path, array, bands, quality, model, nodata, dates=dates, temporal=temporal,
+                          keyframe_interval=keyframe_interval, tile_size=tile_size, crs_wkt=crs_wkt,
+                          geotransform=geotransform, metadata=metadata, progress=progress,
+                          created_by=f"terracodec {_version()}")
+        return
     array = _as_3d(array)
     dtype = _check_dtype(array.dtype, array)
     count, height, width = array.shape
@@ -415,8 +427,17 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
 
 def encode(array: np.ndarray, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
            tile_size: int = DEFAULT_TILE_SIZE, crs_wkt: str | None = None, geotransform=None,
-           metadata: dict | None = None, progress: bool = False, date: str | None = None) -> bytes:
-    """Encode ``array`` (bands, height, width) and return the bytes of a ``.tec`` file."""
+           metadata: dict | None = None, progress: bool = False, date: str | None = None,
+           dates=None, temporal: bool = True, keyframe_interval: int | None = None) -> bytes:
+    """Encode ``array`` (bands, height, width) and return the bytes of a ``.tec`` file.
+
+    A 4-D array (dates, bands, height, width) is a time stack: see :func:`write`."""
+    if isinstance(array, np.ndarray) and array.ndim == 4:
+        buf = io.BytesIO()
+        write(buf, array, bands, quality, model, nodata, tile_size=tile_size, crs_wkt=crs_wkt,
+              geotransform=geotransform, metadata=metadata, progress=progress, dates=dates,
+              temporal=temporal, keyframe_interval=keyframe_interval)
+        return buf.getvalue()
     array = _as_3d(array)
     _check_dtype(array.dtype, array)
     buf = io.BytesIO()
@@ -542,7 +563,7 @@ class TecDataset:
     @property
     def compression_ratio(self) -> float:
         """Raw pixel bytes / file size (measured on the file, not taken from the header)."""
-        raw = self.count * self.width * self.height * self.dtype.itemsize
+        raw = len(self.dates) * self.count * self.width * self.height * self.dtype.itemsize
         return raw / self._size
 
     @property
@@ -554,17 +575,39 @@ class TecDataset:
         name = self.model
         return None if name in (None, LOSSLESS_MODEL) else name
 
-    def _tile_index(self, ty: int, tx: int) -> int:
-        return self._head.entry_index(ty, tx)             # date 0, level 0
+    def _tile_index(self, ty: int, tx: int, date: int = 0) -> int:
+        return self._head.entry_index(ty, tx, date)       # level 0
 
-    def _read_tile(self, ty: int, tx: int) -> np.ndarray:
+    @property
+    def keyframe_interval(self) -> int | None:
+        return self.header.get("keyframe_interval")
+
+    def _stack_decoder(self):
+        if getattr(self, "_stack", None) is None:
+            from .stack import StackDecoder
+
+            self._stack = StackDecoder(lambda d, ty, tx: bytes(self._reader.read_tile(self._tile_index(ty, tx, d))),
+                                       self._model_arg())
+        return self._stack
+
+    def _read_tile(self, ty: int, tx: int, date: int = 0) -> np.ndarray:
         T = self.tile_size
         shape = (self.count, min(T, self.height - ty * T), min(T, self.width - tx * T))
-        i = self._tile_index(ty, tx)
-        payload = self._reader.read_tile(i)              # checks the payload CRC
-        where = f"{self.name}: tile (row {ty}, col {tx}) [index {i}]"
+        i = self._tile_index(ty, tx, date)
         try:
-            arr = tilecodec.decode_tile(bytes(payload), model=self._model_arg())
+            payload = self._reader.read_tile(i)          # checks the payload CRC
+        except TecError as exc:
+            if len(self.dates) > 1:                      # name the date as the file does
+                raise type(exc)(f"{exc} [date {self.dates[date]}]") from exc
+            raise
+        where = f"{self.name}: tile (row {ty}, col {tx}) [index {i}]"
+        if len(self.dates) > 1:
+            where = f"{self.name}: date {self.dates[date]}, tile (row {ty}, col {tx}) [index {i}]"
+        try:
+            if len(self.dates) > 1:                     # time stack (terracodec.stack)
+                arr = self._stack_decoder().tile(date, ty, tx)
+            else:
+                arr = tilecodec.decode_tile(bytes(payload), model=self._model_arg())
         except TecModelError:
             raise
         except TecError as exc:
@@ -600,14 +643,25 @@ class TecDataset:
             raise TecBandError("no bands selected")
         return out, False
 
-    def read(self, window=None, bands=None, *, progress: bool = False) -> np.ndarray:
+    def read(self, window=None, bands=None, *, date=None, progress: bool = False) -> np.ndarray:
         """Pixels of ``window`` (None = all) as (bands, rows, cols).
 
         ``window``: ((row_start, row_stop), (col_start, col_stop)) or an object with
         ``col_off, row_off, width, height`` (rasterio ``Window``). ``bands``: None (all), a list of
-        Sentinel-2 names or 1-based indexes, or a single 1-based int (returns a 2-D array)."""
+        Sentinel-2 names or 1-based indexes, or a single 1-based int (returns a 2-D array).
+        ``date``: for a time stack (``.dates`` has several entries), which date: an ISO string
+        (as in ``.dates``; a bare ``YYYY-MM-DD`` matches a date-time of that day), a
+        ``datetime.date`` or an int index; required when the file holds several dates."""
         if self._closed:
             raise TecInputError("the dataset is closed")
+        d = 0
+        if date is not None or len(self.dates) > 1:
+            from .stack import date_index
+
+            if date is None:
+                raise TecInputError(f"{self.name} holds {len(self.dates)} dates "
+                                    f"({', '.join(str(x) for x in self.dates)}); pass date=...")
+            d = date_index(self.dates, date)
         r0, r1, c0, c1 = _parse_window(window, self.width, self.height)
         idx, squeeze = self._band_indexes(bands)
         T = self.tile_size
@@ -621,7 +675,7 @@ class TecDataset:
             bar = tqdm(total=len(tiles), unit="tile", desc="decode", leave=False)
         try:
             for ty, tx in tiles:
-                tile = self._read_tile(ty, tx)
+                tile = self._read_tile(ty, tx, d)
                 ys, xs = ty * T, tx * T
                 a0, a1 = max(r0, ys), min(r1, ys + T)
                 b0, b1 = max(c0, xs), min(c1, xs + T)
@@ -655,10 +709,15 @@ def open(path) -> TecDataset:                              # noqa: A001 - mirror
     return TecDataset(path)
 
 
-def decode(data, *, window=None) -> np.ndarray:
-    """Decode the bytes of a ``.tec`` file (all of it, or ``window``) to (bands, rows, cols)."""
+def decode(data, *, window=None, date=None) -> np.ndarray:
+    """Decode the bytes of a ``.tec`` file (all of it, or ``window``) to (bands, rows, cols).
+
+    A time stack decodes to (dates, bands, rows, cols), or to one date's (bands, rows, cols) with
+    ``date=``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TecInputError(f"decode() takes the bytes of a .tec file, got {type(data).__name__}; "
                             f"use terracodec.open(path) for files")
     with TecDataset(data) as ds:
-        return ds.read(window)
+        if date is None and len(ds.dates) > 1:
+            return np.stack([ds.read(window, date=i) for i in range(len(ds.dates))])
+        return ds.read(window, date=date)

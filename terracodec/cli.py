@@ -2,7 +2,9 @@
 """The ``tec`` command line tool.
 
     tec compress IN.tif OUT.tec [--quality Q] [--model NAME] [--bands B02,B03,...] [--tile-size N]
+    tec compress --stack A.tif B.tif C.tif OUT.tec [--no-temporal] [--keyframe-interval K] [--dates ...]
     tec decompress IN.tec OUT.tif
+    tec decompress STACK.tec --date 2021-06-01 OUT.tif    (or STACK.tec FOLDER: every date)
     tec info X.tec [--json]
     tec models [--json]
     tec train ... / tec bench ...            (passed through to terracodec.train / terracodec.bench)
@@ -65,8 +67,7 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
 
 
 @cli.command()
-@click.argument("src", type=click.Path(dir_okay=False))
-@click.argument("dst", type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-q", "--quality", type=click.IntRange(1, 8), default=5, show_default=True,
               help="Quality 1 (smallest) .. 8 (best).")
 @click.option("-m", "--model", default=None,
@@ -76,11 +77,29 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
 @click.option("--tile-size", type=int, default=256, show_default=True, help="Tile width and height in pixels.")
 @click.option("--nodata", type=float, default=None, help="Nodata value (default: the GeoTIFF's).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def compress(src, dst, quality, model, bands, tile_size, nodata, progress):
-    """Compress the GeoTIFF SRC to the .tec file DST."""
+@click.option("--stack", "is_stack", is_flag=True,
+              help="PATHS are several GeoTIFFs of one grid (one per date) then OUT.tec: write a time stack.")
+@click.option("--temporal/--no-temporal", default=True, show_default=True,
+              help="With --stack: code dates with TEC-TT (temporal model) or each date alone.")
+@click.option("--keyframe-interval", type=click.IntRange(1, 65535), default=None,
+              help="With --stack: a date coded alone every K dates (default 8).")
+@click.option("--dates", "dates_opt", default=None,
+              help="With --stack: comma-separated ISO dates (default: ACQUISITION_DATE tags, else a "
+                   "YYYY-MM-DD in the file names).")
+def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack, temporal,
+             keyframe_interval, dates_opt):
+    """Compress the GeoTIFF SRC to the .tec file DST (PATHS = SRC DST), or with --stack the
+    GeoTIFFs A.tif B.tif ... (dates of one place) to one .tec time stack (PATHS = A.tif ... OUT.tec)."""
     from . import api
     from .geotiff import read_geotiff
 
+    if is_stack:
+        _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, temporal,
+                        keyframe_interval, dates_opt)
+        return
+    if len(paths) != 2:
+        raise click.UsageError(f"expected SRC DST, got {len(paths)} path(s); use --stack for several dates")
+    src, dst = paths
     array, meta = read_geotiff(src, bands=bands)
     if nodata is None:
         nodata = meta["nodata"]
@@ -99,22 +118,112 @@ def compress(src, dst, quality, model, bands, tile_size, nodata, progress):
                    f"q{ds.quality}, {ds.fallback_tiles} fallback tile(s), {elapsed:.2f} s")
 
 
+def _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, temporal,
+                    keyframe_interval, dates_opt):
+    import numpy as np
+
+    from . import api
+    from .errors import TecInputError
+    from .geotiff import read_geotiff
+
+    if len(paths) < 2:
+        raise click.UsageError("--stack needs at least one input GeoTIFF and the output .tec")
+    *srcs, dst = paths
+    arrays, metas = [], []
+    for src in srcs:
+        a, m = read_geotiff(src, bands=bands)
+        arrays.append(a)
+        metas.append(m)
+    first = metas[0]
+    for src, a, m in zip(srcs[1:], arrays[1:], metas[1:]):
+        if a.shape != arrays[0].shape or a.dtype != arrays[0].dtype or m["bands"] != first["bands"]:
+            raise TecInputError(f"{src}: {a.dtype}{list(a.shape)} bands {','.join(m['bands'])} differs from "
+                                f"{srcs[0]}: {arrays[0].dtype}{list(arrays[0].shape)} bands "
+                                f"{','.join(first['bands'])}; a stack needs one grid")
+    if dates_opt:
+        dates = [d.strip() for d in dates_opt.split(",")]
+    else:
+        dates = []
+        for src, m in zip(srcs, metas):
+            d = m["tags"].get("ACQUISITION_DATE")
+            if not (d and _ISO_DATE.match(d)):
+                found = re.search(r"\d{4}-\d{2}-\d{2}", os.path.basename(src))
+                d = found.group(0) if found else None
+            if d is None:
+                raise TecInputError(f"{src}: no date (no ACQUISITION_DATE tag, no YYYY-MM-DD in its name); "
+                                    f"pass --dates")
+            dates.append(d)
+    if nodata is None:
+        nodata = first["nodata"]
+    metadata = {k: v for k, v in first["tags"].items() if k != "ACQUISITION_DATE"}
+    t0 = time.perf_counter()
+    api.write(dst, np.stack(arrays), first["bands"], quality=quality, model=model, nodata=nodata,
+              tile_size=tile_size, crs_wkt=first["crs_wkt"], geotransform=first["geotransform"],
+              metadata=metadata, progress=_progress_default(progress), dates=dates, temporal=temporal,
+              keyframe_interval=keyframe_interval)
+    elapsed = time.perf_counter() - t0
+    with api.open(dst) as ds:
+        size = os.path.getsize(dst)
+        bpp = 8 * size / (len(ds.dates) * ds.count * ds.width * ds.height)
+        click.echo(f"{dst}: {len(ds.dates)} dates x {ds.count} bands {ds.width}x{ds.height} {ds.dtype}, "
+                   f"{size} bytes ({bpp:.3f} bits/pixel/band), model {ds.model} q{ds.quality}, "
+                   f"keyframe interval {ds.keyframe_interval}, {elapsed:.2f} s")
+
+
+def _safe_name(date: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.-]", "-", date)
+
+
 @cli.command()
 @click.argument("src", type=click.Path(dir_okay=False))
-@click.argument("dst", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path())
+@click.option("--date", default=None, help="For a time stack: the date to write (ISO, as `tec info` lists).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def decompress(src, dst, progress):
-    """Decompress the .tec file SRC to the GeoTIFF DST (CRS, transform, bands, nodata kept)."""
+def decompress(src, dst, date, progress):
+    """Decompress the .tec file SRC to the GeoTIFF DST (CRS, transform, bands, nodata kept).
+
+    A time stack needs --date (DST is then a GeoTIFF), or DST is a folder that receives one
+    GeoTIFF per date (<date>.tif)."""
     from . import api
     from .geotiff import write_geotiff
 
     t0 = time.perf_counter()
     with api.open(src) as ds:
+        if len(ds.dates) > 1 or date is not None:
+            _decompress_stack(ds, dst, date, progress, t0)
+            return
         array = ds.read(progress=_progress_default(progress))
         write_geotiff(dst, array, ds.bands, crs_wkt=ds.crs, geotransform=ds.transform, nodata=ds.nodata,
                       tags=ds.metadata)
     click.echo(f"{dst}: {array.shape[0]} bands {array.shape[2]}x{array.shape[1]} {array.dtype}, "
                f"{time.perf_counter() - t0:.2f} s")
+
+
+def _decompress_stack(ds, dst, date, progress, t0):
+    from .geotiff import write_geotiff
+    from .stack import date_index
+
+    def one(d, path):
+        array = ds.read(date=d, progress=_progress_default(progress))
+        tags = dict(ds.metadata)
+        if ds.dates[d]:
+            tags["ACQUISITION_DATE"] = ds.dates[d]
+        write_geotiff(path, array, ds.bands, crs_wkt=ds.crs, geotransform=ds.transform, nodata=ds.nodata,
+                      tags=tags)
+        return array
+
+    if date is not None:
+        d = date_index(ds.dates, date)
+        array = one(d, dst)
+        click.echo(f"{dst}: date {ds.dates[d]}, {array.shape[0]} bands {array.shape[2]}x{array.shape[1]} "
+                   f"{array.dtype}, {time.perf_counter() - t0:.2f} s")
+        return
+    if os.path.isfile(dst):
+        raise click.UsageError(f"{ds.name} holds {len(ds.dates)} dates: DST must be a folder (or pass --date)")
+    os.makedirs(dst, exist_ok=True)
+    for d, when in enumerate(ds.dates):
+        one(d, os.path.join(dst, f"{_safe_name(when) if when else f'date{d:03d}'}.tif"))
+    click.echo(f"{dst}: {len(ds.dates)} dates written, {time.perf_counter() - t0:.2f} s")
 
 
 def _crs_name(wkt: str | None) -> str | None:
@@ -146,9 +255,10 @@ def info_dict(path) -> dict:
             "model": h.get("model"), "quality": ds.quality,
             "tile_size": ds.tile_size, "tiles_x": ds.tiles_x, "tiles_y": ds.tiles_y,
             "tiles": ds.tiles_x * ds.tiles_y, "dates": ds.dates,
+            "keyframe_interval": ds.keyframe_interval,
             "fallback_tiles": ds.fallback_tiles,
             "compression_ratio": round(ds.compression_ratio, 4),
-            "bits_per_pixel_per_band": round(8 * size / (ds.count * ds.width * ds.height), 4),
+            "bits_per_pixel_per_band": round(8 * size / (len(ds.dates) * ds.count * ds.width * ds.height), 4),
             "stats": ds.stats, "metadata": ds.metadata, "created_by": h.get("created_by"),
         }
 
@@ -178,6 +288,8 @@ def info(path, as_json):
         f"{d['fallback_tiles']} fallback (classical)",
         f"compression:  ratio {d['compression_ratio']:.2f}, {d['bits_per_pixel_per_band']:.3f} bits/pixel/band",
         f"dates:        {', '.join(str(x) for x in d['dates'])}",
+    ] + ([f"time stack:   {len(d['dates'])} dates, keyframe interval {d['keyframe_interval']}, "
+          f"{d['stats'].get('temporal_tiles', 0)} temporal tile(s)"] if len(d['dates']) > 1 else []) + [
         f"created by:   {d['created_by']}",
     ]
     click.echo("\n".join(lines))

@@ -1,0 +1,588 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Time stacks in .tec files and TEC-TT, the temporal codec.
+
+A stack is ``(dates, bands, height, width)`` on one grid. The container stores one payload per
+(date, tile), date-major (docs/FORMAT.md). With TEC-TT (the default for >= 2 dates):
+
+* every tile position gets one KLT basis shared by all dates (pooled within-date covariance over the
+  valid pixels of all dates) and per-date band means, so latents of different dates are comparable;
+* keyframes (dates ``0, K, 2K, ...`` with K = ``keyframe_interval``) are ordinary learned tiles
+  (kind 0, the image model's hyperprior) and decode on their own;
+* the other dates are *temporal* tiles (kind 3): the latent is coded with the image model's
+  hyperprior refined by :class:`terracodec.models.temporal.TemporalPrior`, which looks at the
+  decoded latents of 1-2 earlier dates of the same tile since the last keyframe. Reading date t
+  entropy-decodes at most K-1 earlier latents (no synthesis), never the whole stack;
+* tiles that cannot reach the quality's PSNR target with the model fall back to the classical kind
+  (per date, as for single images); later dates then reference the dates that have a latent.
+
+All inference runs in float64 (no oneDNN) so decoding gives the same pixels whatever the thread
+count. ``temporal=False`` codes every date alone with the image codec (terracodec.tilecodec).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import math
+import os
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from . import spectral, tilecodec
+from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
+from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_TEMPORAL, QUALITY_FLOOR_DB,
+                        TileHeader, nodata_mask, pack_header, restore_nodata, seal, tile_psnr, unseal)
+
+DEFAULT_KEYFRAME_INTERVAL = 8
+MAX_REFS = 2
+MAX_LEVEL = 7
+_LEARNED = struct.Struct("<4sfB")             # kind 0 body start (terracodec.tilecodec)
+_TEMPORAL = struct.Struct("<4sfBB")           # tag, level, n_refs, flags
+_REF = struct.Struct("<Hf")                   # dates back, gap in days
+FLAG_BASIS_FROM_REF = 1
+
+
+def fit_stack_klt(stack: np.ndarray, valid: np.ndarray):
+    """One KLT basis for all dates of a (T, B, h, w) tile and per-date band means.
+
+    The basis diagonalises the pooled within-date covariance (each date centred on its own means)
+    over every date's valid pixels, so latents of different dates live in the same component space.
+    -> (means (T, B) float64 holding float32 values, basis_q (B, B) float16 values)."""
+    T, B = stack.shape[:2]
+    means = np.empty((T, B), np.float64)
+    parts = []
+    for t in range(T):
+        v = valid[t].reshape(-1)
+        flat = stack[t].reshape(B, -1)
+        s = flat[:, v] if v.any() else flat
+        means[t] = s.mean(axis=1).astype(np.float32)
+        parts.append(s - means[t][:, None])
+    pooled = np.concatenate(parts, axis=1)
+    if pooled.shape[1] > 65536:                      # deterministic subsample
+        pooled = pooled[:, :: pooled.shape[1] // 65536 + 1]
+    _, basis = spectral.fit_klt(pooled)              # the centred samples have ~zero mean
+    return means, spectral.quantize_basis(basis)
+
+
+# -- model -------------------------------------------------------------------------------------------
+@dataclass
+class TemporalModel:
+    image: object            # weights.LoadedModel: the frozen transforms + hyperprior (keyframes)
+    prior64: object          # TemporalPrior in float64
+
+    @property
+    def name(self):
+        return self.image.name
+
+    @property
+    def sha256(self):
+        return self.image.sha256
+
+
+def default_temporal_model() -> str:
+    from .weights import _manifest
+
+    models = _manifest()["models"]
+    names = sorted(n for n, e in models.items() if e.get("temporal"))
+    if not names:
+        raise TecModelError("no temporal (TEC-TT) model is installed; use temporal=False")
+    return names[-1]
+
+
+def is_temporal_model(name: str | None) -> bool:
+    from .weights import _entry
+
+    try:
+        return bool(_entry(name)[1].get("temporal"))
+    except TecModelError:
+        return False
+
+
+@lru_cache(maxsize=4)
+def _load_prior(path: str, sha: str):
+    import torch
+
+    from .models.temporal import TemporalPrior
+    from .weights import sha256_file
+
+    if sha256_file(__import__("pathlib").Path(path)) != sha:
+        raise TecModelError(f"weights {path} do not match their manifest sha256")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if "temporal" not in ck:
+        raise TecModelError(f"{path} holds no temporal prior")
+    prior = TemporalPrior(**ck["temporal_config"])
+    prior.load_state_dict(ck["temporal"])
+    return prior.double().eval()
+
+
+def load_temporal(name: str | None = None) -> TemporalModel:
+    from .weights import _entry, load_model, weights_dir
+
+    name = name or default_temporal_model()
+    _, entry = _entry(name)
+    if not entry.get("temporal"):
+        raise TecModelError(f"model {name!r} is not a temporal (TEC-TT) model")
+    image = load_model(name)
+    return TemporalModel(image, _load_prior(str(weights_dir() / entry["file"]), entry["sha256"]))
+
+
+# -- one tile position, all dates --------------------------------------------------------------------
+@dataclass
+class _State:
+    """What later dates of the same tile need from a decoded date: its ungained latent and basis."""
+    y_u: object
+    basis: np.ndarray
+
+
+def _gains(model, level):
+    import torch
+
+    qt = torch.tensor([float(level)], dtype=torch.float64)
+    gain, inv_gain, hyper_gain = model.image.net64.gains(qt)
+    return qt, gain, hyper_gain
+
+
+def _entropy_params(model, level, z_hat, refs, gaps):
+    """(scales, means) in gained latent space for the y of one date; refs: ungained latents."""
+    import torch
+
+    _, gain, hyper_gain = _gains(model, level)
+    scales, mu = tilecodec._entropy_params(model.image, z_hat, hyper_gain)
+    if refs:
+        sig = scales.clamp_min(0.11)
+        mean_u, scale_u = model.prior64(mu / gain, sig / gain, torch.log(gain), list(refs),
+                                        [torch.tensor([float(g)], dtype=torch.float64) for g in gaps])
+        mu, scales = mean_u * gain, scale_u * gain
+    return scales, mu
+
+
+def _code_latent(model, y_u, level, refs, gaps):
+    """-> (z string, y string, y_hat gained) for an ungained latent at ``level``."""
+    import torch
+
+    net = model.image.net
+    _, gain, hyper_gain = _gains(model, level)
+    y = y_u * gain
+    z = model.image.net64.h_a(y) * hyper_gain
+    z_strings = net.entropy_bottleneck.compress(z)
+    z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+    scales, mu = _entropy_params(model, level, z_hat, refs, gaps)
+    indexes = tilecodec._scale_indexes(net, scales)
+    symbols = torch.round(y - mu)
+    y_str = tilecodec._gaussian_tables(model.image).encode(symbols, indexes)
+    return z_strings[0], y_str, symbols + mu
+
+
+def _decode_latent(model, level, shape, z_str, y_str, refs, gaps):
+    from .models.tec import TecImageModel
+
+    net = model.image.net
+    ph, pw = TecImageModel.pad_size(*shape)
+    z_hat = net.entropy_bottleneck.decompress([z_str], (ph // 32, pw // 32))
+    scales, mu = _entropy_params(model, level, z_hat, refs, gaps)
+    indexes = tilecodec._scale_indexes(net, scales)
+    return tilecodec._gaussian_tables(model.image).decode(y_str, indexes) + mu
+
+
+def _synthesize(model, y_hat, level, shape, means, basis, dtype):
+    qt, _, _ = _gains(model, level)
+    count, h, w = shape
+    return tilecodec._synthesize(model.image, y_hat, qt, count, h, w, means, basis, dtype)
+
+
+def _streams(z_str, y_str) -> bytes:
+    return struct.pack("<I", len(z_str)) + z_str + struct.pack("<I", len(y_str)) + y_str
+
+
+def _build_payload(kind, tile, nodata, mask, model, level, means_t, basis, refs_meta, z_str, y_str,
+                   basis_from_ref):
+    head = pack_header(kind, tile, nodata, mask)
+    tag = bytes.fromhex(model.sha256[:8])
+    if kind == KIND_LEARNED:                  # exactly a TEC-HP tile: decodable by tilecodec alone
+        body = _LEARNED.pack(tag, float(level), 0) + means_t.astype("<f4").tobytes() + \
+            basis.astype("<f2").tobytes()
+    else:
+        body = _TEMPORAL.pack(tag, float(level), len(refs_meta), FLAG_BASIS_FROM_REF if basis_from_ref else 0)
+        body += b"".join(_REF.pack(back, gap) for back, gap in refs_meta)
+        body += means_t.astype("<f4").tobytes()
+        if not basis_from_ref:
+            body += basis.astype("<f2").tobytes()
+    return seal(head + body + _streams(z_str, y_str))
+
+
+def _gap_days(dates, t, r) -> float:
+    a, b = _parse_date(dates[t]), _parse_date(dates[r])
+    if a is None or b is None:
+        return 5.0 * (t - r)                  # unknown dates: one nominal revisit per date
+    return float(max(0.0, (a - b).total_seconds() / 86400.0))
+
+
+def _parse_date(d):
+    if d is None:
+        return None
+    if isinstance(d, _dt.datetime):
+        return d
+    if isinstance(d, _dt.date):
+        return _dt.datetime(d.year, d.month, d.day)
+    try:
+        return _dt.datetime.fromisoformat(str(d).replace("Z", "+00:00")).replace(tzinfo=None)
+    except ValueError:
+        return None
+
+
+def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, nodata=None,
+                      floor: float | None = None, level: float | None = None,
+                      keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True):
+    """Code one tile position over all dates: ``tiles`` (T, B, h, w).
+
+    Either ``floor`` (PSNR_10000 target: lowest level that meets it, classical fallback otherwise)
+    or a fixed ``level`` (benchmarks). ``temporal=False`` gives TEC-HP-coded dates with the shared
+    basis (a benchmark reference). -> list of (payload, kind, decoded pixels) per date."""
+    import torch
+
+    from .models.tec import IN_CHANNELS, pad_replicate
+
+    T, B, h, w = tiles.shape
+    dates = list(dates) if dates is not None else [None] * T
+    masks = [nodata_mask(tiles[t], nodata) for t in range(T)]
+    valid = np.stack([np.ones((h, w), bool) if m is None else ~m.any(axis=0) for m in masks])
+    x = tiles.astype(np.float64)
+    means, basis = fit_stack_klt(x, valid)
+    states: dict[int, _State] = {}
+    out = []
+    prev_level = 0
+    for t in range(T):
+        tile, mask = tiles[t], masks[t]
+        if mask is not None and mask.all():
+            p = tilecodec.encode_lossless(tile, nodata)
+            out.append((p, KIND_LOSSLESS, tilecodec.decode_tile(p)))
+            continue
+        xt = x[t] if mask is None else np.where(mask, means[t][:, None, None], x[t])
+        comps = np.zeros((IN_CHANNELS, h, w), np.float32)
+        comps[:B] = spectral.forward(xt, means[t], basis)
+        with torch.no_grad():
+            y_u = model.image.net64.g_a(pad_replicate(torch.from_numpy(comps)[None]).double())
+        key = (t // keyframe_interval) * keyframe_interval
+        ref_ids = [r for r in range(t - 1, key - 1, -1) if r in states][:MAX_REFS] if temporal else []
+        refs = [states[r].y_u for r in ref_ids]
+        gaps = [_gap_days(dates, t, r) for r in ref_ids]
+        kind = KIND_TEMPORAL if ref_ids else KIND_LEARNED
+        refs_meta = [(t - r, g) for r, g in zip(ref_ids, gaps)]
+
+        def attempt(L):
+            with torch.no_grad():
+                z_str, y_str, y_hat = _code_latent(model, y_u, L, refs, gaps)
+                recon = _synthesize(model, y_hat, L, (B, h, w), means[t], basis, tile.dtype)
+            payload = _build_payload(kind, tile, nodata, mask, model, L, means[t], basis, refs_meta,
+                                     z_str, y_str, bool(ref_ids))
+            recon = restore_nodata(recon, TileHeader(unseal(payload)))
+            _, gain, _ = _gains(model, L)
+            return payload, recon, y_hat / gain
+
+        chosen = None
+        if level is not None:
+            chosen = attempt(level)
+        else:
+            L, last = max(0, prev_level - 1), None
+            while L <= MAX_LEVEL:
+                res = attempt(L)
+                psnr = tile_psnr(tile, res[1], mask)
+                if psnr >= floor:
+                    chosen, prev_level = res, L
+                    break
+                if last is not None and psnr - last < 0.3:
+                    break                              # the model saturates on this tile
+                last, L = psnr, L + 1
+        if chosen is None:
+            p = tilecodec.encode_classical(tile, nodata, floor)
+            k = TileHeader(unseal(p)).kind
+            out.append((p, k, restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
+            continue
+        payload, recon, y_hat_u = chosen
+        states[t] = _State(y_hat_u, basis)
+        out.append((payload, kind, recon))
+    return out
+
+
+# -- decoding ----------------------------------------------------------------------------------------
+def _read_streams(payload, off):
+    streams = []
+    for _ in range(2):
+        if len(payload) < off + 4:
+            raise TecFormatError("learned tile truncated in its bit streams")
+        (n,) = struct.unpack_from("<I", payload, off)
+        off += 4
+        if len(payload) < off + n:
+            raise TecFormatError("learned tile truncated in its bit streams")
+        streams.append(payload[off:off + n])
+        off += n
+    return streams
+
+
+def parse_tile(payload: bytes):
+    """-> (head, dict) for a kind 0 (hyperprior) or kind 3 payload (CRC checked)."""
+    payload = unseal(payload)
+    head = TileHeader(payload)
+    n = head.count
+    off = head.body
+    info = {"refs": [], "basis": None}
+    if head.kind == KIND_LEARNED:
+        if len(payload) < off + _LEARNED.size:
+            raise TecFormatError("learned tile truncated")
+        tag, level, entropy = _LEARNED.unpack_from(payload, off)
+        if entropy != 0:
+            raise TecFormatError("a stack keyframe must use the hyperprior (entropy 0)")
+        off += _LEARNED.size
+        from_ref = False
+    elif head.kind == KIND_TEMPORAL:
+        if len(payload) < off + _TEMPORAL.size:
+            raise TecFormatError("temporal tile truncated")
+        tag, level, n_refs, flags = _TEMPORAL.unpack_from(payload, off)
+        off += _TEMPORAL.size
+        if n_refs < 1 or n_refs > 8 or len(payload) < off + n_refs * _REF.size:
+            raise TecFormatError(f"temporal tile has a bad reference list ({n_refs})")
+        info["refs"] = [_REF.unpack_from(payload, off + i * _REF.size) for i in range(n_refs)]
+        off += n_refs * _REF.size
+        from_ref = bool(flags & FLAG_BASIS_FROM_REF)
+    else:
+        raise TecFormatError(f"tile kind {head.kind} carries no latent")
+    if not 0 <= level <= MAX_LEVEL or not math.isfinite(level):
+        raise TecFormatError(f"tile level {level} is invalid")
+    need = off + 4 * n + (0 if from_ref else 2 * n * n)
+    if len(payload) < need:
+        raise TecFormatError("tile truncated in its KLT side information")
+    info["means"] = np.frombuffer(payload, "<f4", n, off).astype(np.float64)
+    off += 4 * n
+    if not from_ref:
+        info["basis"] = np.frombuffer(payload, "<f2", n * n, off).astype(np.float64).reshape(n, n)
+        off += 2 * n * n
+    info.update(tag=tag, level=float(level), streams=_read_streams(payload, off))
+    return head, info
+
+
+class StackDecoder:
+    """Decodes (date, tile) of a stack, caching the latents that later dates reference.
+
+    ``fetch(d, ty, tx)`` returns the payload bytes (the container reader checks CRCs)."""
+
+    def __init__(self, fetch, model_name: str | None, cache_size: int = 256):
+        self._fetch = fetch
+        self._model_name = model_name
+        self._model = None
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.RLock()
+
+    def model(self) -> TemporalModel:
+        if self._model is None:
+            self._model = load_temporal(self._model_name)
+        return self._model
+
+    def _check_tag(self, tag):
+        m = self.model()
+        if tag != bytes.fromhex(m.sha256[:8]):
+            raise TecDecodeError(f"tile was written by weights {tag.hex()}..., not by {m.name} ({m.sha256[:8]}...)")
+
+    def _state(self, d, ty, tx, depth=0):
+        """(_State or None, pixels or None if not needed)"""
+        key = (d, ty, tx)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        if depth > 64:
+            raise TecFormatError("temporal references nest too deep")
+        payload = self._fetch(d, ty, tx)
+        kind = payload[4] if len(payload) > 4 else -1
+        if kind not in (KIND_LEARNED, KIND_TEMPORAL):
+            return None
+        head, info = parse_tile(payload)
+        self._check_tag(info["tag"])
+        refs, gaps, basis = [], [], info["basis"]
+        for i, (back, gap) in enumerate(info["refs"]):
+            r = d - back
+            if back < 1 or r < 0:
+                raise TecFormatError(f"temporal tile of date {d} references date {r}")
+            try:
+                st = self._state(r, ty, tx, depth + 1)
+            except TecError as exc:
+                raise type(exc)(f"reference date {r} of this tile cannot be decoded: {exc}") from exc
+            if st is None:
+                raise TecFormatError(f"temporal tile of date {d} references date {r}, which has no latent")
+            refs.append(st[0].y_u)
+            gaps.append(gap)
+            if i == 0 and basis is None:
+                basis = st[0].basis
+        import torch
+
+        with torch.no_grad():
+            y_hat = _decode_latent(self.model(), info["level"], (head.height, head.width),
+                                   info["streams"][0], info["streams"][1], refs, gaps)
+            _, gain, _ = _gains(self.model(), info["level"])
+            state = (_State(y_hat / gain, basis), y_hat, head, info)
+        with self._lock:
+            self._cache[key] = state
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return state
+
+    def tile(self, d, ty, tx) -> np.ndarray:
+        payload = self._fetch(d, ty, tx)
+        kind = payload[4] if len(payload) > 4 else -1
+        if kind != KIND_TEMPORAL:                 # keyframes etc. decode on their own
+            return tilecodec.decode_tile(payload, model=self._model_name)
+        try:
+            st = self._state(d, ty, tx)
+        except TecError:
+            raise
+        except Exception as exc:                      # torch / rANS on bad streams
+            raise TecDecodeError(f"{type(exc).__name__}: {exc}") from exc
+        state, y_hat, head, info = st
+        import torch
+
+        with torch.no_grad():
+            out = _synthesize(self.model(), y_hat, info["level"], head.shape, info["means"], state.basis,
+                              head.dtype)
+        return restore_nodata(out, head)
+
+
+# -- whole stacks ------------------------------------------------------------------------------------
+def check_dates(dates, n: int) -> list:
+    if dates is None:
+        return [None] * n
+    dates = list(dates)
+    if len(dates) != n:
+        raise TecInputError(f"{len(dates)} dates given for a stack of {n} dates")
+    out = []
+    for d in dates:
+        if d is None:
+            out.append(None)
+            continue
+        if isinstance(d, (_dt.date, _dt.datetime)):
+            out.append(d.isoformat())
+            continue
+        if not isinstance(d, str) or _parse_date(d) is None:
+            raise TecInputError(f"date {d!r} is not an ISO 8601 date or date-time (e.g. '2021-06-01')")
+        out.append(d)
+    named = [d for d in out if d is not None]
+    if len(set(named)) != len(named):
+        raise TecInputError(f"dates must be distinct, got {out}")
+    return out
+
+
+def write_stack(path, array, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
+                dates=None, temporal: bool = True, keyframe_interval: int | None = None,
+                tile_size: int = 256, crs_wkt=None, geotransform=None, metadata=None,
+                progress: bool = False, created_by: str = "terracodec") -> dict:
+    """Encode a (dates, bands, height, width) stack to ``path`` (a path or seekable file object).
+    Returns the header fields written."""
+    from . import api
+    from .bands import resolve_bands
+    from .format import ContainerWriter, TecHeader
+
+    if not isinstance(array, np.ndarray) or array.ndim != 4 or array.size == 0:
+        raise TecInputError(f"a stack is a non-empty 4-D array (dates, bands, height, width), got "
+                            f"{getattr(array, 'shape', type(array).__name__)}")
+    if dates is None:
+        raise TecInputError(f"a 4-D array {array.shape} is a time stack (dates, bands, height, width) and "
+                            f"needs dates=[...] (ISO strings, or None per unknown date); one image is a "
+                            f"3-D array (bands, height, width)")
+    T, B, H, W = array.shape
+    dtype = api._check_dtype(array.dtype, array)
+    quality = api._check_quality(quality)
+    tile_size = api._check_tile_size(tile_size)
+    nodata = api._check_nodata(nodata, dtype)
+    crs_wkt, geotransform = api._check_georef(crs_wkt, geotransform)
+    metadata = api._check_metadata(metadata)
+    bands = resolve_bands(bands, B)
+    dates = check_dates(dates, T)
+    ki = DEFAULT_KEYFRAME_INTERVAL if keyframe_interval is None else keyframe_interval
+    if isinstance(ki, bool) or not isinstance(ki, int) or not 1 <= ki <= 65535:
+        raise TecInputError(f"keyframe_interval must be an integer 1..65535, got {keyframe_interval!r}")
+    lossless = model == api.LOSSLESS_MODEL
+    use_tt = temporal and T >= 2 and not lossless
+    if use_tt:
+        if model is not None and not is_temporal_model(model):
+            raise TecModelError(f"model {model!r} is not a temporal (TEC-TT) model; pass temporal=False "
+                                f"to code each date with it")
+        tt = load_temporal(model)
+        record = {"name": tt.name, "sha256": tt.sha256}
+    else:
+        record = api._model_record(model)
+        ki = 1
+    floor = QUALITY_FLOOR_DB[quality]
+    tiles_x, tiles_y = -(-W // tile_size), -(-H // tile_size)
+    payloads = [[None] * (tiles_x * tiles_y) for _ in range(T)]
+    kinds: dict[int, int] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tiles_x * tiles_y, unit="tile", desc="encode stack", leave=False)
+    for ty in range(tiles_y):
+        for tx in range(tiles_x):
+            sl = (slice(None), slice(None), slice(ty * tile_size, (ty + 1) * tile_size),
+                  slice(tx * tile_size, (tx + 1) * tile_size))
+            tiles = np.ascontiguousarray(array[sl])
+            if use_tt:
+                coded = [(p, k) for p, k, _ in encode_tile_stack(tiles, tt, dates=dates, nodata=nodata,
+                                                                 floor=floor, keyframe_interval=ki)]
+            elif lossless:
+                coded = [tilecodec.encode_tile(tiles[t], nodata=nodata, lossless=True) for t in range(T)]
+            else:
+                coded = [tilecodec.encode_tile(tiles[t], quality=quality, model=record["name"], nodata=nodata)
+                         for t in range(T)]
+            for t, (p, k) in enumerate(coded):
+                payloads[t][ty * tiles_x + tx] = (p, k)
+                kinds[k] = kinds.get(k, 0) + 1
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    payload_bytes = sum(len(p) for row in payloads for p, _ in row)
+    raw = T * B * H * W * dtype.itemsize
+    stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0), "lossless_tiles": kinds.get(KIND_LOSSLESS, 0),
+             "learned_tiles": kinds.get(KIND_LEARNED, 0), "temporal_tiles": kinds.get(KIND_TEMPORAL, 0),
+             "compression_ratio": round(raw / (64 + payload_bytes + 24 * T * tiles_x * tiles_y + 2048), 3)}
+    fields = dict(width=W, height=H, count=B, dtype=dtype.name, bands=list(bands), nodata=nodata,
+                  crs_wkt=crs_wkt, geotransform=geotransform, tile_size=tile_size, tiles_x=tiles_x,
+                  tiles_y=tiles_y, dates=dates, levels=1, keyframe_interval=ki, model=record,
+                  quality=quality, stats=stats, metadata=metadata, created_by=created_by)
+    target = path if hasattr(path, "write") else os.fspath(path)
+    with ContainerWriter(target) as w:
+        for row in payloads:
+            for p, k in row:
+                w.add_tile(p, k)
+        w.finish(TecHeader(**fields))
+    return fields
+
+
+def encode_stack(array, bands=None, quality: int = 5, model: str | None = None, nodata=None, **kw) -> bytes:
+    buf = io.BytesIO()
+    write_stack(buf, array, bands, quality, model, nodata, **kw)
+    return buf.getvalue()
+
+
+def date_index(dates: list, date) -> int:
+    """Position of ``date`` (int index, ISO string, datetime.date) in a file's dates."""
+    if isinstance(date, bool):
+        raise TecInputError(f"bad date {date!r}")
+    if isinstance(date, (int, np.integer)):
+        if not -len(dates) <= int(date) < len(dates):
+            raise TecInputError(f"date index {date} out of range (the file has {len(dates)} dates)")
+        return int(date) % len(dates)
+    if isinstance(date, (_dt.date, _dt.datetime)):
+        date = date.isoformat()
+    if isinstance(date, str):
+        if date in dates:
+            return dates.index(date)
+        hits = [i for i, d in enumerate(dates) if isinstance(d, str) and d[:10] == date[:10]]
+        if len(hits) == 1 and len(date) == 10:
+            return hits[0]
+        if len(hits) > 1:
+            raise TecInputError(f"date {date} is ambiguous: {', '.join(dates[i] for i in hits)}")
+    raise TecInputError(f"date {date!r} is not in this file; dates: {', '.join(str(d) for d in dates)}")
