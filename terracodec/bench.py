@@ -225,7 +225,7 @@ def run_rd(codec: Codec, images: list[dict], progress: bool) -> list[dict]:
                 rows.append({"file": img["file"], "bytes": len(data), "bpppb": bpppb(len(data), h, w, b),
                              "psnr": psnr10000(a, out, img["valid"]), "mse": mse(a, out, img["valid"]),
                              "band_pixels": a.size, "valid_band_pixels": n_valid,
-                             "encode_s": t1 - t0, "decode_s": t2 - t1})
+                             "encode_s": t1 - t0, "decode_s": t2 - t1, **_tile_kinds(data)})
                 bar.update(1)
             ps = [min(r["psnr"], PSNR_CAP) for r in rows]
             # pooled: all band-pixels of all images as one data set (total bits / total band-pixels,
@@ -239,6 +239,25 @@ def run_rd(codec: Codec, images: list[dict], progress: bool) -> list[dict]:
     finally:
         bar.close()
     return points
+
+
+def _tile_kinds(data: bytes) -> dict:
+    """For .tec output: how many tiles the learned model coded vs the classical fallback."""
+    from .format import MAGIC, peek
+
+    if not bytes(data[:len(MAGIC)]) == MAGIC:
+        return {}
+    stats = peek(bytes(data)).stats
+    return {k: int(stats[k]) for k in ("learned_tiles", "fallback_tiles", "lossless_tiles") if k in stats}
+
+
+def _learned_share(point) -> str:
+    rows = point["per_image"]
+    if not rows or "learned_tiles" not in rows[0]:
+        return "-"
+    learned = sum(r.get("learned_tiles", 0) for r in rows)
+    total = learned + sum(r.get("fallback_tiles", 0) + r.get("lossless_tiles", 0) for r in rows)
+    return f"{learned}/{total}"
 
 
 def curve(points, which: str = "mean") -> tuple[np.ndarray, np.ndarray]:
@@ -523,12 +542,13 @@ def write_markdown(path: Path, rep: dict) -> None:
     for name, points in rep["results"].items():
         c = rep["codecs"][name]
         add(f"### {c['label']}\n")
-        add(f"| {c['param_name']} | bpppb | PSNR_10000 [dB] | min PSNR | max PSNR | pooled bpppb | pooled PSNR |")
-        add("|---|---|---|---|---|---|---|")
+        add(f"| {c['param_name']} | bpppb | PSNR_10000 [dB] | min PSNR | max PSNR | pooled bpppb | pooled PSNR | learned/all tiles |")
+        add("|---|---|---|---|---|---|---|---|")
         for p in sorted(points, key=lambda p: p["mean_bpppb"]):
             ps = [x["psnr"] for x in p["per_image"]]
             add(f"| {_fmt_param(p['param'])} | {_f(p['mean_bpppb'], 4)} | {_f(p['mean_psnr'], 2)} | "
-                f"{_f(min(ps), 2)} | {_f(max(ps), 2)} | {_f(p['pooled_bpppb'], 4)} | {_f(p['pooled_psnr'], 2)} |")
+                f"{_f(min(ps), 2)} | {_f(max(ps), 2)} | {_f(p['pooled_bpppb'], 4)} | {_f(p['pooled_psnr'], 2)} | "
+                f"{_learned_share(p)} |")
         add("")
 
     add(f"## BD-rate ({BD_RANGE[0]:g}-{BD_RANGE[1]:g} dB)\n")
