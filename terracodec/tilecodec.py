@@ -204,7 +204,7 @@ def encode_classical(tile: np.ndarray, nodata, floor_db: float) -> bytes:
         payload, psnr = tried[level]
         if psnr >= floor_db:
             best = (level, payload)
-            step = -max(1, int((psnr - floor_db) * 0.8))     # try cheaper
+            step = -max(1, int((min(psnr, 200.0) - floor_db) * 0.8))     # try cheaper (psnr may be inf)
         else:
             step = max(1, int(np.ceil((floor_db - psnr) * 1.2)))
         nxt = int(np.clip(level + step, 10, 99))
