@@ -4,8 +4,10 @@
 A stack is ``(dates, bands, height, width)`` on one grid. The container stores one payload per
 (date, tile), date-major (docs/FORMAT.md). With TEC-TT (the default for >= 2 dates):
 
-* every tile position gets one KLT basis shared by all dates (pooled within-date covariance over the
-  valid pixels of all dates) and per-date band means, so latents of different dates are comparable;
+* every date of a tile has its own KLT, fitted exactly as the image codec fits it (the prior is told,
+  per component, how well the reference date's basis matches the current one). Weights trained in
+  the "shared" mode instead give all dates of a tile one basis (pooled within-date covariance) and
+  store it only in the keyframe; the payload says which (flag bit 0 of kind 3);
 * keyframes (dates ``0, K, 2K, ...`` with K = ``keyframe_interval``) are ordinary learned tiles
   (kind 0, the image model's hyperprior) and decode on their own;
 * the other dates are *temporal* tiles (kind 3): the latent is coded with the image model's
@@ -73,6 +75,7 @@ def fit_stack_klt(stack: np.ndarray, valid: np.ndarray):
 class TemporalModel:
     image: object            # weights.LoadedModel: the frozen transforms + hyperprior (keyframes)
     prior64: object          # TemporalPrior in float64
+    klt: str = "shared"      # how the prior was trained: "date" (per-date KLT) or "shared"
 
     @property
     def name(self):
@@ -114,9 +117,11 @@ def _load_prior(path: str, sha: str):
     ck = torch.load(path, map_location="cpu", weights_only=True)
     if "temporal" not in ck:
         raise TecModelError(f"{path} holds no temporal prior")
-    prior = TemporalPrior(**ck["temporal_config"])
+    config = dict(ck["temporal_config"])
+    klt = config.pop("klt", "shared")
+    prior = TemporalPrior(**config)
     prior.load_state_dict(ck["temporal"])
-    return prior.double().eval()
+    return prior.double().eval(), klt
 
 
 def load_temporal(name: str | None = None) -> TemporalModel:
@@ -127,7 +132,8 @@ def load_temporal(name: str | None = None) -> TemporalModel:
     if not entry.get("temporal"):
         raise TecModelError(f"model {name!r} is not a temporal (TEC-TT) model")
     image = load_model(name)
-    return TemporalModel(image, _load_prior(str(weights_dir() / entry["file"]), entry["sha256"]))
+    prior, klt = _load_prior(str(weights_dir() / entry["file"]), entry["sha256"])
+    return TemporalModel(image, prior, klt)
 
 
 # -- one tile position, all dates --------------------------------------------------------------------
@@ -146,7 +152,17 @@ def _gains(model, level):
     return qt, gain, hyper_gain
 
 
-def _entropy_params(model, level, z_hat, refs, gaps):
+def _aligns(model, basis, ref_bases):
+    import torch
+
+    from .models.temporal import alignment
+
+    if not getattr(model.prior64, "align", 0):
+        return None
+    return [torch.from_numpy(alignment(basis, b, model.prior64.align))[None] for b in ref_bases]
+
+
+def _entropy_params(model, level, z_hat, refs, gaps, aligns=None):
     """(scales, means) in gained latent space for the y of one date; refs: ungained latents."""
     import torch
 
@@ -155,12 +171,12 @@ def _entropy_params(model, level, z_hat, refs, gaps):
     if refs:
         sig = scales.clamp_min(0.11)
         mean_u, scale_u = model.prior64(mu / gain, sig / gain, torch.log(gain), list(refs),
-                                        [torch.tensor([float(g)], dtype=torch.float64) for g in gaps])
+                                        [torch.tensor([float(g)], dtype=torch.float64) for g in gaps], aligns)
         mu, scales = mean_u * gain, scale_u * gain
     return scales, mu
 
 
-def _code_latent(model, y_u, level, refs, gaps):
+def _code_latent(model, y_u, level, refs, gaps, aligns=None):
     """-> (z string, y string, y_hat gained) for an ungained latent at ``level``."""
     import torch
 
@@ -170,20 +186,20 @@ def _code_latent(model, y_u, level, refs, gaps):
     z = model.image.net64.h_a(y) * hyper_gain
     z_strings = net.entropy_bottleneck.compress(z)
     z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-    scales, mu = _entropy_params(model, level, z_hat, refs, gaps)
+    scales, mu = _entropy_params(model, level, z_hat, refs, gaps, aligns)
     indexes = tilecodec._scale_indexes(net, scales)
     symbols = torch.round(y - mu)
     y_str = tilecodec._gaussian_tables(model.image).encode(symbols, indexes)
     return z_strings[0], y_str, symbols + mu
 
 
-def _decode_latent(model, level, shape, z_str, y_str, refs, gaps):
+def _decode_latent(model, level, shape, z_str, y_str, refs, gaps, aligns=None):
     from .models.tec import TecImageModel
 
     net = model.image.net
     ph, pw = TecImageModel.pad_size(*shape)
     z_hat = net.entropy_bottleneck.decompress([z_str], (ph // 32, pw // 32))
-    scales, mu = _entropy_params(model, level, z_hat, refs, gaps)
+    scales, mu = _entropy_params(model, level, z_hat, refs, gaps, aligns)
     indexes = tilecodec._scale_indexes(net, scales)
     return tilecodec._gaussian_tables(model.image).decode(y_str, indexes) + mu
 
@@ -236,12 +252,15 @@ def _parse_date(d):
 
 def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, nodata=None,
                       floor: float | None = None, level: float | None = None,
-                      keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True):
+                      keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True,
+                      klt: str | None = None, mode_decision: bool = True):
     """Code one tile position over all dates: ``tiles`` (T, B, h, w).
 
     Either ``floor`` (PSNR_10000 target: lowest level that meets it, classical fallback otherwise)
-    or a fixed ``level`` (benchmarks). ``temporal=False`` gives TEC-HP-coded dates with the shared
-    basis (a benchmark reference). -> list of (payload, kind, decoded pixels) per date."""
+    or a fixed ``level`` (benchmarks). ``temporal=False`` codes every date alone (kind 0, the
+    image codec's hyperprior). ``mode_decision``: a date with references is also coded alone and
+    the smaller payload is kept, so TEC-TT never costs more than coding the date alone at the same
+    level. -> list of (payload, kind, decoded pixels) per date."""
     import torch
 
     from .models.tec import IN_CHANNELS, pad_replicate
@@ -251,7 +270,15 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     masks = [nodata_mask(tiles[t], nodata) for t in range(T)]
     valid = np.stack([np.ones((h, w), bool) if m is None else ~m.any(axis=0) for m in masks])
     x = tiles.astype(np.float64)
-    means, basis = fit_stack_klt(x, valid)
+    klt = klt or model.klt
+    if klt == "shared":
+        means, shared = fit_stack_klt(x, valid)
+        bases = [shared] * T
+    else:                                  # per date, exactly as the image codec fits it
+        fits = [tilecodec._fit_tile_klt(x[t], valid[t] if valid[t].any() else np.ones_like(valid[t]))
+                for t in range(T)]
+        means = np.stack([m for m, _ in fits])
+        bases = [b for _, b in fits]
     states: dict[int, _State] = {}
     out = []
     prev_level = 0
@@ -263,33 +290,47 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
             continue
         xt = x[t] if mask is None else np.where(mask, means[t][:, None, None], x[t])
         comps = np.zeros((IN_CHANNELS, h, w), np.float32)
+        basis = bases[t]
         comps[:B] = spectral.forward(xt, means[t], basis)
         with torch.no_grad():
             y_u = model.image.net64.g_a(pad_replicate(torch.from_numpy(comps)[None]).double())
         key = (t // keyframe_interval) * keyframe_interval
         ref_ids = [r for r in range(t - 1, key - 1, -1) if r in states][:MAX_REFS] if temporal else []
         refs = [states[r].y_u for r in ref_ids]
-        gaps = [_gap_days(dates, t, r) for r in ref_ids]
-        kind = KIND_TEMPORAL if ref_ids else KIND_LEARNED
+        gaps = [float(np.float32(_gap_days(dates, t, r))) for r in ref_ids]     # as stored (f32)
         refs_meta = [(t - r, g) for r, g in zip(ref_ids, gaps)]
+        aligns = _aligns(model, bases[t], [states[r].basis for r in ref_ids]) if ref_ids else None
 
-        def attempt(L):
+        def attempt(L, use_refs):
+            r_ = refs if use_refs else []
             with torch.no_grad():
-                z_str, y_str, y_hat = _code_latent(model, y_u, L, refs, gaps)
+                z_str, y_str, y_hat = _code_latent(model, y_u, L, r_, gaps, aligns)
                 recon = _synthesize(model, y_hat, L, (B, h, w), means[t], basis, tile.dtype)
-            payload = _build_payload(kind, tile, nodata, mask, model, L, means[t], basis, refs_meta,
-                                     z_str, y_str, bool(ref_ids))
+            k = KIND_TEMPORAL if r_ else KIND_LEARNED
+            payload = _build_payload(k, tile, nodata, mask, model, L, means[t], basis,
+                                     refs_meta if r_ else [], z_str, y_str, bool(r_) and klt == "shared")
             recon = restore_nodata(recon, TileHeader(unseal(payload)))
             _, gain, _ = _gains(model, L)
-            return payload, recon, y_hat / gain
+            return payload, recon, y_hat / gain, k
+
+        def best_at(L):
+            """Mode decision: the temporal code, or the date alone when that is smaller."""
+            res = attempt(L, True)
+            if ref_ids and mode_decision:
+                alone = attempt(L, False)
+                ok = floor is None or tile_psnr(tile, alone[1], mask) >= floor
+                if ok and (len(alone[0]) < len(res[0]) or
+                           (floor is not None and tile_psnr(tile, res[1], mask) < floor)):
+                    res = alone
+            return res
 
         chosen = None
         if level is not None:
-            chosen = attempt(level)
+            chosen = best_at(level)
         else:
             L, last = max(0, prev_level - 1), None
             while L <= MAX_LEVEL:
-                res = attempt(L)
+                res = best_at(L)
                 psnr = tile_psnr(tile, res[1], mask)
                 if psnr >= floor:
                     chosen, prev_level = res, L
@@ -302,7 +343,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
             k = TileHeader(unseal(p)).kind
             out.append((p, k, restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
             continue
-        payload, recon, y_hat_u = chosen
+        payload, recon, y_hat_u, kind = chosen
         states[t] = _State(y_hat_u, basis)
         out.append((payload, kind, recon))
     return out
@@ -369,7 +410,7 @@ class StackDecoder:
 
     ``fetch(d, ty, tx)`` returns the payload bytes (the container reader checks CRCs)."""
 
-    def __init__(self, fetch, model_name: str | None, cache_size: int = 256):
+    def __init__(self, fetch, model_name: str | None, cache_size: int = 64):
         self._fetch = fetch
         self._model_name = model_name
         self._model = None
@@ -402,7 +443,7 @@ class StackDecoder:
             return None
         head, info = parse_tile(payload)
         self._check_tag(info["tag"])
-        refs, gaps, basis = [], [], info["basis"]
+        refs, gaps, ref_bases, basis = [], [], [], info["basis"]
         for i, (back, gap) in enumerate(info["refs"]):
             r = d - back
             if back < 1 or r < 0:
@@ -414,14 +455,16 @@ class StackDecoder:
             if st is None:
                 raise TecFormatError(f"temporal tile of date {d} references date {r}, which has no latent")
             refs.append(st[0].y_u)
+            ref_bases.append(st[0].basis)
             gaps.append(gap)
             if i == 0 and basis is None:
                 basis = st[0].basis
         import torch
 
+        aligns = _aligns(self.model(), basis, ref_bases) if refs else None
         with torch.no_grad():
             y_hat = _decode_latent(self.model(), info["level"], (head.height, head.width),
-                                   info["streams"][0], info["streams"][1], refs, gaps)
+                                   info["streams"][0], info["streams"][1], refs, gaps, aligns)
             _, gain, _ = _gains(self.model(), info["level"])
             state = (_State(y_hat / gain, basis), y_hat, head, info)
         with self._lock:
@@ -547,11 +590,14 @@ def write_stack(path, array, bands=None, quality: int = 5, model: str | None = N
     raw = T * B * H * W * dtype.itemsize
     stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0), "lossless_tiles": kinds.get(KIND_LOSSLESS, 0),
              "learned_tiles": kinds.get(KIND_LEARNED, 0), "temporal_tiles": kinds.get(KIND_TEMPORAL, 0),
-             "compression_ratio": round(raw / (64 + payload_bytes + 24 * T * tiles_x * tiles_y + 2048), 3)}
+             "compression_ratio": 0.0}
     fields = dict(width=W, height=H, count=B, dtype=dtype.name, bands=list(bands), nodata=nodata,
                   crs_wkt=crs_wkt, geotransform=geotransform, tile_size=tile_size, tiles_x=tiles_x,
                   tiles_y=tiles_y, dates=dates, levels=1, keyframe_interval=ki, model=record,
                   quality=quality, stats=stats, metadata=metadata, created_by=created_by)
+    for _ in range(3):                    # the ratio counts the whole file, header included
+        head_len = len(TecHeader(**fields).to_json().encode("utf-8"))
+        stats["compression_ratio"] = round(raw / (64 + payload_bytes + head_len + 24 * T * tiles_x * tiles_y), 3)
     target = path if hasattr(path, "write") else os.fspath(path)
     with ContainerWriter(target) as w:
         for row in payloads:

@@ -32,6 +32,7 @@ from .train import DEFAULT_DATA, load_image
 log = logging.getLogger("terracodec.train_temporal")
 REPO = Path(__file__).resolve().parent.parent
 MAX_GAP_DAYS = 125
+KLT = "date"               # the stack encoder uses the KLT mode its prior was trained with
 
 
 def timeseries_locations(data_dir: Path, split: str) -> list[Path]:
@@ -95,14 +96,23 @@ def precompute(locations: list[Path], net, levels=range(8)) -> list[dict]:
         t0 = time.time()
         stack, valid, names, rows = load_location(loc)
         T, B, H, W = stack.shape
-        means, basis_q = shared_klt(stack, valid)
+        if KLT == "shared":
+            means, basis_q = shared_klt(stack, valid)
+            bases = [basis_q] * T
+        else:                              # each date its own KLT, as the image codec and TEC-TT code it
+            from .tilecodec import _fit_tile_klt
+
+            fits = [_fit_tile_klt(stack[t].astype(np.float64), valid[t] if valid[t].any() else
+                                  np.ones_like(valid[t])) for t in range(T)]
+            means = np.stack([m for m, _ in fits])
+            bases = [b for _, b in fits]
         ys = []
         with torch.no_grad():
             for t in range(T):
                 x = stack[t].astype(np.float64)
                 x = np.where(valid[t][None], x, means[t][:, None, None])
                 comps = np.zeros((IN_CHANNELS, H, W), np.float32)
-                comps[:B] = spectral.forward(x, means[t], basis_q)
+                comps[:B] = spectral.forward(x, means[t], bases[t])
                 ys.append(net.g_a(pad_replicate(torch.from_numpy(comps)[None]))[0])
             y_u = torch.stack(ys)                                   # (T, M, h, w) ungained
             mu, sigma = [], []
@@ -114,7 +124,7 @@ def precompute(locations: list[Path], net, levels=range(8)) -> list[dict]:
                 s, m = net.h_s(z_hat / hyper_gain).chunk(2, 1)
                 mu.append(m)
                 sigma.append(s.clamp_min(0.11))
-        out.append({"name": loc.name, "y_u": y_u, "mu": torch.stack(mu), "sigma": torch.stack(sigma),
+        out.append({"name": loc.name, "y_u": y_u, "bases": bases, "mu": torch.stack(mu), "sigma": torch.stack(sigma),
                     "when": [r["when"] for r in rows], "cloud": [r["cloud"] for r in rows]})
         log.info("%s: %d dates %dx%d, %d bands, latents %s (%.1fs)", loc.name, T, H, W, B,
                  tuple(y_u.shape[-2:]), time.time() - t0)
@@ -159,7 +169,10 @@ def make_batch(sampler: PairSampler, net, size: int, n_refs: int):
     """Tensors for one step; every sample has exactly ``n_refs`` refs (batches are grouped by it)."""
     import torch
 
+    from .models.temporal import alignment
+
     ys, mus, sigs, lg, refs, gaps = [], [], [], [], [[] for _ in range(n_refs)], [[] for _ in range(n_refs)]
+    aligns = [[] for _ in range(n_refs)]
     rng = sampler.rng
     while len(ys) < size:
         d, t, rr, gg, (sy, sx) = sampler.sample()
@@ -181,9 +194,10 @@ def make_batch(sampler: PairSampler, net, size: int, n_refs: int):
             mr = d["mu"][Lr, rr[k]][:, sy, sx]
             refs[k].append((torch.round(yr - mr) + mr) / gr)      # what the decoder has: y_hat / gain
             gaps[k].append(float(gg[k]))
+            aligns[k].append(torch.from_numpy(alignment(d["bases"][t], d["bases"][rr[k]])).float())
     st = torch.stack
     return (st(ys), st(mus), st(sigs), st(lg), [st(r) for r in refs],
-            [torch.tensor(g, dtype=torch.float32) for g in gaps])
+            [torch.tensor(g, dtype=torch.float32) for g in gaps], [st(a) for a in aligns])
 
 
 def train(args) -> None:
@@ -202,13 +216,20 @@ def train(args) -> None:
     t0 = time.time()
     data = precompute(timeseries_locations(data_dir, "train"), net)
     log.info("precomputed latents of %d train locations in %.1f s", len(data), time.time() - t0)
-    prior = TemporalPrior(M=net.M, C=args.C)
+    prior = TemporalPrior(M=net.M, C=args.C, align=13)
     step0, minutes0 = 0, 0.0
     if args.init:                                  # continue from an earlier run (same image model)
         ck = torch.load(args.init, weights_only=False)
-        if ck["image_sha256"] != image.sha256:
-            raise SystemExit(f"{args.init} was trained on other image weights")
-        prior.load_state_dict(ck["temporal"])
+        if ck["image_sha256"] != image.sha256:       # e.g. a later export of the same training run
+            log.warning("%s was trained on other image weights (%s...); using it as initialisation only",
+                        args.init, ck["image_sha256"][:12])
+        state = ck["temporal"]
+        w = state["ref.0.weight"]
+        if w.shape[1] < prior.ref[0].weight.shape[1]:          # an earlier prior without alignment inputs
+            new = torch.zeros_like(prior.ref[0].weight)
+            new[:, :w.shape[1]] = w
+            state = dict(state, **{"ref.0.weight": new})
+        prior.load_state_dict(state)
         step0, minutes0 = ck["step"], ck["minutes"]
         log.info("continuing %s from step %d", args.init, step0)
     opt = torch.optim.Adam(prior.parameters(), lr=args.lr)
@@ -221,9 +242,9 @@ def train(args) -> None:
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.2 if frac > 0.8 else 1.0)
         n_refs = 1 if sampler.rng.random() < 0.35 else 2
-        y, mu, sig, lg, refs, gaps = make_batch(sampler, net, args.batch, n_refs)
+        y, mu, sig, lg, refs, gaps, aligns = make_batch(sampler, net, args.batch, n_refs)
         gain = lg.exp()
-        mean_u, scale_u = prior(mu / gain, sig / gain, lg, refs, gaps)
+        mean_u, scale_u = prior(mu / gain, sig / gain, lg, refs, gaps, aligns)
         noisy = y + torch.rand_like(y) - 0.5
         bits = gaussian_bits(noisy, mean_u * gain, scale_u * gain).mean()
         with torch.no_grad():
@@ -241,7 +262,7 @@ def train(args) -> None:
             hist = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"temporal": prior.state_dict(), "temporal_config": {"M": net.M, "C": args.C},
+    torch.save({"temporal": prior.state_dict(), "temporal_config": {"M": net.M, "C": args.C, "align": 13, "klt": KLT},
                 "step": step0 + step, "minutes": round(minutes0 + (time.time() - t1) / 60, 2),
                 "image_model": image.name,
                 "image_sha256": image.sha256}, out)
@@ -305,11 +326,15 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--klt", choices=("date", "shared"), default="date",
+                   help="KLT per date (as the image codec) or one per tile shared by all dates")
     p.add_argument("--init", default=None, help="start from this temporal checkpoint")
     p.add_argument("--export", action="store_true", help="write weights/tec-tt-v1.pt and its manifest entry")
     p.add_argument("--export-only", default=None, help="export this checkpoint and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    global KLT
+    KLT = args.klt
     if args.export_only:
         export(Path(args.export_only), Path(args.weights_dir))
         return
