@@ -156,24 +156,21 @@ def tile_psnr(ref: np.ndarray, test: np.ndarray, mask: np.ndarray | None) -> flo
     return float("inf") if mse == 0 else 10 * np.log10(1e8 / mse)
 
 
-# -- classical fallback (kind 1): per-tile KLT + JPEG 2000 per component (OpenJPEG) ----------------
-# body: f32 means[count], f16 basis[count*count], then per component u32 len + JPEG 2000 codestream
-# (int16 components in reflectance units). The encoder searches the OpenJPEG quality level per tile
-# until the floor is met; if even lossless components miss it (basis rounding), the tile is lossless.
-
-
-def _j2k_encode_components(comps: np.ndarray, level: int) -> list[bytes]:
-    import imagecodecs
-
-    return [imagecodecs.jpeg2k_encode(np.ascontiguousarray(c), level=level if level < 100 else None, numthreads=1)
-            if level is not None else imagecodecs.jpeg2k_encode(np.ascontiguousarray(c), numthreads=1) for c in comps]
+# -- classical fallback (kind 1): per-tile KLT + one multi-component JPEG 2000 codestream ----------
+# body: f32 means[count], f16 basis[count*count], then a JPEG 2000 codestream (OpenJPEG, irreversible
+# 9/7, no colour transform) with `count` int16 components in reflectance units. The encoder searches
+# the OpenJPEG quality level per tile on the component-domain error (the KLT is orthonormal), then
+# checks the decoded pixels; a tile that cannot meet the floor is stored lossless instead.
 
 
 def encode_classical(tile: np.ndarray, nodata, floor_db: float) -> bytes:
     from . import spectral
+    from .anchors import _j2k_decode, _j2k_encode
 
     mask = nodata_mask(tile, nodata)
     count, h, w = tile.shape
+    if min(h, w) < 4:                  # a sliver: raw bytes are smaller than any codestream
+        return encode_lossless(tile, nodata)
     x = tile.astype(np.float64)
     valid = np.ones((h, w), bool) if mask is None else ~mask.any(axis=0)
     if not valid.any():
@@ -183,47 +180,50 @@ def encode_classical(tile: np.ndarray, nodata, floor_db: float) -> bytes:
         x = np.where(mask, means[:, None, None], x)
     comps = np.rint(spectral.forward(x, means, basis_q).astype(np.float64) * spectral.COMPONENT_SCALE)
     comps = np.clip(comps, -32768, 32767).astype(np.int16)     # OpenJPEG via imagecodecs: 16-bit is exact
-    head = pack_header(KIND_CLASSICAL, tile, nodata, mask)
-    side = means.astype("<f4").tobytes() + basis_q.astype("<f2").tobytes()
+    prefix = pack_header(KIND_CLASSICAL, tile, nodata, mask) + means.astype("<f4").tobytes() \
+        + basis_q.astype("<f2").tobytes()
+    sel = valid[None].repeat(count, 0)
 
-    def build(level):
-        streams = _j2k_encode_components(comps, level)
-        return seal(head + side + b"".join(struct.pack("<I", len(b)) + b for b in streams))
+    def comp_psnr(stream):
+        err = _j2k_decode(stream, 1).astype(np.float64) - comps
+        mse = float(np.mean(err[sel] ** 2))
+        return float("inf") if mse == 0 else 10 * np.log10(1e8 / mse)
 
-    def psnr_at(level):
-        payload = build(level)
-        return payload, tile_psnr(tile, decode_tile(payload), mask)
-
-    # PSNR grows about 1 dB per OpenJPEG level: a secant-like walk finds the lowest passing level
-    # in 3-4 encodes instead of a full bisection.
+    # PSNR grows about 1 dB per OpenJPEG level: a secant-like walk finds the lowest passing level.
     level = int(np.clip(round(floor_db + 15), 10, 99))
-    tried: dict[int, tuple[bytes, float]] = {}
-    best = None
+    tried: dict[int, float] = {}
+    streams: dict[int, bytes] = {}
     for _ in range(8):
-        tried[level] = psnr_at(level)
-        payload, psnr = tried[level]
+        streams[level] = _j2k_encode(comps, level, 1)
+        tried[level] = psnr = comp_psnr(streams[level])
         if psnr >= floor_db:
-            best = (level, payload)
-            step = -max(1, int((min(psnr, 200.0) - floor_db) * 0.8))     # try cheaper (psnr may be inf)
+            step = -max(1, int((min(psnr, 200.0) - floor_db) * 0.8))
         else:
             step = max(1, int(np.ceil((floor_db - psnr) * 1.2)))
         nxt = int(np.clip(level + step, 10, 99))
-        if nxt in tried or nxt == level:
-            if best is not None and best[0] - 1 >= 10 and best[0] - 1 not in tried:
-                nxt = best[0] - 1
+        passing = [lv for lv, p in tried.items() if p >= floor_db]
+        if nxt in tried:
+            lowest = min(passing) if passing else None
+            if lowest is not None and lowest - 1 >= 10 and lowest - 1 not in tried:
+                nxt = lowest - 1
             else:
                 break
         level = nxt
-    if best is None:
-        payload, psnr = psnr_at(None)
-        return payload if psnr >= floor_db else encode_lossless(tile, nodata)
-    return best[1]
+    # verify in the pixel domain (rounding, clipping, basis precision), raising the level if needed
+    passing = sorted(lv for lv, p in tried.items() if p >= floor_db)
+    level = passing[0] if passing else 99
+    while level <= 99:
+        stream = streams.get(level) or _j2k_encode(comps, level, 1)
+        payload = seal(prefix + stream)
+        if tile_psnr(tile, decode_tile(payload), mask) >= floor_db:
+            return payload
+        level += 2
+    return encode_lossless(tile, nodata)
 
 
 def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
-    import imagecodecs
-
     from . import spectral
+    from .anchors import _j2k_decode
 
     n = head.count
     off = head.body
@@ -233,23 +233,14 @@ def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
     off += 4 * n
     basis_q = np.frombuffer(payload, "<f2", n * n, off).astype(np.float64).reshape(n, n)
     off += 2 * n * n
-    comps = np.empty(head.shape, np.float64)
-    for i in range(n):
-        if len(payload) < off + 4:
-            raise TecFormatError("classical tile truncated")
-        (length,) = struct.unpack_from("<I", payload, off)
-        off += 4
-        if len(payload) < off + length:
-            raise TecFormatError("classical tile truncated")
-        try:
-            comp = imagecodecs.jpeg2k_decode(payload[off:off + length])
-        except Exception as exc:       # imagecodecs raises its own Jpeg2kError
-            raise TecFormatError(f"corrupt JPEG 2000 component {i}: {exc}") from None
-        if comp.shape != (head.height, head.width):
-            raise TecFormatError(f"JPEG 2000 component {i} has shape {comp.shape}")
-        comps[i] = comp
-        off += length
-    return _to_dtype(spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q), head.dtype)
+    try:
+        comps = _j2k_decode(payload[off:], 1)
+    except Exception as exc:       # imagecodecs raises its own Jpeg2kError
+        raise TecFormatError(f"corrupt JPEG 2000 codestream in classical tile: {exc}") from None
+    if comps.shape != head.shape:
+        raise TecFormatError(f"JPEG 2000 codestream has shape {comps.shape}, tile is {head.shape}")
+    return _to_dtype(spectral.inverse(comps.astype(np.float64) / spectral.COMPONENT_SCALE, means, basis_q),
+                     head.dtype)
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
