@@ -263,14 +263,19 @@ def test_corrupt_reference_names_it(coded12, tmp_path):
     raw = bytearray(Path(path).read_bytes())
     with ContainerReader(path) as r:
         n = r.header.tiles_x * r.header.tiles_y
-        entry = r.entries[2 * n]                            # keyframe of date 2, tile (0, 0)
-        assert r.entries[3 * n].kind == tilecodec.KIND_TEMPORAL
+        # a temporal tile of date 3 (its reference is the keyframe, date 2, same tile position)
+        hits = [i for i in range(n) if r.entries[3 * n + i].kind == tilecodec.KIND_TEMPORAL]
+        assert hits, "no temporal tile in date 3"
+        i = hits[0]
+        entry = r.entries[2 * n + i]
+        ty, tx = divmod(i, r.header.tiles_x)
     raw[entry.offset + entry.length - 10] ^= 0x55
     bad = tmp_path / "badref.tec"
     bad.write_bytes(bytes(raw))
+    T = 48
     with terracodec.open(bad) as ds:
         with pytest.raises(TecChecksumError, match="reference date 2"):
-            ds.read(date=3, window=((0, 10), (0, 10)))
+            ds.read(date=3, window=((ty * T, ty * T + 1), (tx * T, tx * T + 1)))
         np.testing.assert_array_equal(ds.read(date=1), decoded[1])
 
 
