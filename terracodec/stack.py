@@ -14,8 +14,9 @@ A stack is ``(dates, bands, height, width)`` on one grid. The container stores o
   hyperprior refined by :class:`terracodec.models.temporal.TemporalPrior`, which looks at the
   decoded latents of 1-2 earlier dates of the same tile since the last keyframe. Reading date t
   entropy-decodes at most K-1 earlier latents (no synthesis), never the whole stack;
-* tiles that cannot reach the quality's PSNR target with the model fall back to the classical kind
-  (per date, as for single images); later dates then reference the dates that have a latent.
+* as for single images, a date's tile is the classical kind when that is smaller at the quality's
+  PSNR target or the model cannot reach it; later dates then reference the dates that have a latent;
+* mode decision: a date with references is also coded alone (kind 0) and the smaller is kept.
 
 All inference runs in float64 (no oneDNN) so decoding gives the same pixels whatever the thread
 count. ``temporal=False`` codes every date alone with the image codec (terracodec.tilecodec).
@@ -256,7 +257,8 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
                       klt: str | None = None, mode_decision: bool = True):
     """Code one tile position over all dates: ``tiles`` (T, B, h, w).
 
-    Either ``floor`` (PSNR_10000 target: lowest level that meets it, classical fallback otherwise)
+    Either ``floor`` (PSNR_10000 target: lowest level that meets it; the classical codec at the
+    same target replaces it when smaller or when the model misses the target, as for single images)
     or a fixed ``level`` (benchmarks). ``temporal=False`` codes every date alone (kind 0, the
     image codec's hyperprior). ``mode_decision``: a date with references is also coded alone and
     the smaller payload is kept, so TEC-TT never costs more than coding the date alone at the same
@@ -338,11 +340,13 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
                 if last is not None and psnr - last < 0.3:
                     break                              # the model saturates on this tile
                 last, L = psnr, L + 1
-        if chosen is None:
+        if floor is not None:
+            # as the image codec does: the classical codec at the same target, the smaller kept
             p = tilecodec.encode_classical(tile, nodata, floor)
-            k = TileHeader(unseal(p)).kind
-            out.append((p, k, restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
-            continue
+            if chosen is None or len(p) < len(chosen[0]):
+                k = TileHeader(unseal(p)).kind
+                out.append((p, k, restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
+                continue
         payload, recon, y_hat_u, kind = chosen
         states[t] = _State(y_hat_u, basis)
         out.append((payload, kind, recon))
