@@ -617,13 +617,6 @@ class TecDataset:
         if arr.shape != shape or arr.dtype != self.dtype:
             raise TecFormatError(f"{where}: decoded to {arr.dtype}{list(arr.shape)}, "
                                  f"the header says {self.dtype}{list(shape)}")
-        nd = self.nodata
-        if nd is not None and len(payload) > 12 and payload[12] == 0:
-            # a tile without nodata pixels (mask mode 0) carries no nodata value, so the tile decoder
-            # cannot keep its valid pixels off it: do it here (FORMAT.md, common tile header)
-            info = np.iinfo(arr.dtype)
-            bump = nd + 1 if nd < info.max else nd - 1
-            arr = np.where(arr == nd, np.asarray(bump).astype(arr.dtype), arr)
         return arr
 
     def _band_indexes(self, bands) -> tuple[list[int], bool]:

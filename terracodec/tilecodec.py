@@ -11,7 +11,7 @@ Payload layout (little-endian):
     8   2  u16 height
     10  2  u16 width
     12  1  u8  nodata mask mode (0 none, 1 one mask for all bands, 2 one mask per band)
-    13  8  f64 nodata value (NaN when mode 0)
+    13  8  f64 nodata value (NaN when the raster has none; set in mode 0 too)
     21  4  u32 mask length, then zlib(packbits(mask))
     ..     kind-specific body
     -4  4  u32 CRC32 of every byte before it (a payload outside a .tec file, e.g. a zarr chunk, is
@@ -57,7 +57,8 @@ def pack_header(kind: int, tile: np.ndarray, nodata, mask: np.ndarray | None) ->
         mode, blob = 1, zlib.compress(np.packbits(mask[0]).tobytes(), 9)
     else:
         mode, blob = 2, zlib.compress(np.packbits(mask).tobytes(), 9)
-    value = float(nodata) if mode else float("nan")
+    # mode 0 still records the nodata value (NaN = none), so decoders keep valid pixels off it
+    value = float(nodata) if nodata is not None else float("nan")
     return _HEAD.pack(TILE_MAGIC, kind, dtype_code(tile.dtype), count, 0, height, width,
                       mode, value, len(blob)) + blob
 
@@ -95,7 +96,7 @@ class TileHeader:
         end = _HEAD.size + mask_len
         if end > len(payload):
             raise TecFormatError("tile payload truncated inside its nodata mask")
-        self.nodata = value if mode else None
+        self.nodata = None if np.isnan(value) else value
         self.mask = None
         if mode:
             try:
@@ -117,11 +118,13 @@ class TileHeader:
 
 def restore_nodata(decoded: np.ndarray, head: TileHeader) -> np.ndarray:
     """Put nodata back exactly and keep valid pixels from colliding with the nodata value."""
-    if head.mask is None:
+    if head.nodata is None:
         return decoded
     nodata = np.asarray(head.nodata).astype(decoded.dtype)
     info = np.iinfo(decoded.dtype)
     bump = nodata + 1 if nodata < info.max else nodata - 1
+    if head.mask is None:
+        return np.where(decoded == nodata, bump, decoded).astype(decoded.dtype)
     decoded = np.where((decoded == nodata) & ~head.mask, bump, decoded)
     return np.where(head.mask, nodata, decoded).astype(decoded.dtype)
 

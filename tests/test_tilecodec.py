@@ -144,3 +144,12 @@ def test_models_listed_with_hashes():
         assert sha256_file(weights_dir() / m["file"]) == m["sha256"]
         assert m["qualities"] == list(range(1, 9))
     json.dumps(list(models.values()))
+
+
+def test_valid_pixels_kept_off_nodata_in_tiles_without_nodata_pixels():
+    """A tile with no nodata pixel still records the value; a valid pixel decoding to it is moved."""
+    tile = np.full((2, 4, 4), 7, np.int16)
+    head = tc.TileHeader(tc.pack_header(tc.KIND_LOSSLESS, tile, 0, None))
+    assert head.mask is None and head.nodata == 0
+    decoded = np.zeros((2, 4, 4), np.int16)
+    assert (tc.restore_nodata(decoded, head) == 1).all()
