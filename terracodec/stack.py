@@ -355,17 +355,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
 
 # -- decoding ----------------------------------------------------------------------------------------
 def _read_streams(payload, off):
-    streams = []
-    for _ in range(2):
-        if len(payload) < off + 4:
-            raise TecFormatError("learned tile truncated in its bit streams")
-        (n,) = struct.unpack_from("<I", payload, off)
-        off += 4
-        if len(payload) < off + n:
-            raise TecFormatError("learned tile truncated in its bit streams")
-        streams.append(payload[off:off + n])
-        off += n
-    return streams
+    return tilecodec.read_streams(payload, off, 2)
 
 
 def parse_tile(payload: bytes):

@@ -364,16 +364,7 @@ def decode_learned(payload: bytes, head: TileHeader, model=None) -> np.ndarray:
     off += 4 * n
     basis_q = np.frombuffer(payload, "<f2", n * n, off).astype(np.float64).reshape(n, n)
     off += 2 * n * n
-    streams = []
-    for _ in range(2 if entropy == 0 else 1):
-        if len(payload) < off + 4:
-            raise TecFormatError("learned tile truncated in its bit streams")
-        (length,) = struct.unpack_from("<I", payload, off)
-        off += 4
-        if len(payload) < off + length:
-            raise TecFormatError("learned tile truncated in its bit streams")
-        streams.append(payload[off:off + length])
-        off += length
+    streams = read_streams(payload, off, 2 if entropy == 0 else 1)
     net = model.net
     ph, pw = TecImageModel.pad_size(head.height, head.width)
     lat = (ph // 8, pw // 8)
@@ -389,6 +380,21 @@ def decode_learned(payload: bytes, head: TileHeader, model=None) -> np.ndarray:
         else:
             y_hat = net.fp_bottlenecks[int(level)].decompress([streams[0]], lat)
         return _synthesize(model, y_hat, qt, n, head.height, head.width, means, basis_q, head.dtype)
+
+
+def read_streams(payload: bytes, off: int, count: int) -> list[bytes]:
+    """``count`` length-prefixed (u32) entropy-coded streams starting at ``off``."""
+    streams = []
+    for _ in range(count):
+        if len(payload) < off + 4:
+            raise TecFormatError("learned tile truncated in its bit streams")
+        (length,) = struct.unpack_from("<I", payload, off)
+        off += 4
+        if len(payload) < off + length:
+            raise TecFormatError("learned tile truncated in its bit streams")
+        streams.append(payload[off:off + length])
+        off += length
+    return streams
 
 
 def _synthesize(model, y_hat, qt, count, h, w, means, basis_q, dtype) -> np.ndarray:
