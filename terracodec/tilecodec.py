@@ -322,8 +322,6 @@ def encode_learned(tile: np.ndarray, model, level: float, nodata) -> tuple[bytes
 
 
 def _entropy_params(model, z_hat, hyper_gain):
-    import torch
-
     params = model.net64.h_s(z_hat.double() / hyper_gain)
     scales, mu = params.chunk(2, 1)
     return scales, mu
@@ -343,7 +341,6 @@ def _scale_indexes(net, scales):
 def decode_learned(payload: bytes, head: TileHeader, model=None) -> np.ndarray:
     import torch
 
-    from . import spectral
     from .models.tec import TecImageModel
 
     off = head.body

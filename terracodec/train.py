@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from pathlib import Path
 

@@ -75,7 +75,6 @@ class LoadedModel:
     entropy: str            # "hyperprior" or "factorized"
     net: object             # TecImageModel in eval mode
     net64: object           # float64 copy for inference: no oneDNN kernels, so results do not depend on threads
-    lock: threading.Lock
 
 
 _load_lock = threading.Lock()
@@ -114,9 +113,4 @@ def load_model(name: str | None = None) -> LoadedModel:
         raise TecModelError(f"weights file {path} for model {name!r} is missing")
     with _load_lock:
         net, net64 = _load_file(str(path), entry["sha256"], json.dumps(entry["config"], sort_keys=True))
-    return LoadedModel(name, entry["sha256"], entry["entropy"], net, net64, _model_locks(entry["sha256"]))
-
-
-@lru_cache(maxsize=None)
-def _model_locks(sha: str) -> threading.Lock:
-    return threading.Lock()
+    return LoadedModel(name, entry["sha256"], entry["entropy"], net, net64)
