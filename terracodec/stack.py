@@ -14,9 +14,9 @@ A stack is ``(dates, bands, height, width)`` on one grid. The container stores o
   hyperprior refined by :class:`terracodec.models.temporal.TemporalPrior`, which looks at the
   decoded latents of 1-2 earlier dates of the same tile since the last keyframe. Reading date t
   entropy-decodes at most K-1 earlier latents (no synthesis), never the whole stack;
-* as for single images, a date's tile is the classical kind when that is smaller at the quality's
-  PSNR target or the model cannot reach it; later dates then reference the dates that have a latent;
-* mode decision: a date with references is also coded alone (kind 0) and the smaller is kept.
+* as for single images, a date's tile is the classical kind when that has the lower rate-distortion
+  cost at the quality's slope; later dates then reference the dates that have a latent;
+* mode decision: a date with references is also coded alone (kind 0) and the cheaper is kept.
 
 All inference runs in float64 (no oneDNN) so decoding gives the same pixels whatever the thread
 count. ``temporal=False`` codes every date alone with the image codec (terracodec.tilecodec).
@@ -37,12 +37,13 @@ import numpy as np
 
 from . import spectral, tilecodec
 from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
-from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_TEMPORAL, QUALITY_FLOOR_DB,
-                        TileHeader, nodata_mask, pack_header, restore_nodata, seal, tile_psnr, unseal)
+from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_TEMPORAL, TileHeader,
+                        nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal, unseal)
 
 DEFAULT_KEYFRAME_INTERVAL = 8
 MAX_REFS = 2
 MAX_LEVEL = 7
+LEVEL_TRIES = 3          # network levels tried per date when coding to a rate-distortion slope
 _LEARNED = struct.Struct("<4sfB")             # kind 0 body start (terracodec.tilecodec)
 _TEMPORAL = struct.Struct("<4sfBB")           # tag, level, n_refs, flags
 _REF = struct.Struct("<Hf")                   # dates back, gap in days
@@ -252,17 +253,19 @@ def _parse_date(d):
 
 
 def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, nodata=None,
-                      floor: float | None = None, level: float | None = None,
+                      lam: float | None = None, level: float | None = None,
                       keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True,
-                      klt: str | None = None, mode_decision: bool = True):
+                      klt: str | None = None, mode_decision: bool = True, classical: bool = True):
     """Code one tile position over all dates: ``tiles`` (T, B, h, w).
 
-    Either ``floor`` (PSNR_10000 target: lowest level that meets it; the classical codec at the
-    same target replaces it when smaller or when the model misses the target, as for single images)
-    or a fixed ``level`` (benchmarks). ``temporal=False`` codes every date alone (kind 0, the
-    image codec's hyperprior). ``mode_decision``: a date with references is also coded alone and
-    the smaller payload is kept, so TEC-TT never costs more than coding the date alone at the same
-    level. -> list of (payload, kind, decoded pixels) per date."""
+    Either ``lam`` (a rate-distortion slope, see tilecodec.rd_lambda: the network level of least
+    J = SSE + lam * bits near the one trained for it; the classical codec at the same slope replaces
+    it when its J is lower, as for single images) or a fixed ``level`` (benchmarks).
+    ``temporal=False`` codes every date alone (kind 0, the image codec's hyperprior).
+    ``mode_decision``: a date with references is also coded alone and the cheaper payload is kept
+    (smaller at a fixed level, lower J with ``lam``), so TEC-TT never costs more than coding the
+    date alone. ``classical=False`` (benchmarks, tests) never replaces the model's code by the
+    classical one. -> list of (payload, kind, decoded pixels) per date."""
     import torch
 
     from .models.tec import IN_CHANNELS, pad_replicate
@@ -283,7 +286,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
         bases = [b for _, b in fits]
     states: dict[int, _State] = {}
     out = []
-    prev_level = 0
+    prev_level = None
     for t in range(T):
         tile, mask = tiles[t], masks[t]
         if mask is not None and mask.all():
@@ -315,35 +318,39 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
             _, gain, _ = _gains(model, L)
             return payload, recon, y_hat / gain, k
 
+        def cost(res):
+            return rd_cost(tile, res[1], mask, len(res[0]), lam)
+
         def best_at(L):
-            """Mode decision: the temporal code, or the date alone when that is smaller."""
+            """Mode decision: the temporal code, or the date alone when that is cheaper."""
             res = attempt(L, True)
             if ref_ids and mode_decision:
                 alone = attempt(L, False)
-                ok = floor is None or tile_psnr(tile, alone[1], mask) >= floor
-                if ok and (len(alone[0]) < len(res[0]) or
-                           (floor is not None and tile_psnr(tile, res[1], mask) < floor)):
+                if (cost(alone) < cost(res)) if lam is not None else len(alone[0]) < len(res[0]):
                     res = alone
             return res
 
-        chosen = None
         if level is not None:
             chosen = best_at(level)
         else:
-            L, last = max(0, prev_level - 1), None
-            while L <= MAX_LEVEL:
-                res = best_at(L)
-                psnr = tile_psnr(tile, res[1], mask)
-                if psnr >= floor:
-                    chosen, prev_level = res, L
+            tried = {}
+            L = prev_level if prev_level is not None else tilecodec.network_level(lam)
+            tried[L] = best_at(L)
+            for direction in (-1.0, 1.0):      # walk to the level of least J, a few tries
+                moved = False
+                while len(tried) < LEVEL_TRIES and 0 <= L + direction <= MAX_LEVEL:
+                    res = best_at(L + direction)
+                    tried[L + direction] = res
+                    if cost(res) >= cost(tried[L]):
+                        break
+                    L, moved = L + direction, True
+                if moved:
                     break
-                if last is not None and psnr - last < 0.3:
-                    break                              # the model saturates on this tile
-                last, L = psnr, L + 1
-        if floor is not None:
-            # as the image codec does: the classical codec at the same target, the smaller kept
-            p = tilecodec.encode_classical(tile, nodata, floor)
-            if chosen is None or len(p) < len(chosen[0]):
+            prev_level = L
+            chosen = tried[L]
+            # as the image codec does: the classical codec at the same slope, the cheaper kept
+            p, j_classical = tilecodec.encode_classical(tile, nodata, lam) if classical else (None, math.inf)
+            if j_classical < cost(chosen):
                 k = TileHeader(unseal(p)).kind
                 out.append((p, k, restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
                 continue
@@ -514,8 +521,9 @@ def check_dates(dates, n: int) -> list:
 def write_stack(path, array, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
                 dates=None, temporal: bool = True, keyframe_interval: int | None = None,
                 tile_size: int = 256, crs_wkt=None, geotransform=None, metadata=None,
-                progress: bool = False, created_by: str = "terracodec") -> dict:
+                progress: bool = False, created_by: str = "terracodec", classical: bool = True) -> dict:
     """Encode a (dates, bands, height, width) stack to ``path`` (a path or seekable file object).
+    ``classical=False`` keeps every tile the models can code learned (see encode_tile_stack).
     Returns the header fields written."""
     from . import api
     from .bands import resolve_bands
@@ -551,7 +559,7 @@ def write_stack(path, array, bands=None, quality: int = 5, model: str | None = N
     else:
         record = api._model_record(model)
         ki = 1
-    floor = QUALITY_FLOOR_DB[quality]
+    lam = rd_lambda(quality)
     tiles_x, tiles_y = -(-W // tile_size), -(-H // tile_size)
     payloads = [[None] * (tiles_x * tiles_y) for _ in range(T)]
     kinds: dict[int, int] = {}
@@ -567,7 +575,8 @@ def write_stack(path, array, bands=None, quality: int = 5, model: str | None = N
             tiles = np.ascontiguousarray(array[sl])
             if use_tt:
                 coded = [(p, k) for p, k, _ in encode_tile_stack(tiles, tt, dates=dates, nodata=nodata,
-                                                                 floor=floor, keyframe_interval=ki)]
+                                                                 lam=lam, keyframe_interval=ki,
+                                                                 classical=classical)]
             elif lossless:
                 coded = [tilecodec.encode_tile(tiles[t], nodata=nodata, lossless=True) for t in range(T)]
             else:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The learned tile codec with the shipped weights: quality floors, ladder, determinism, corruption."""
+"""The tile codec with the shipped weights: rate-distortion choice, ladder, determinism, corruption."""
 import json
 import os
 import subprocess
@@ -35,13 +35,25 @@ def cloudy():
 
 @pytest.mark.parametrize("name", ["l2a_10band_bright_worldcereal.tif", "l1c_13band_cloudy_s2cloudless.tif"])
 @pytest.mark.parametrize("quality", [1, 4, 8])
-def test_quality_floor_is_met(name, quality):
+def test_chosen_code_costs_no_more_than_classical(name, quality):
+    """The encoder keeps the candidate of least J = SSE + lambda * bits: never above the classical
+    codec (per-tile KLT + JPEG 2000) at the same slope, and the PSNR stays near the nominal one."""
     tile = read(name)
     payload, kind = tc.encode_tile(tile, quality=quality)
     out = tc.decode_tile(payload)
     assert out.shape == tile.shape and out.dtype == tile.dtype
-    assert tc.tile_psnr(tile, out, None) >= tc.QUALITY_FLOOR_DB[quality]
+    lam = tc.rd_lambda(quality)
+    _, j_classical = tc.encode_classical(tile, None, lam)
+    assert tc.rd_cost(tile, out, None, len(payload), lam) <= j_classical * (1 + 1e-12)
+    assert tc.tile_psnr(tile, out, None) >= tc.QUALITY_NOMINAL_DB[quality] - 8
     assert kind in (tc.KIND_LEARNED, tc.KIND_CLASSICAL, tc.KIND_LOSSLESS)
+
+
+def test_quality_slopes_are_ordered():
+    lams = [tc.rd_lambda(q) for q in range(1, 9)]
+    assert all(a > b > 0 for a, b in zip(lams, lams[1:]))
+    levels = [tc.network_level(x) for x in lams]
+    assert levels == sorted(levels) and 0 <= levels[0] and levels[-1] <= tc.MAX_LEVEL
 
 
 def test_psnr_and_size_grow_with_quality(cloudy):
