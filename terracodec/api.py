@@ -40,6 +40,9 @@ LOSSLESS_MODEL = "lossless"
 SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("int16"), np.dtype("uint16"))
 MIN_TILE_SIZE, MAX_TILE_SIZE = 16, 4096
 DEFAULT_TILE_SIZE = 256
+# Tiles are coded with this many extra pixels on each inner side and cross-faded over the 2x wide
+# band around every seam, so that seams are not visible (examples/measure_seams.py measures it).
+DEFAULT_TILE_OVERLAP = 4
 
 
 def _version() -> str:
@@ -84,6 +87,38 @@ def _check_tile_size(tile_size) -> int:
     if not MIN_TILE_SIZE <= int(tile_size) <= MAX_TILE_SIZE:
         raise TecInputError(f"tile_size must be {MIN_TILE_SIZE}..{MAX_TILE_SIZE}, got {tile_size}")
     return int(tile_size)
+
+
+def _dtype_range(dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return info.min, info.max
+
+
+def _check_tile_overlap(overlap, tile_size: int) -> int:
+    if isinstance(overlap, bool) or not isinstance(overlap, Integral) or not 0 <= overlap <= tile_size // 4:
+        raise TecInputError(f"tile_overlap must be an integer 0..{tile_size // 4} (a quarter of the tile "
+                            f"size), got {overlap!r}")
+    return int(overlap)
+
+
+def coded_extent(index: int, tile_size: int, overlap: int, size: int) -> tuple[int, int]:
+    """[start, stop) of the pixels that tile ``index`` codes along an axis of ``size`` pixels."""
+    return max(0, index * tile_size - overlap), min(size, (index + 1) * tile_size + overlap)
+
+
+def blend_weights(index: int, tile_size: int, overlap: int, size: int) -> np.ndarray:
+    """Cross-fade weights of tile ``index`` over its coded extent: 1 inside, linear ramps across
+    the 2*overlap pixels around each inner seam, so that neighbours' weights sum to 1."""
+    a, b = coded_extent(index, tile_size, overlap, size)
+    x = np.arange(a, b, dtype=np.float64) + 0.5
+    w = np.ones(b - a)
+    if overlap:
+        core0, core1 = index * tile_size, min(size, (index + 1) * tile_size)
+        if core0 > 0:
+            w *= np.clip((x - (core0 - overlap)) / (2 * overlap), 0, 1)
+        if core1 < size:
+            w *= np.clip(((core1 + overlap) - x) / (2 * overlap), 0, 1)
+    return w
 
 
 def _check_nodata(nodata, dtype: np.dtype):
@@ -192,7 +227,7 @@ class Writer:
     def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
                  model: str | None = None, nodata=None, tile_size: int = DEFAULT_TILE_SIZE,
                  crs_wkt: str | None = None, geotransform=None, metadata: dict | None = None, *,
-                 date: str | None = None, progress: bool = False):
+                 date: str | None = None, progress: bool = False, tile_overlap: int = DEFAULT_TILE_OVERLAP):
         for name, value in (("width", width), ("height", height), ("count", count)):
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise TecInputError(f"{name} must be a positive integer, got {value!r}")
@@ -203,6 +238,7 @@ class Writer:
         self.bands = resolve_bands(bands, self.count)
         self.quality = _check_quality(quality)
         self.tile_size = _check_tile_size(tile_size)
+        self.tile_overlap = _check_tile_overlap(tile_overlap, self.tile_size)
         if max(self.width, self.height) > 0xFFFFFFFF:
             raise TecInputError("raster too large")
         self.nodata = _check_nodata(nodata, self.dtype)
@@ -213,12 +249,13 @@ class Writer:
         self._lossless = self.model_record["name"] == LOSSLESS_MODEL
         self.tiles_x, self.tiles_y = _grid(self.width, self.height, self.tile_size)
         self.path = path if hasattr(path, "write") else os.fspath(path)
-        self.rows_written = 0
+        self.rows_written = 0          # rows received
+        self._next_tile_row = 0
+        self._buf_start = 0            # first image row held in self._pending
         self.fallback_tiles = 0
         self.kinds: dict[int, int] = {}
         self.payload_bytes = 0
         self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
         self._closed = False
         self._bar = None
         if progress:
@@ -241,10 +278,10 @@ class Writer:
         self._check_open()
         try:
             block = self._check_block(block)
-            if self.rows_written + self._pending_rows + block.shape[1] > self.height:
+            if self.rows_written + block.shape[1] > self.height:
                 raise TecInputError(f"more rows written than the raster's height {self.height}")
             self._pending.append(block)
-            self._pending_rows += block.shape[1]
+            self.rows_written += block.shape[1]
             self._flush_rows()
         except BaseException:
             self.abort()
@@ -252,7 +289,7 @@ class Writer:
 
     def write_tiles(self, row_off: int, block: np.ndarray) -> None:
         """Write the strip that starts at row ``row_off`` (strips must come in order, top to bottom)."""
-        expected = self.rows_written + self._pending_rows
+        expected = self.rows_written
         if row_off != expected:
             self.abort()
             raise TecInputError(f"strips must be written top to bottom: got row_off {row_off}, "
@@ -273,21 +310,23 @@ class Writer:
         return block
 
     def _flush_rows(self) -> None:
-        T = self.tile_size
-        while self._pending_rows and (self._pending_rows >= T
-                                      or self.rows_written + self._pending_rows == self.height):
-            strip = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
-            n = min(T, strip.shape[1])
-            self._encode_tile_row(strip[:, :n])
-            rest = strip[:, n:]
-            self._pending = [rest] if rest.shape[1] else []
-            self._pending_rows = rest.shape[1]
-            self.rows_written += n
+        """Code every row of tiles whose rows (with the overlap below it) have all arrived."""
+        T, o = self.tile_size, self.tile_overlap
+        while self._next_tile_row < self.tiles_y:
+            top, stop = coded_extent(self._next_tile_row, T, o, self.height)
+            if self.rows_written < stop:
+                return
+            buf = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+            self._encode_tile_row(buf[:, top - self._buf_start:stop - self._buf_start])
+            self._next_tile_row += 1
+            keep = min(self.height, self._next_tile_row * T - o)     # the next row's first row
+            self._pending = [buf[:, max(0, keep - self._buf_start):]]
+            self._buf_start = max(self._buf_start, keep)
 
     def _encode_tile_row(self, strip: np.ndarray) -> None:
-        T = self.tile_size
         for tx in range(self.tiles_x):
-            tile = np.ascontiguousarray(strip[:, :, tx * T:(tx + 1) * T])
+            x0, x1 = coded_extent(tx, self.tile_size, self.tile_overlap, self.width)
+            tile = np.ascontiguousarray(strip[:, :, x0:x1])
             payload, kind = self._encode_tile(tile)
             self._out.add_tile(payload, kind)
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
@@ -311,8 +350,8 @@ class Writer:
             "width": self.width, "height": self.height, "count": self.count,
             "dtype": self.dtype.name, "bands": list(self.bands), "nodata": self.nodata,
             "crs_wkt": self.crs_wkt, "geotransform": self.geotransform,
-            "tile_size": self.tile_size, "tiles_x": self.tiles_x, "tiles_y": self.tiles_y,
-            "dates": [self.date], "levels": 1, "model": dict(self.model_record),
+            "tile_size": self.tile_size, "tile_overlap": self.tile_overlap,
+            "tiles_x": self.tiles_x, "tiles_y": self.tiles_y, "dates": [self.date], "levels": 1, "model": dict(self.model_record),
             "quality": self.quality, "stats": self._stats(), "metadata": dict(self.metadata),
             "created_by": f"terracodec {_version()}",
         }
@@ -340,7 +379,7 @@ class Writer:
         """Finish the file (atomic rename). Raises TecInputError when rows are missing."""
         if self._closed:
             return
-        if self.rows_written != self.height:
+        if self.rows_written != self.height or self._next_tile_row != self.tiles_y:
             missing = self.height - self.rows_written
             self.abort()
             raise TecInputError(f"writer closed with {missing} of {self.height} rows not written")
@@ -400,15 +439,20 @@ class Writer:
 def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
           tile_size: int = DEFAULT_TILE_SIZE, crs_wkt: str | None = None, geotransform=None,
           metadata: dict | None = None, progress: bool = False, date: str | None = None,
-          dates=None, temporal: bool = True, keyframe_interval: int | None = None) -> None:
+          dates=None, temporal: bool = True, keyframe_interval: int | None = None,
+          tile_overlap: int | None = None) -> None:
     """Encode ``array`` (bands, height, width) to the ``.tec`` file ``path`` (written atomically).
 
     ``path`` may also be a seekable binary file object. A 4-D ``array`` (dates, bands, height, width)
     is a time stack (terracodec.stack): ``dates`` names its dates (ISO strings); with >= 2 dates it is
     coded with TEC-TT (the temporal model) unless ``temporal=False``; ``keyframe_interval`` (default
-    8) bounds how many earlier dates a read decodes."""
+    8) bounds how many earlier dates a read decodes. ``tile_overlap`` (default 4 for single
+    images; time stacks use 0) is how far tiles reach into their neighbours to hide seams."""
     if isinstance(array, np.ndarray) and array.ndim == 4:
         from . import stack
+
+        if tile_overlap:
+            raise TecInputError("time stacks are coded without tile overlap (tile_overlap=0)")
 
         stack.write_stack(path, array, bands, quality, model, nodata, dates=dates, temporal=temporal,
                           keyframe_interval=keyframe_interval, tile_size=tile_size, crs_wkt=crs_wkt,
@@ -420,7 +464,8 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
     count, height, width = array.shape
     with Writer(path, width, height, count, dtype, bands, quality=quality, model=model, nodata=nodata,
                 tile_size=tile_size, crs_wkt=crs_wkt, geotransform=geotransform, metadata=metadata,
-                date=date, progress=progress) as w:
+                date=date, progress=progress,
+                tile_overlap=DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap) as w:
         for r in range(0, height, w.tile_size):
             w.write(array[:, r:r + w.tile_size])
 
@@ -428,7 +473,8 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
 def encode(array: np.ndarray, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
            tile_size: int = DEFAULT_TILE_SIZE, crs_wkt: str | None = None, geotransform=None,
            metadata: dict | None = None, progress: bool = False, date: str | None = None,
-           dates=None, temporal: bool = True, keyframe_interval: int | None = None) -> bytes:
+           dates=None, temporal: bool = True, keyframe_interval: int | None = None,
+           tile_overlap: int | None = None) -> bytes:
     """Encode ``array`` (bands, height, width) and return the bytes of a ``.tec`` file.
 
     A 4-D array (dates, bands, height, width) is a time stack: see :func:`write`."""
@@ -436,13 +482,14 @@ def encode(array: np.ndarray, bands=None, quality: int = 5, model: str | None = 
         buf = io.BytesIO()
         write(buf, array, bands, quality, model, nodata, tile_size=tile_size, crs_wkt=crs_wkt,
               geotransform=geotransform, metadata=metadata, progress=progress, dates=dates,
-              temporal=temporal, keyframe_interval=keyframe_interval)
+              temporal=temporal, keyframe_interval=keyframe_interval, tile_overlap=tile_overlap)
         return buf.getvalue()
     array = _as_3d(array)
     _check_dtype(array.dtype, array)
     buf = io.BytesIO()
     write(buf, array, bands, quality, model, nodata, tile_size=tile_size, crs_wkt=crs_wkt,
-          geotransform=geotransform, metadata=metadata, progress=progress, date=date)
+          geotransform=geotransform, metadata=metadata, progress=progress, date=date,
+          tile_overlap=tile_overlap)
     return buf.getvalue()
 
 
@@ -492,6 +539,7 @@ class TecDataset:
             self.dtype = np.dtype(h["dtype"])
             self.bands = tuple(h["bands"])
             self.tile_size = int(h["tile_size"])
+            self.tile_overlap = int(h.get("tile_overlap", 0))
             self.tiles_x, self.tiles_y = int(h["tiles_x"]), int(h["tiles_y"])
         except (KeyError, TypeError, ValueError) as exc:
             raise TecFormatError(f"{self.name}: header lacks or has a bad field: {exc}") from None
@@ -591,8 +639,11 @@ class TecDataset:
         return self._stack
 
     def _read_tile(self, ty: int, tx: int, date: int = 0) -> np.ndarray:
-        T = self.tile_size
-        shape = (self.count, min(T, self.height - ty * T), min(T, self.width - tx * T))
+        """The decoded pixels of the tile's coded extent (its core plus the overlap)."""
+        T, o = self.tile_size, self.tile_overlap
+        y0, y1 = coded_extent(ty, T, o, self.height)
+        x0, x1 = coded_extent(tx, T, o, self.width)
+        shape = (self.count, y1 - y0, x1 - x0)
         i = self._tile_index(ty, tx, date)
         try:
             payload = self._reader.read_tile(i)          # checks the payload CRC
@@ -618,6 +669,23 @@ class TecDataset:
             raise TecFormatError(f"{where}: decoded to {arr.dtype}{list(arr.shape)}, "
                                  f"the header says {self.dtype}{list(shape)}")
         return arr
+
+    def _blend_result(self, values: np.ndarray) -> np.ndarray:
+        """Cross-faded values -> the dtype, with nodata exactly where the tiles' masks put it."""
+        out = np.clip(np.rint(values), *_dtype_range(self.dtype)).astype(self.dtype)
+        if self.nodata is None:
+            return out
+        # every tile covering a pixel carries the same source pixels, so they agree on nodata, and
+        # each has already set nodata exactly and kept valid pixels off it; only a blend of two
+        # valid values can land on the nodata value: bump it off as a tile decoder does
+        nodata = np.asarray(self.nodata).astype(self.dtype)
+        hits = out == nodata
+        if hits.any():
+            exact = np.isclose(values, float(nodata), rtol=0, atol=1e-6)
+            info = np.iinfo(self.dtype)
+            bump = nodata + 1 if nodata < info.max else nodata - 1
+            out[hits & ~exact] = bump
+        return out
 
     def _band_indexes(self, bands) -> tuple[list[int], bool]:
         """-> (0-based indexes, squeeze) from None, a 1-based int, names or 1-based ints."""
@@ -664,10 +732,15 @@ class TecDataset:
             d = date_index(self.dates, date)
         r0, r1, c0, c1 = _parse_window(window, self.width, self.height)
         idx, squeeze = self._band_indexes(bands)
-        T = self.tile_size
-        out = np.empty((len(idx), r1 - r0, c1 - c0), self.dtype)
-        tiles = [(ty, tx) for ty in range(r0 // T, (r1 - 1) // T + 1)
-                 for tx in range(c0 // T, (c1 - 1) // T + 1)]
+        T, o = self.tile_size, self.tile_overlap
+        # tiles whose coded extent (core + overlap) meets the window
+        tiles = [(ty, tx) for ty in range(max(0, (r0 - o) // T), min(self.tiles_y, (r1 - 1 + o) // T + 1))
+                 for tx in range(max(0, (c0 - o) // T), min(self.tiles_x, (c1 - 1 + o) // T + 1))]
+        if o:
+            acc = np.zeros((len(idx), r1 - r0, c1 - c0), np.float64)
+            wsum = np.zeros((r1 - r0, c1 - c0), np.float64)
+        else:
+            out = np.empty((len(idx), r1 - r0, c1 - c0), self.dtype)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -676,15 +749,26 @@ class TecDataset:
         try:
             for ty, tx in tiles:
                 tile = self._read_tile(ty, tx, d)
-                ys, xs = ty * T, tx * T
-                a0, a1 = max(r0, ys), min(r1, ys + T)
-                b0, b1 = max(c0, xs), min(c1, xs + T)
-                out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = tile[idx, a0 - ys:a1 - ys, b0 - xs:b1 - xs]
+                ys, ye = coded_extent(ty, T, o, self.height)
+                xs, xe = coded_extent(tx, T, o, self.width)
+                a0, a1 = max(r0, ys), min(r1, ye)
+                b0, b1 = max(c0, xs), min(c1, xe)
+                part = tile[idx, a0 - ys:a1 - ys, b0 - xs:b1 - xs]
+                if o:
+                    wy = blend_weights(ty, T, o, self.height)[a0 - ys:a1 - ys]
+                    wx = blend_weights(tx, T, o, self.width)[b0 - xs:b1 - xs]
+                    w = wy[:, None] * wx[None, :]
+                    acc[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] += part * w
+                    wsum[a0 - r0:a1 - r0, b0 - c0:b1 - c0] += w
+                else:
+                    out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = part
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
+        if o:
+            out = self._blend_result(acc / wsum)
         return out[0] if squeeze else out
 
     def close(self) -> None:

@@ -101,6 +101,7 @@ class TecHeader:
     dtype: str
     bands: list
     tile_size: int
+    tile_overlap: int = 0
     nodata: int | float | None = None
     crs_wkt: str | None = None
     geotransform: list | None = None
@@ -152,6 +153,7 @@ class TecHeader:
                 raise _bad("geotransform", f"must be null or 6 finite numbers, got {gt!r}")
             self.geotransform = [float(v) for v in gt]
         _int_in("tile_size", self.tile_size, 1, _MAX_TILE)
+        _int_in("tile_overlap", self.tile_overlap, 0, self.tile_size // 4)
         want_x, want_y = -(-self.width // self.tile_size), -(-self.height // self.tile_size)
         if self.tiles_x != want_x or self.tiles_y != want_y or not (_is_int(self.tiles_x) and _is_int(self.tiles_y)):
             raise _bad("tiles_x/tiles_y", f"are {self.tiles_x!r}/{self.tiles_y!r}, but a {self.width}x"

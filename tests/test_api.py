@@ -358,7 +358,7 @@ def test_no_georeferencing(crops, encoded):
 
 
 def test_bright_and_cloudy_quality(crops, encoded):
-    """Values above 10000 (thick cloud) and cloudy L1C still meet the floor of the test quality."""
+    """Values above 10000 (thick cloud) and cloudy L1C decode at a sane PSNR."""
     for name in ("bright10", "cloudy13"):
         arr, meta = crops[name]
         back = tec.decode(encoded[name])
@@ -513,3 +513,58 @@ def test_full_train_scene(shared_data, model):
     back = tec.decode(data)
     assert_decoded_matches(back, arr)
     assert psnr10000(back, arr) >= MIN_PSNR
+
+
+# -- tile overlap (seams) ---------------------------------------------------------------------------------
+def _seam_ratio(original, decoded, tile_size):
+    """MSE within 2 px of the inner tile seams / MSE >= 8 px away from them."""
+    err = ((original.astype(np.float64) - decoded) ** 2).mean(axis=0)
+    def dist(n):
+        d = np.full(n, np.inf)
+        for s in range(tile_size, n, tile_size):
+            d = np.minimum(d, np.abs(np.arange(n) + 0.5 - s))
+        return d
+    d = np.minimum(dist(err.shape[0])[:, None], dist(err.shape[1])[None, :])
+    return err[d < 2].mean() / err[d >= 8].mean()
+
+
+def test_tile_overlap_hides_seams_on_a_real_scene(model):
+    if LOSSLESS:
+        pytest.skip("seams need a lossy codec")
+    arr, meta = read_tif(os.path.join(os.path.dirname(__file__), "..", "examples", "scene_l2a.tif"))
+    ratios = {}
+    for overlap in (0, api.DEFAULT_TILE_OVERLAP):
+        data = tec.encode(arr, meta["bands"], quality=2, model=model, tile_size=64, tile_overlap=overlap)
+        with api.TecDataset(data) as ds:
+            assert ds.tile_overlap == overlap
+            full = ds.read()
+            # windows across seams and corners decode exactly as the full read
+            for win in (((60, 70), (0, 160)), ((0, 160), (120, 135)), ((59, 133), (61, 67)), ((159, 160), (0, 1))):
+                np.testing.assert_array_equal(ds.read(win), full[:, win[0][0]:win[0][1], win[1][0]:win[1][1]])
+        assert_decoded_matches(full, arr)
+        ratios[overlap] = _seam_ratio(arr, full, 64)
+    assert ratios[api.DEFAULT_TILE_OVERLAP] < ratios[0], ratios
+    assert ratios[api.DEFAULT_TILE_OVERLAP] < 1.25, ratios
+
+
+@pytest.mark.parametrize("overlap", [-1, 17, 2.0, True])
+def test_bad_tile_overlap(overlap, crops):
+    arr, meta = crops["l2a4"]
+    with pytest.raises(tec.TecInputError, match="tile_overlap"):
+        tec.encode(arr, meta["bands"], model=LL, tile_size=64, tile_overlap=overlap)
+
+
+def test_overlap_writer_takes_strips_of_any_height(crops):
+    arr, meta = crops["sref10_nodata"]
+    import io
+
+    buf = io.BytesIO()
+    with tec.Writer(buf, arr.shape[2], arr.shape[1], arr.shape[0], arr.dtype, meta["bands"], model=LL,
+                    nodata=meta["nodata"], tile_size=16, tile_overlap=4) as w:
+        r = 0
+        for n in (1, 5, 17, 3, 1000):
+            w.write(arr[:, r:r + n])
+            r += n
+            if r >= arr.shape[1]:
+                break
+    np.testing.assert_array_equal(tec.decode(buf.getvalue()), arr)
