@@ -165,6 +165,21 @@ def train(args) -> None:
             g["lr"] = args.aux_lr
         step, elapsed = ck["step"], ck["elapsed"]
         log.info("resumed from %s at step %d (%.1f min)", ckpt_path, step, elapsed / 60)
+    elif args.init:
+        # fine-tune shipped weights (runs/ is not in git); range-coder tables are rebuilt at export
+        ws = torch.load(args.init, weights_only=False)
+        state = {k: v for k, v in ws["state_dict"].items()
+                 if k.split(".")[-1] not in ("_quantized_cdf", "_offset", "_cdf_length")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if k.split(".")[-1] not in ("_quantized_cdf", "_offset", "_cdf_length")]
+        if bad or unexpected:
+            raise SystemExit(f"--init {args.init}: weights do not match N={args.N} M={args.M} "
+                             f"(missing {bad[:3]}, unexpected {unexpected[:3]})")
+        manifest = Path(args.init).with_name("manifest.json")
+        entry = next((m for m in json.loads(manifest.read_text())["models"].values()
+                      if m["file"] == Path(args.init).name), {}) if manifest.exists() else {}
+        step, elapsed = entry.get("train_steps", 0), entry.get("train_minutes", 0.0) * 60
+        log.info("initialised from %s (%d steps)", args.init, step)
     sampler = CropSampler(list_split_images(Path(args.data), "train"), seed=args.seed + step)
     budget = args.minutes * 60
     t_last_ckpt = time.time()
@@ -287,6 +302,8 @@ def main(argv=None) -> None:
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--ckpt-minutes", type=float, default=4)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--init", metavar="WEIGHTS", help="start from exported weights (e.g. weights/tec-image-v1.pt) "
+                   "when OUT has no checkpoint; the time budget --minutes counts on from their training time")
     p.add_argument("--export", metavar="CKPT", help="export a checkpoint to weights/ instead of training")
     p.add_argument("--weights-dir", default=str(REPO / "weights"))
     args = p.parse_args(argv)
