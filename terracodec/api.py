@@ -638,8 +638,30 @@ class TecDataset:
                                        self._model_arg())
         return self._stack
 
+    TILE_CACHE_SIZE = 16      # decoded tiles kept: block-by-block readers (GDAL) revisit overlaps
+
     def _read_tile(self, ty: int, tx: int, date: int = 0) -> np.ndarray:
-        """The decoded pixels of the tile's coded extent (its core plus the overlap)."""
+        """The decoded pixels of the tile's coded extent (its core plus the overlap), cached."""
+        import threading
+        from collections import OrderedDict
+
+        if getattr(self, "_tile_cache", None) is None:
+            self._tile_cache, self._tile_cache_lock = OrderedDict(), threading.Lock()
+        key = (date, ty, tx)
+        with self._tile_cache_lock:
+            hit = self._tile_cache.get(key)
+            if hit is not None:
+                self._tile_cache.move_to_end(key)
+                return hit
+        arr = self._decode_tile_at(ty, tx, date)
+        arr.flags.writeable = False
+        with self._tile_cache_lock:
+            self._tile_cache[key] = arr
+            while len(self._tile_cache) > self.TILE_CACHE_SIZE:
+                self._tile_cache.popitem(last=False)
+        return arr
+
+    def _decode_tile_at(self, ty: int, tx: int, date: int) -> np.ndarray:
         T, o = self.tile_size, self.tile_overlap
         y0, y1 = coded_extent(ty, T, o, self.height)
         x0, x1 = coded_extent(tx, T, o, self.width)

@@ -229,6 +229,10 @@ def test_window_decodes_only_touched_tiles(big_lossless, monkeypatch):
         ds.read(window=((0, 1), (0, 1)))
         assert len(calls) == 1
         calls.clear()
+        ds.read(window=((0, 1), (0, 1)))                        # decoded tiles are cached
+        assert len(calls) == 0
+    with tec.open(path) as ds:
+        calls.clear()
         ds.read()
         assert len(calls) == 45
 
