@@ -227,7 +227,8 @@ class Writer:
     def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
                  model: str | None = None, nodata=None, tile_size: int = DEFAULT_TILE_SIZE,
                  crs_wkt: str | None = None, geotransform=None, metadata: dict | None = None, *,
-                 date: str | None = None, progress: bool = False, tile_overlap: int = DEFAULT_TILE_OVERLAP):
+                 date: str | None = None, progress: bool = False, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                 workers: int | None = None):
         for name, value in (("width", width), ("height", height), ("count", count)):
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise TecInputError(f"{name} must be a positive integer, got {value!r}")
@@ -239,6 +240,12 @@ class Writer:
         self.quality = _check_quality(quality)
         self.tile_size = _check_tile_size(tile_size)
         self.tile_overlap = _check_tile_overlap(tile_overlap, self.tile_size)
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1):
+            raise TecInputError(f"workers must be a positive integer or None, got {workers!r}")
+        # tiles of a row are coded in parallel threads (OpenJPEG, zlib and torch release the GIL);
+        # each tile's bytes do not depend on it
+        self.workers = int(workers) if workers is not None else min(4, os.cpu_count() or 1)
+        self._pool = None
         if max(self.width, self.height) > 0xFFFFFFFF:
             raise TecInputError("raster too large")
         self.nodata = _check_nodata(nodata, self.dtype)
@@ -269,7 +276,7 @@ class Writer:
             self._out = ContainerWriter(self.path)
         except BaseException:
             self._closed = True
-            self._close_bar()
+            self._release()
             raise
 
     # -- feeding --
@@ -324,10 +331,19 @@ class Writer:
             self._buf_start = max(self._buf_start, keep)
 
     def _encode_tile_row(self, strip: np.ndarray) -> None:
+        tiles = []
         for tx in range(self.tiles_x):
             x0, x1 = coded_extent(tx, self.tile_size, self.tile_overlap, self.width)
-            tile = np.ascontiguousarray(strip[:, :, x0:x1])
-            payload, kind = self._encode_tile(tile)
+            tiles.append(np.ascontiguousarray(strip[:, :, x0:x1]))
+        if self.workers > 1 and len(tiles) > 1:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tec-encode")
+            coded = self._pool.map(self._encode_tile, tiles)
+        else:
+            coded = map(self._encode_tile, tiles)
+        for payload, kind in coded:                       # in tile order
             self._out.add_tile(payload, kind)
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
             self.payload_bytes += len(payload)
@@ -390,14 +406,14 @@ class Writer:
             self.abort()
             raise
         finally:
-            self._close_bar()
+            self._release()
 
     def abort(self) -> None:
         """Drop the partial file; the destination path is left as it was."""
         if self._closed:
             return
         self._closed = True
-        self._close_bar()
+        self._release()
         out = getattr(self, "_out", None)
         if out is not None:
             try:
@@ -405,10 +421,13 @@ class Writer:
             except Exception:
                 pass
 
-    def _close_bar(self) -> None:
+    def _release(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -253,8 +253,10 @@ def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float
         payloads[level] = p = seal(prefix + _j2k_encode(comps, level, 1))
         return rd_cost(tile, decode_tile(p), mask, len(p), lam)
 
-    # OpenJPEG's level is a PSNR target; about the slope's equivalent PSNR + 15 is a good start
-    start = int(np.clip(round(10 * np.log10(2 * np.log(2) * 1e8 / lam) + 15), J2K_LEVEL_MIN, J2K_LEVEL_MAX))
+    # OpenJPEG's level is a PSNR target (peak 65535); on train tiles the best level is about
+    # 0.62 * (the slope's equivalent PSNR) + 37.5, a start that saves walking steps
+    slope_db = 10 * np.log10(2 * np.log(2) * 1e8 / lam)
+    start = int(np.clip(round(0.62 * slope_db + 37.5), J2K_LEVEL_MIN, J2K_LEVEL_MAX))
     best, costs = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=3, max_tries=8)
     return payloads[best], costs[best]
 
