@@ -572,3 +572,19 @@ def test_overlap_writer_takes_strips_of_any_height(crops):
             if r >= arr.shape[1]:
                 break
     np.testing.assert_array_equal(tec.decode(buf.getvalue()), arr)
+
+
+def test_parallel_tile_workers_give_the_same_bytes(crops, model):
+    import io
+
+    arr, meta = crops["l2a12"]
+    out = []
+    for workers in (1, 2):
+        buf = io.BytesIO()
+        with tec.Writer(buf, arr.shape[2], arr.shape[1], arr.shape[0], arr.dtype, meta["bands"], quality=3,
+                        model=model, tile_size=32, workers=workers) as w:
+            w.write(arr)
+        out.append(buf.getvalue())
+    assert out[0] == out[1]
+    with pytest.raises(tec.TecInputError, match="workers"):
+        tec.Writer(io.BytesIO(), 8, 8, 1, "int16", ["B02"], workers=0)
