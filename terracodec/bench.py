@@ -69,7 +69,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out-json", default=None,
                    help="raw per-image results (default: bench_<split>.json next to --out-png)")
     p.add_argument("--models", default="tec-fp,tec-hp",
-                   help="TEC models, comma separated; a prefix such as tec-hp picks tec-hp-v1; "
+                   help="TEC models, comma separated; a prefix such as tec-hp picks the latest tec-hp-vN; "
                         "'none' for anchors only (default: tec-fp,tec-hp)")
     p.add_argument("--qualities", default=",".join(map(str, QUALITIES)),
                    help="TEC qualities (default: 1..8)")
@@ -141,7 +141,8 @@ def anchor_codec(anchor, threads: int) -> Codec:
 
 
 def resolve_model(name: str) -> tuple[str | None, str]:
-    """-> (installed model name, '') or (None, reason). A unique prefix ('tec-hp') is accepted."""
+    """-> (installed model name, '') or (None, reason). A unique prefix ('tec-hp') is accepted, and a
+    family prefix picks its latest version ('tec-hp' -> tec-hp-v2 when v1 and v2 exist)."""
     try:
         from . import weights
 
@@ -153,6 +154,10 @@ def resolve_model(name: str) -> tuple[str | None, str]:
     cands = [n for n in names if n.startswith(name + "-") or n.startswith(name)]
     if len(cands) == 1:
         return cands[0], ""
+    # 'tec-hp' with tec-hp-v1 and tec-hp-v2 installed: the latest version
+    versions = {n: n[len(name) + 1:] for n in cands if n.startswith(name + "-v")}
+    if len(versions) == len(cands) and all(v[1:].isdigit() for v in versions.values()):
+        return max(cands, key=lambda n: int(versions[n][1:])), ""
     if not cands:
         return None, f"model {name!r} is not installed (installed: {', '.join(names) or 'none'})"
     return None, f"model {name!r} is ambiguous ({', '.join(cands)})"

@@ -252,7 +252,9 @@ def train(args) -> None:
 
 
 def export(ckpt: Path, weights_dir: Path, name: str = "tec-image-v1") -> dict:
-    """Freeze a checkpoint into weights/<name>.pt (CDF tables built) and update weights/manifest.json."""
+    """Freeze a checkpoint into weights/<name>.pt (CDF tables built) and update weights/manifest.json:
+    ``tec-image-vK`` gives the models tec-hp-vK and tec-fp-vK, and tec-hp-vK becomes the default.
+    Entries of other versions stay, so files written with them still decode."""
     import hashlib
 
     import torch
@@ -278,11 +280,12 @@ def export(ckpt: Path, weights_dir: Path, name: str = "tec-image-v1") -> dict:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
     common = {"file": path.name, "sha256": sha, "architecture": "TecImageModel", "config": ck["config"],
               "parameters": nparams, "train_steps": ck["step"], "train_minutes": round(ck["elapsed"] / 60, 1)}
-    manifest["models"]["tec-hp-v1"] = dict(common, entropy="hyperprior",
-                                           description="mean-scale hyperprior, per-tile KLT input, gained quality ladder")
-    manifest["models"]["tec-fp-v1"] = dict(common, entropy="factorized",
-                                           description="same transforms as tec-hp-v1, factorized prior per quality")
-    manifest["default"] = "tec-hp-v1"
+    version = name.rsplit("-", 1)[-1]
+    manifest["models"][f"tec-hp-{version}"] = dict(
+        common, entropy="hyperprior", description="mean-scale hyperprior, per-tile KLT input, gained quality ladder")
+    manifest["models"][f"tec-fp-{version}"] = dict(
+        common, entropy="factorized", description=f"same transforms as tec-hp-{version}, factorized prior per quality")
+    manifest["default"] = f"tec-hp-{version}"
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -306,10 +309,12 @@ def main(argv=None) -> None:
                    "when OUT has no checkpoint; the time budget --minutes counts on from their training time")
     p.add_argument("--export", metavar="CKPT", help="export a checkpoint to weights/ instead of training")
     p.add_argument("--weights-dir", default=str(REPO / "weights"))
+    p.add_argument("--name", default="tec-image-v1", help="with --export: weights file name tec-image-vK "
+                   "(models tec-hp-vK, tec-fp-vK; tec-hp-vK becomes the default)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.export:
-        print(json.dumps(export(Path(args.export), Path(args.weights_dir)), indent=2))
+        print(json.dumps(export(Path(args.export), Path(args.weights_dir), args.name), indent=2))
     else:
         train(args)
 
