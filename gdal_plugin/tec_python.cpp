@@ -588,6 +588,52 @@ bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &
     return ok;
 }
 
+// Copy a bytes result of exactly nExpectedBytes to dst (consumes `res`).
+static bool TakeBytes(PyObject *res, const char *pszFunc, void *dst, size_t nExpectedBytes,
+                      std::string &osError)
+{
+    char *p = nullptr;
+    Py_ssize_t_ n = 0;
+    bool ok = false;
+    if (g_api.PyBytes_AsStringAndSize(res, &p, &n) != 0)
+        osError = std::string(pszFunc) + " did not return bytes: " + FetchError();
+    else if (static_cast<size_t>(n) != nExpectedBytes)
+        osError = CPLSPrintf("%s returned %ld bytes, expected %lu", pszFunc, static_cast<long>(n),
+                             static_cast<unsigned long>(nExpectedBytes));
+    else
+    {
+        memcpy(dst, p, nExpectedBytes);
+        ok = true;
+    }
+    DecRef(res);
+    return ok;
+}
+
+bool PyReadWindow(const std::string &osPath, int nDate, int nXOff, int nYOff, int nXSize,
+                  int nYSize, void *dst, size_t nExpectedBytes, std::string &osError)
+{
+    if (!EnsurePython(osError))
+        return false;
+    GIL gil;
+    PyObject *fn = g_api.PyObject_GetAttrString(g_module, "read_window");
+    if (!fn)
+    {
+        osError = FetchError();
+        return false;
+    }
+    PyObject *res = Call(fn, {g_api.PyUnicode_FromString(osPath.c_str()),
+                              g_api.PyLong_FromLongLong(nDate), g_api.PyLong_FromLongLong(nXOff),
+                              g_api.PyLong_FromLongLong(nYOff), g_api.PyLong_FromLongLong(nXSize),
+                              g_api.PyLong_FromLongLong(nYSize)});
+    DecRef(fn);
+    if (!res)
+    {
+        osError = FetchError();
+        return false;
+    }
+    return TakeBytes(res, "read_window", dst, nExpectedBytes, osError);
+}
+
 PyEncoder::~PyEncoder()
 {
     Abort();

@@ -25,6 +25,14 @@ bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &
                   int nCount, int nHeight, int nWidth, const std::string &osDType, void *dst,
                   size_t nExpectedBytes, std::string &osError);
 
+// Decode a window of one date of the .tec file `osPath` through a cached terracodec.open(path)
+// (gdal_bridge.read_window): time stack dates, whose temporal tiles refer to earlier dates, and
+// images whose tiles overlap (cross-faded on read). `nDate` is the 0-based date index. On success
+// `dst` (exactly `nExpectedBytes` long) receives band-sequential little-endian pixels
+// (count, nYSize, nXSize).
+bool PyReadWindow(const std::string &osPath, int nDate, int nXOff, int nYOff, int nXSize,
+                  int nYSize, void *dst, size_t nExpectedBytes, std::string &osError);
+
 // Streaming encoder (wraps terracodec.gdal_bridge.Encoder, itself wrapping terracodec.Writer).
 class PyEncoder
 {

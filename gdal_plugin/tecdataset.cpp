@@ -9,8 +9,15 @@
 // * Overviews: power-of-two overview levels computed by the driver (nearest, pixel centres) from
 //   decoded full-resolution tiles, so -outsize / zoomed-out views never go through GDAL's
 //   generic full-resolution resampling. External .ovr files (gdaladdo -ro) take precedence.
+// * Time stacks (header `dates` with >= 2 entries) are exposed as subdatasets, as netCDF/HDF do:
+//   x.tec itself has no bands and lists SUBDATASET_n_NAME=TEC:"/abs/x.tec":<date> in the
+//   SUBDATASETS domain; TEC:"x.tec":<date> (or a 0-based date index) opens one date. Temporal
+//   tiles only decode with their earlier dates, and tiles of images written with tile_overlap > 0
+//   are cross-faded with their neighbours, so such datasets read a block as a window through
+//   terracodec.gdal_bridge.read_window (a cached terracodec.open(path)) instead of tile by tile.
 // * CreateCopy (no Create): the source is read in strips of whole tile rows and streamed to
-//   terracodec.gdal_bridge.Encoder (a terracodec.Writer), with progress and cancel.
+//   terracodec.gdal_bridge.Encoder (a terracodec.Writer), with progress and cancel. With
+//   -co TEMPORAL=YES the source bands are grouped by their DATE metadata item into a time stack.
 //
 // File layout: docs/FORMAT.md.
 
@@ -143,12 +150,19 @@ class TECDataset final : public GDALPamDataset
     OGRSpatialReference m_oSRS;
     bool m_bHaveNoData = false;
     double m_dfNoData = 0;
+    std::string m_osPath;         // the .tec file (for the Python window reader)
+    int m_nDate = 0;              // 0-based date index served by this dataset
+    std::string m_osDateLabel;    // that date as in the header (or its index), for messages
+    bool m_bWindowDecode = false; // blocks via gdal_bridge.read_window, not tile by tile
 
     int m_nFactor = 1;                  // overview decimation (1 = full resolution)
     TECDataset *m_poBase = nullptr;     // full-resolution dataset of an overview
     std::vector<std::unique_ptr<TECDataset>> m_apoOverviews;
 
     bool ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut);
+    bool ReadWindow(int nTX, int nTY, int nW, int nH, std::vector<GByte> &abyOut);
+    static GDALDataset *OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateSpec);
+    static GDALDataset *OpenSubdataset(GDALOpenInfo *poOpenInfo);
     bool DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vector<GByte> &abyOut);
     CPLErr ReadBlock(int nBand, int nBX, int nBY, void *pImage);
     void BuildOverviews();
@@ -259,6 +273,8 @@ const OGRSpatialReference *TECDataset::GetSpatialRef() const
 int TECDataset::Identify(GDALOpenInfo *poOpenInfo)
 {
     // Magic only (GDAL calls Identify for every file it opens): never starts Python.
+    if (STARTS_WITH_CI(poOpenInfo->pszFilename, "TEC:"))
+        return TRUE;  // subdataset name TEC:"x.tec":<date>
     return poOpenInfo->nHeaderBytes >= static_cast<int>(sizeof(kMagic)) &&
            memcmp(poOpenInfo->pabyHeader, kMagic, sizeof(kMagic)) == 0;
 }
@@ -267,12 +283,14 @@ int TECDataset::Identify(GDALOpenInfo *poOpenInfo)
 bool TECDataset::ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut)
 {
     TECDataset *base = m_poBase ? m_poBase : this;
-    const size_t iTile = static_cast<size_t>(nTY) * base->m_nTilesX + nTX;  // date 0, level 0
-    const TileEntry &e = base->m_aoIndex[iTile];
     const int T = base->m_nTileSize;
     const int nW = std::min(T, base->nRasterXSize - nTX * T);
     const int nH = std::min(T, base->nRasterYSize - nTY * T);
-    const char *pszName = CPLGetFilename(base->GetDescription());
+    if (base->m_bWindowDecode)
+        return ReadWindow(nTX, nTY, nW, nH, abyOut);
+    const size_t iTile = static_cast<size_t>(nTY) * base->m_nTilesX + nTX;  // date 0, level 0
+    const TileEntry &e = base->m_aoIndex[iTile];
+    const char *pszName = CPLGetFilename(base->m_osPath.c_str());
 
     std::vector<GByte> abyPayload;
     try
@@ -311,6 +329,49 @@ bool TECDataset::ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut)
     {
         CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: tile (%d,%d) [index %lu]: %s", pszName,
                  nTX, nTY, static_cast<unsigned long>(iTile), osErr.c_str());
+        return false;
+    }
+#if CPL_IS_LSB == 0
+    GDALSwapWords(abyOut.data(), nDTSize, static_cast<int>(nBytes / nDTSize), nDTSize);
+#endif
+    return true;
+}
+
+// The full-resolution pixels of tile (nTX, nTY)'s core (nW x nH, all bands, band-sequential),
+// decoded by the Python package as a window of the served date (see the file comment).
+bool TECDataset::ReadWindow(int nTX, int nTY, int nW, int nH, std::vector<GByte> &abyOut)
+{
+    TECDataset *base = m_poBase ? m_poBase : this;
+    const int T = base->m_nTileSize;
+    const char *pszName = CPLGetFilename(base->m_osPath.c_str());
+    std::string osWhere = CPLSPrintf("TEC: %s: ", pszName);
+    if (!base->m_osDateLabel.empty())
+        osWhere += CPLSPrintf("date %s, ", base->m_osDateLabel.c_str());
+    osWhere += CPLSPrintf("window x=%d y=%d %dx%d", nTX * T, nTY * T, nW, nH);
+    if (STARTS_WITH(base->m_osPath.c_str(), "/vsi"))
+    {
+        CPLError(CE_Failure, CPLE_NotSupported,
+                 "%s: time stack dates and images with overlapping tiles are decoded by the "
+                 "Python package, which cannot read GDAL virtual file systems (%s)",
+                 osWhere.c_str(), base->m_osPath.c_str());
+        return false;
+    }
+    const int nDTSize = GDALGetDataTypeSizeBytes(base->m_eDT);
+    const size_t nBytes = static_cast<size_t>(base->nBands) * nW * nH * nDTSize;
+    try
+    {
+        abyOut.resize(nBytes);
+    }
+    catch (const std::bad_alloc &)
+    {
+        CPLError(CE_Failure, CPLE_OutOfMemory, "%s: out of memory", osWhere.c_str());
+        return false;
+    }
+    std::string osErr;
+    if (!tec::PyReadWindow(base->m_osPath, base->m_nDate, nTX * T, nTY * T, nW, nH,
+                           abyOut.data(), nBytes, osErr))
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "%s: %s", osWhere.c_str(), osErr.c_str());
         return false;
     }
 #if CPL_IS_LSB == 0
@@ -419,6 +480,8 @@ CPLErr TECDataset::ReadBlock(int nBand, int nBX, int nBY, void *pImage)
 void TECDataset::BuildOverviews()
 {
     // Power-of-two levels until the overview fits in one tile.
+    if (nBands == 0)
+        return;  // time stack: the subdatasets have the bands
     for (int f = 2;; f *= 2)
     {
         const int nW = (nRasterXSize + f - 1) / f;
@@ -447,10 +510,134 @@ void TECDataset::BuildOverviews()
     }
 }
 
+namespace
+{
+
+// "x.tec" -> "/current/dir/x.tec" (GDAL virtual paths and absolute paths unchanged).
+std::string AbsolutePath(const char *pszPath)
+{
+    if (STARTS_WITH(pszPath, "/vsi") || !CPLIsFilenameRelative(pszPath))
+        return pszPath;
+    char *pszCwd = CPLGetCurrentDir();
+    std::string osAbs = pszCwd ? CPLFormFilename(pszCwd, pszPath, nullptr) : pszPath;
+    CPLFree(pszCwd);
+    return osAbs;
+}
+
+// Position of `osSpec` in the header's dates: the date string itself, a bare YYYY-MM-DD that
+// matches the day of exactly one date-time, or a 0-based index. -1 (with a CPLError) otherwise.
+int MatchDate(const std::vector<std::string> &aosDates, const std::string &osSpec,
+              const char *pszName)
+{
+    const int nDates = static_cast<int>(aosDates.size());
+    for (int i = 0; i < nDates; ++i)
+        if (!aosDates[i].empty() && aosDates[i] == osSpec)
+            return i;
+    if (!osSpec.empty() && osSpec.size() <= 9 &&
+        osSpec.find_first_not_of("0123456789") == std::string::npos)
+    {
+        const int i = atoi(osSpec.c_str());
+        if (i < nDates)
+            return i;
+    }
+    else if (osSpec.size() == 10)
+    {
+        int nHit = -1, nHits = 0;
+        for (int i = 0; i < nDates; ++i)
+            if (aosDates[i].compare(0, 10, osSpec) == 0)
+            {
+                nHit = i;
+                ++nHits;
+            }
+        if (nHits == 1)
+            return nHit;
+    }
+    std::string osList;
+    for (int i = 0; i < nDates; ++i)
+        osList += (i ? ", " : "") + (aosDates[i].empty() ? std::string("(none)") : aosDates[i]);
+    CPLError(CE_Failure, CPLE_OpenFailed,
+             "TEC: %s: date '%s' is not in this file; its dates are %s (or use a 0-based index "
+             "0..%d)",
+             pszName, osSpec.c_str(), osList.c_str(), nDates - 1);
+    return -1;
+}
+
+}  // namespace
+
 GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
 {
+    if (STARTS_WITH_CI(poOpenInfo->pszFilename, "TEC:"))
+        return OpenSubdataset(poOpenInfo);
     if (!Identify(poOpenInfo) || poOpenInfo->fpL == nullptr)
         return nullptr;
+    return OpenFile(poOpenInfo, nullptr);
+}
+
+// TEC:"/path/x.tec":<date>; unquoted (as rasterio lists them), the path is the first prefix
+// before a ':' that exists. Date: as in the header, the YYYY-MM-DD of a date-time, or an index.
+GDALDataset *TECDataset::OpenSubdataset(GDALOpenInfo *poOpenInfo)
+{
+    const std::string osName = poOpenInfo->pszFilename;
+    const std::string osRest = osName.substr(4);
+    std::string osPath, osSpec;
+    bool bOK = false;
+    if (!osRest.empty() && osRest[0] == '"')
+    {
+        const size_t nQuote = osRest.find('"', 1);
+        if (nQuote != std::string::npos && nQuote + 1 < osRest.size() && osRest[nQuote + 1] == ':')
+        {
+            osPath = osRest.substr(1, nQuote - 1);
+            osSpec = osRest.substr(nQuote + 2);
+            bOK = true;
+        }
+    }
+    else
+    {
+        // Unquoted: the first ':' after which the prefix is an existing file (dates may hold ':').
+        VSIStatBufL sStat;
+        for (size_t nColon = osRest.find(':'); nColon != std::string::npos;
+             nColon = osRest.find(':', nColon + 1))
+        {
+            if (VSIStatL(osRest.substr(0, nColon).c_str(), &sStat) == 0)
+            {
+                osPath = osRest.substr(0, nColon);
+                osSpec = osRest.substr(nColon + 1);
+                bOK = true;
+                break;
+            }
+        }
+    }
+    if (!bOK || osPath.empty() || osSpec.empty())
+    {
+        CPLError(CE_Failure, CPLE_OpenFailed,
+                 "TEC: bad subdataset name '%s'; expected TEC:\"file.tec\":DATE (the date as "
+                 "listed in the SUBDATASETS metadata, or a 0-based date index)",
+                 osName.c_str());
+        return nullptr;
+    }
+    if (poOpenInfo->eAccess == GA_Update)
+    {
+        CPLError(CE_Failure, CPLE_NotSupported,
+                 "TEC: %s: the TEC driver does not support update access", osName.c_str());
+        return nullptr;
+    }
+    GDALOpenInfo oInfo(osPath.c_str(), GA_ReadOnly);
+    if (oInfo.fpL == nullptr || !Identify(&oInfo))
+    {
+        CPLError(CE_Failure, CPLE_OpenFailed, "TEC: %s: %s", osPath.c_str(),
+                 oInfo.fpL == nullptr ? "cannot open the file" : "not a .tec file");
+        return nullptr;
+    }
+    GDALDataset *poDS = OpenFile(&oInfo, osSpec.c_str());
+    if (poDS)
+        poDS->SetDescription(osName.c_str());
+    return poDS;
+}
+
+// Open a .tec file: the whole file (pszDateSpec null; a time stack then lists its dates as
+// subdatasets) or one date of it.
+GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateSpec)
+{
     const char *pszName = CPLGetFilename(poOpenInfo->pszFilename);
     if (poOpenInfo->eAccess == GA_Update)
     {
@@ -569,8 +756,28 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
     if (!oBands.IsValid() || oBands.Size() != nCount)
         return bad("'bands' must list one name per band");
     GInt64 nDates = 1, nLevels = 1;
+    std::vector<std::string> aosDates;  // "" = no date
     if (oRoot.GetObj("dates").GetType() == CPLJSONObject::Type::Array)
-        nDates = std::max(1, oRoot.GetArray("dates").Size());
+    {
+        for (const auto &oDate : oRoot.GetArray("dates"))
+            aosDates.push_back(oDate.GetType() == CPLJSONObject::Type::String ? oDate.ToString()
+                                                                            : std::string());
+        nDates = std::max<GInt64>(1, static_cast<GInt64>(aosDates.size()));
+    }
+    aosDates.resize(static_cast<size_t>(nDates));
+    GInt64 nOverlap = 0;
+    if (IsInt(oRoot.GetObj("tile_overlap")))
+        nOverlap = oRoot.GetLong("tile_overlap");
+    if (nOverlap < 0 || nOverlap > nTile / 4)
+        return bad("tile_overlap must be 0..tile_size/4");
+    int nDate = 0;
+    if (pszDateSpec)
+    {
+        nDate = MatchDate(aosDates, pszDateSpec, pszName);
+        if (nDate < 0)
+            return nullptr;
+    }
+    const bool bStackParent = pszDateSpec == nullptr && nDates >= 2;
     if (IsInt(oRoot.GetObj("levels")))
         nLevels = oRoot.GetLong("levels");
     if (nLevels < 1)
@@ -624,6 +831,13 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
     const CPLJSONObject oModel = oRoot.GetObj("model");
     poDS->m_osModel = oModel.GetType() == CPLJSONObject::Type::Object ? oModel.GetString("name")
                                                                       : std::string();
+    const std::string osAbsPath = AbsolutePath(poOpenInfo->pszFilename);
+    poDS->m_osPath = osAbsPath;
+    poDS->m_nDate = nDate;
+    if (pszDateSpec || nDates >= 2)
+        poDS->m_osDateLabel =
+            aosDates[nDate].empty() ? CPLSPrintf("%d", nDate) : aosDates[nDate];
+    poDS->m_bWindowDecode = nDates >= 2 || nOverlap > 0;
 
     const CPLJSONObject oGT = oRoot.GetObj("geotransform");
     if (oGT.GetType() == CPLJSONObject::Type::Array)
@@ -694,27 +908,167 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
                                            "TEC");
     poDS->GDALMajorObject::SetMetadataItem("DATES", CPLSPrintf("%lld", static_cast<long long>(nDates)),
                                            "TEC");
+    if (nOverlap > 0)
+        poDS->GDALMajorObject::SetMetadataItem(
+            "TILE_OVERLAP", CPLSPrintf("%d", static_cast<int>(nOverlap)), "TEC");
 
-    for (int b = 1; b <= static_cast<int>(nCount); ++b)
+    std::string osBandList;
+    for (int b = 0; b < static_cast<int>(nCount); ++b)
+        osBandList += (b ? "," : "") + oBands[b].ToString();
+    if (bStackParent)
     {
-        auto *poBand = new TECRasterBand(poDS.get(), b);
-        poBand->GDALMajorObject::SetDescription(oBands[b - 1].ToString().c_str());
-        poDS->SetBand(b, poBand);
+        // A time stack: no bands of its own, one subdataset per date (as netCDF/HDF).
+        for (int d = 0; d < static_cast<int>(nDates); ++d)
+        {
+            const std::string osLabel = aosDates[d].empty() ? CPLSPrintf("%d", d) : aosDates[d];
+            poDS->GDALMajorObject::SetMetadataItem(
+                CPLSPrintf("SUBDATASET_%d_NAME", d + 1),
+                CPLSPrintf("TEC:\"%s\":%s", osAbsPath.c_str(), osLabel.c_str()), "SUBDATASETS");
+            poDS->GDALMajorObject::SetMetadataItem(
+                CPLSPrintf("SUBDATASET_%d_DESC", d + 1),
+                CPLSPrintf("[%d/%d] date %s: %dx%d, %d bands (%s), %s", d + 1,
+                           static_cast<int>(nDates),
+                           aosDates[d].empty() ? "(none)" : aosDates[d].c_str(),
+                           static_cast<int>(nWidth), static_cast<int>(nHeight),
+                           static_cast<int>(nCount), osBandList.c_str(),
+                           GDALGetDataTypeName(eDT)),
+                "SUBDATASETS");
+        }
+    }
+    else
+    {
+        if (!poDS->m_osDateLabel.empty() && !aosDates[nDate].empty())
+            poDS->GDALMajorObject::SetMetadataItem("DATE", aosDates[nDate].c_str());
+        if (pszDateSpec)
+            poDS->GDALMajorObject::SetMetadataItem("DATE_INDEX", CPLSPrintf("%d", nDate), "TEC");
+        for (int b = 1; b <= static_cast<int>(nCount); ++b)
+        {
+            auto *poBand = new TECRasterBand(poDS.get(), b);
+            poBand->GDALMajorObject::SetDescription(oBands[b - 1].ToString().c_str());
+            if (!poDS->m_osDateLabel.empty() && !aosDates[nDate].empty())
+                poBand->GDALMajorObject::SetMetadataItem("DATE", aosDates[nDate].c_str());
+            poDS->SetBand(b, poBand);
+        }
     }
 
     poDS->m_fp = fp;
     poOpenInfo->fpL = nullptr;  // the dataset owns it now
     poDS->BuildOverviews();
     poDS->SetDescription(poOpenInfo->pszFilename);
-    poDS->TryLoadXML(poOpenInfo->GetSiblingFiles());
-    poDS->oOvManager.Initialize(poDS.get(), poOpenInfo->pszFilename,
-                                poOpenInfo->GetSiblingFiles());
+    if (pszDateSpec)
+    {
+        // PAM (.aux.xml) of a subdataset: a <Subdataset> element of the file's .aux.xml.
+        poDS->SetPhysicalFilename(poOpenInfo->pszFilename);
+        poDS->SetSubdatasetName(poDS->m_osDateLabel.empty() ? "0" : poDS->m_osDateLabel.c_str());
+        poDS->TryLoadXML(poOpenInfo->GetSiblingFiles());
+    }
+    else
+    {
+        poDS->TryLoadXML(poOpenInfo->GetSiblingFiles());
+        poDS->oOvManager.Initialize(poDS.get(), poOpenInfo->pszFilename,
+                                    poOpenInfo->GetSiblingFiles());
+    }
     return poDS.release();
 }
 
 // ================================================================================================
 // CreateCopy
 // ================================================================================================
+namespace
+{
+
+// YYYY-MM-DD, optionally followed by a time ("T..." or " ..."); the Python writer checks the rest.
+bool LooksLikeISODate(const std::string &s)
+{
+    if (s.size() < 10 || (s.size() > 10 && s[10] != 'T' && s[10] != ' '))
+        return false;
+    for (int i = 0; i < 10; ++i)
+    {
+        const bool bDash = i == 4 || i == 7;
+        if (bDash ? s[i] != '-' : (s[i] < '0' || s[i] > '9'))
+            return false;
+    }
+    return true;
+}
+
+std::string JoinNames(const std::vector<std::string> &aos)
+{
+    std::string osOut;
+    for (size_t i = 0; i < aos.size(); ++i)
+        osOut += (i ? "," : "") + aos[i];
+    return osOut;
+}
+
+// -co TEMPORAL=YES: consecutive source bands with the same DATE metadata item form one date; each
+// date must list the same band descriptions in the same order. Fills the dates and the band
+// names of one date; false with a CPLError otherwise.
+bool GroupBandsByDate(GDALDataset *poSrcDS, std::vector<std::string> &aosDates,
+                      std::vector<std::string> &aosNames)
+{
+    std::vector<std::vector<std::string>> aaosGroups;
+    for (int b = 1; b <= poSrcDS->GetRasterCount(); ++b)
+    {
+        GDALRasterBand *poBand = poSrcDS->GetRasterBand(b);
+        const char *pszDate = poBand->GetMetadataItem("DATE");
+        if (!pszDate || !pszDate[0])
+        {
+            CPLError(CE_Failure, CPLE_AppDefined,
+                     "TEC: TEMPORAL=YES: source band %d has no metadata item DATE; every band of "
+                     "a time stack source names its date (DATE=YYYY-MM-DD) and its Sentinel-2 "
+                     "band (description)",
+                     b);
+            return false;
+        }
+        const std::string osDate = pszDate;
+        if (!LooksLikeISODate(osDate))
+        {
+            CPLError(CE_Failure, CPLE_AppDefined,
+                     "TEC: TEMPORAL=YES: source band %d has DATE=%s; expected an ISO date "
+                     "YYYY-MM-DD",
+                     b, pszDate);
+            return false;
+        }
+        if (aosDates.empty() || aosDates.back() != osDate)
+        {
+            if (std::find(aosDates.begin(), aosDates.end(), osDate) != aosDates.end())
+            {
+                CPLError(CE_Failure, CPLE_AppDefined,
+                         "TEC: TEMPORAL=YES: the bands of date %s are not consecutive (band %d "
+                         "starts a second group); order the source bands date by date",
+                         pszDate, b);
+                return false;
+            }
+            aosDates.push_back(osDate);
+            aaosGroups.emplace_back();
+        }
+        const char *pszDesc = poBand->GetDescription();
+        aaosGroups.back().push_back(pszDesc ? pszDesc : "");
+    }
+    aosNames = aaosGroups.front();
+    for (size_t d = 1; d < aaosGroups.size(); ++d)
+    {
+        if (aaosGroups[d] != aosNames)
+        {
+            CPLError(CE_Failure, CPLE_AppDefined,
+                     "TEC: TEMPORAL=YES: date %s has the bands (%s) but date %s has (%s); every "
+                     "date needs the same bands in the same order",
+                     aosDates[0].c_str(), JoinNames(aosNames).c_str(), aosDates[d].c_str(),
+                     JoinNames(aaosGroups[d]).c_str());
+            return false;
+        }
+    }
+    if (aosNames.size() > static_cast<size_t>(kMaxBands))
+    {
+        CPLError(CE_Failure, CPLE_NotSupported,
+                 "TEC: TEMPORAL=YES: %d bands per date; TEC stores 1 to %d Sentinel-2 bands",
+                 static_cast<int>(aosNames.size()), kMaxBands);
+        return false;
+    }
+    return true;
+}
+
+}  // namespace
+
 GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcDS, int /*bStrict*/,
                                     char **papszOptions, GDALProgressFunc pfnProgress,
                                     void *pProgressData)
@@ -723,7 +1077,8 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
         pfnProgress = GDALDummyProgress;
     const int nBands = poSrcDS->GetRasterCount();
     const int nW = poSrcDS->GetRasterXSize(), nH = poSrcDS->GetRasterYSize();
-    if (nBands < 1 || nBands > kMaxBands)
+    const bool bTemporal = CPLFetchBool(papszOptions, "TEMPORAL", false);
+    if (nBands < 1 || (!bTemporal && nBands > kMaxBands))
     {
         CPLError(CE_Failure, CPLE_NotSupported,
                  "TEC: %d bands; TEC stores 1 to %d Sentinel-2 bands", nBands, kMaxBands);
@@ -755,6 +1110,19 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
     {
         CPLError(CE_Failure, CPLE_NotSupported,
                  "TEC: writing to GDAL virtual file systems (%s) is not supported", pszFilename);
+        return nullptr;
+    }
+    // Time stack: source bands grouped by date, nPerDate bands per date.
+    std::vector<std::string> aosDates, aosDateBands;
+    if (bTemporal && !GroupBandsByDate(poSrcDS, aosDates, aosDateBands))
+        return nullptr;
+    const int nPerDate = bTemporal ? static_cast<int>(aosDateBands.size()) : nBands;
+    const char *pszKeyframe = CSLFetchNameValue(papszOptions, "KEYFRAME_INTERVAL");
+    if (pszKeyframe && (CPLGetValueType(pszKeyframe) != CPL_VALUE_INTEGER ||
+                        atoi(pszKeyframe) < 1 || atoi(pszKeyframe) > 65535))
+    {
+        CPLError(CE_Failure, CPLE_IllegalArg, "TEC: KEYFRAME_INTERVAL=%s: expected 1..65535",
+                 pszKeyframe);
         return nullptr;
     }
 
@@ -794,7 +1162,7 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
     oParams.Add("path", pszFilename);
     oParams.Add("width", nW);
     oParams.Add("height", nH);
-    oParams.Add("count", nBands);
+    oParams.Add("count", nPerDate);
     oParams.Add("dtype", DataTypeName(eDT));
     oParams.Add("quality", nQuality);
     oParams.Add("tile_size", nTile);
@@ -804,9 +1172,34 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
         oParams.AddNull("model");
     if (const char *pszThreads = CSLFetchNameValue(papszOptions, "NUM_THREADS"))
         oParams.Add("num_threads", pszThreads);
+    if (bTemporal)
+    {
+        CPLJSONArray oDates;
+        for (const auto &osDate : aosDates)
+            oDates.Add(osDate);
+        oParams.Add("dates", oDates);
+        if (pszKeyframe)
+            oParams.Add("keyframe_interval", atoi(pszKeyframe));
+        else
+            oParams.AddNull("keyframe_interval");
+    }
     // Band names: BANDS option, else the source's band descriptions, else the package default.
     if (const char *pszBands = CSLFetchNameValue(papszOptions, "BANDS"))
         oParams.Add("bands", pszBands);
+    else if (bTemporal)
+    {
+        CPLJSONArray oBandNames;
+        bool bNamed = false;
+        for (const auto &osName : aosDateBands)
+        {
+            oBandNames.Add(osName);
+            bNamed = bNamed || !osName.empty();
+        }
+        if (bNamed)
+            oParams.Add("bands", oBandNames);
+        else
+            oParams.AddNull("bands");
+    }
     else
     {
         CPLJSONArray oBandNames;
@@ -910,7 +1303,9 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
             oEncoder.Abort();
             return nullptr;
         }
-        if (!pfnProgress(static_cast<double>(y + nRows) / nH, nullptr, pProgressData))
+        // A time stack is encoded at Close(): reading is the first half of the work there.
+        const double dfRead = static_cast<double>(y + nRows) / nH;
+        if (!pfnProgress(bTemporal ? 0.5 * dfRead : dfRead, nullptr, pProgressData))
         {
             oEncoder.Abort();
             CPLError(CE_Failure, CPLE_UserInterrupt, "TEC: interrupted by the user");
@@ -961,6 +1356,11 @@ TEC_EXPORT void GDALRegister_TEC()
         "names (e.g. B02,B03,B04,B08), used when the source bands have no descriptions'/>"
         "  <Option name='NUM_THREADS' type='string' "
         "description='Number of encoder threads, or ALL_CPUS'/>"
+        "  <Option name='TEMPORAL' type='boolean' default='NO' "
+        "description='Write a time stack (TEC-TT): consecutive source bands with the same DATE "
+        "metadata item (YYYY-MM-DD) form one date; every date has the same band descriptions'/>"
+        "  <Option name='KEYFRAME_INTERVAL' type='int' min='1' max='65535' default='8' "
+        "description='TEMPORAL=YES: a date coded without temporal context every N dates'/>"
         "  <Option name='TILED' type='boolean' description='Ignored: TEC is always tiled'/>"
         "  <Option name='INTERLEAVE' type='string' description='Ignored'/>"
         "</CreationOptionList>");

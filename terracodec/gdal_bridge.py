@@ -4,8 +4,12 @@
 The C++ driver parses the container itself (header, tile index, CRCs) and calls only these:
 
 * :func:`decode_payload` -- one tile payload (bytes-like) -> raw pixels (bytes);
+* :func:`read_window` -- a window of one date of a file -> raw pixels (bytes), through a cached
+  :func:`terracodec.open`; used where tiles cannot be decoded one by one (time stack dates,
+  whose temporal tiles need earlier dates, and images whose tiles overlap and are cross-faded);
 * :class:`Encoder` -- CreateCopy: ``Encoder(params_json)``, ``write_rows(buffer, nrows)``,
-  ``close()``, ``abort()``; wraps :class:`terracodec.Writer`.
+  ``close()``, ``abort()``; wraps :class:`terracodec.Writer`, or with ``dates`` in the parameters
+  (``-co TEMPORAL=YES``) buffers the whole stack and writes it with :func:`terracodec.write`.
 
 Arguments and results are primitive types only (str, int, bytes-like), so the C++ side needs no
 numpy or Python headers. Everything else here is for the ``tec`` CLI (:func:`gdal_env_lines`,
@@ -18,6 +22,8 @@ import os
 import shutil
 import sys
 import sysconfig
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +48,52 @@ def decode_payload(payload, model: str, count: int, height: int, width: int, dty
         raise TecInputError(f"tile decoded to {arr.dtype}{list(arr.shape)}, "
                             f"the header says {want}{[count, height, width]}")
     return np.ascontiguousarray(arr, dtype=want.newbyteorder("<")).tobytes()
+
+
+_OPEN_CACHE: OrderedDict = OrderedDict()     # abspath -> ((ino, size, mtime_ns), TecDataset)
+_OPEN_CACHE_SIZE = 8
+_OPEN_CACHE_LOCK = threading.Lock()
+
+
+def open_cached(path):
+    """``terracodec.open(path)``, kept open for later calls (least recently used of 8 paths).
+
+    A file replaced or rewritten under the same name (other inode, size or mtime) is reopened.
+    The returned dataset may be shared by threads (its reads are thread-safe)."""
+    from . import api
+
+    key = os.path.abspath(os.fspath(path))
+    st = os.stat(key)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _OPEN_CACHE_LOCK:
+        hit = _OPEN_CACHE.get(key)
+        if hit is not None and hit[0] == stamp:
+            _OPEN_CACHE.move_to_end(key)
+            return hit[1]
+    ds = api.open(key)
+    # GDAL reads block by block, row after row; with overlapping tiles a block also needs the
+    # tiles around it, so keep three tile rows decoded (bounded to ~256 MiB) instead of 16 tiles
+    side = ds.tile_size + 2 * ds.tile_overlap
+    per_tile = ds.count * ds.dtype.itemsize * side * side
+    ds.TILE_CACHE_SIZE = max(type(ds).TILE_CACHE_SIZE,
+                             min(3 * ds.tiles_x + 3, (256 << 20) // max(1, per_tile)))
+    with _OPEN_CACHE_LOCK:
+        old = _OPEN_CACHE.pop(key, None)
+        _OPEN_CACHE[key] = (stamp, ds)
+        while len(_OPEN_CACHE) > _OPEN_CACHE_SIZE:
+            _OPEN_CACHE.popitem(last=False)
+    # an evicted/replaced dataset is left to the garbage collector: another thread may still read it
+    del old
+    return ds
+
+
+def read_window(path: str, date: int, xoff: int, yoff: int, xsize: int, ysize: int) -> bytes:
+    """Pixels of the window (``xoff, yoff, xsize, ysize``) of date ``date`` (0-based index) of the
+    ``.tec`` file ``path``: band-sequential little-endian ``(count, ysize, xsize)``."""
+    ds = open_cached(path)
+    window = ((int(yoff), int(yoff) + int(ysize)), (int(xoff), int(xoff) + int(xsize)))
+    arr = ds.read(window=window, date=int(date) if len(ds.dates) > 1 or int(date) else None)
+    return np.ascontiguousarray(arr, dtype=ds.dtype.newbyteorder("<")).tobytes()
 
 
 # -- write ---------------------------------------------------------------------------------------------
@@ -76,37 +128,84 @@ class Encoder:
     """CreateCopy target: receives horizontal strips of whole tile rows from the C++ driver.
 
     ``params_json`` holds: path, width, height, count, dtype, bands (str, list or null), quality,
-    model, nodata, tile_size, crs_wkt, geotransform, metadata, num_threads (optional)."""
+    model, nodata, tile_size, crs_wkt, geotransform, metadata, num_threads (optional).
+
+    Time stack (``-co TEMPORAL=YES``): ``dates`` (one ISO date per group of ``count`` source bands)
+    and ``keyframe_interval`` (or null); strips then hold ``len(dates) * count`` bands, date-major.
+    The stack is buffered and written at :meth:`close` by :func:`terracodec.write` (TEC-TT), so no
+    file exists before the whole source has been read."""
 
     def __init__(self, params_json: str):
-        from .api import Writer
         from .bands import resolve_bands
 
         p = json.loads(params_json)
         self.count, self.width = int(p["count"]), int(p["width"])
+        self.height = int(p["height"])
         self.dtype = np.dtype(p["dtype"])
         bands = resolve_bands(_band_names(p.get("bands"), self.count), self.count)
         nodata = p.get("nodata")
         if nodata is not None and float(nodata).is_integer():
             nodata = int(nodata)
         _set_threads(p.get("num_threads"))
-        self._writer = Writer(
-            p["path"], int(p["width"]), int(p["height"]), self.count, self.dtype, bands,
-            quality=int(p.get("quality", 5)), model=p.get("model"), nodata=nodata,
-            tile_size=int(p.get("tile_size", 256)), crs_wkt=p.get("crs_wkt"),
-            geotransform=p.get("geotransform"), metadata=p.get("metadata") or None)
+        kwargs = dict(quality=int(p.get("quality", 5)), model=p.get("model"), nodata=nodata,
+                      tile_size=int(p.get("tile_size", 256)), crs_wkt=p.get("crs_wkt"),
+                      geotransform=p.get("geotransform"), metadata=p.get("metadata") or None)
+        self.dates = p.get("dates")
+        self._writer = None
+        if self.dates is not None:
+            from .api import LOSSLESS_MODEL
+            from .stack import check_dates, is_temporal_model
+
+            self.dates = check_dates(self.dates, len(self.dates))      # ISO, distinct
+            ki = p.get("keyframe_interval")
+            model = p.get("model")
+            # TEC-TT with the default or a temporal model; an image model codes each date alone
+            temporal = model is None or model == LOSSLESS_MODEL or is_temporal_model(model)
+            self._stack_args = dict(kwargs, bands=bands, dates=self.dates, temporal=temporal,
+                                    keyframe_interval=None if ki is None else int(ki))
+            self._path = p["path"]
+            self._stack = np.empty((len(self.dates), self.count, self.height, self.width), self.dtype)
+            self._rows = 0
+            return
+        from .api import Writer
+
+        self._writer = Writer(p["path"], self.width, self.height, self.count, self.dtype, bands,
+                              **kwargs)
 
     def write_rows(self, buffer, nrows: int) -> None:
-        """``buffer``: (count, nrows, width) little-endian pixels, only valid during this call."""
+        """``buffer``: (bands, nrows, width) little-endian pixels, only valid during this call."""
+        nrows = int(nrows)
         arr = np.frombuffer(buffer, dtype=self.dtype.newbyteorder("<"))
-        arr = arr.reshape(self.count, int(nrows), self.width).astype(self.dtype, copy=True)
+        if self._writer is None:
+            if self._stack is None:
+                raise TecInputError("the encoder is closed")
+            if self._rows + nrows > self.height:
+                raise TecInputError(f"more rows written than the raster's height {self.height}")
+            self._stack[:, :, self._rows:self._rows + nrows] = arr.reshape(
+                len(self.dates), self.count, nrows, self.width)
+            self._rows += nrows
+            return
+        arr = arr.reshape(self.count, nrows, self.width).astype(self.dtype, copy=True)
         self._writer.write(arr)
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
+            return
+        from . import api
+
+        stack, self._stack = self._stack, None
+        if stack is None:
+            raise TecInputError("the encoder is closed")
+        if self._rows != self.height:
+            raise TecInputError(f"{self._rows} of {self.height} rows received")
+        args = self._stack_args
+        api.write(self._path, stack, args.pop("bands"), **args)   # atomic: no file on failure
 
     def abort(self) -> None:
-        self._writer.abort()
+        if self._writer is not None:
+            self._writer.abort()
+        self._stack = None
 
 
 # -- installation helpers for the CLI --------------------------------------------------------------------
