@@ -9,6 +9,7 @@
     tec models [--json]
     tec train ... / tec bench ...            (passed through to terracodec.train / terracodec.bench)
     tec gdal-env / tec install-gdal-plugin   (GDAL driver plugin helpers)
+    tec vrt X.tec [--date D] > X.vrt         (VRT with a Python pixel function, for GDALs without the plugin)
 
 Errors print one line ``tec: error: ...`` and exit with status 1; ``tec -v ...`` adds the traceback.
 """
@@ -348,6 +349,46 @@ def train(args):
 def bench(args):
     """Rate-distortion benchmark (terracodec.bench; `tec bench --help`)."""
     _delegate("bench", args)
+
+
+@cli.command("vrt")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--date", default=None, help="For a time stack: the date (ISO, as `tec info` lists, or a 0-based index).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the VRT here instead of to stdout.")
+@click.option("--env", "show_env", is_flag=True,
+              help="Print the shell lines GDAL command line tools need for such VRTs (for this Python) and exit.")
+def vrt(path, date, output, show_env):
+    """Print a read-only GDAL VRT for the .tec file PATH: tec vrt X.tec > X.vrt
+
+    For GDALs that cannot load the TEC plugin, e.g. the one inside the rasterio or GDAL wheels
+    from PyPI. Each band is a VRTDerivedRasterBand whose Python pixel function
+    (terracodec.vrt.pixel_function) decodes the requested window with terracodec, so the reading
+    process must be able to import terracodec. Size, CRS, geotransform, band names, nodata and
+    the date are in the VRT; the .tec file is referenced by its absolute path.
+
+    GDAL runs Python pixel functions only when allowed:
+
+    \b
+        export GDAL_VRT_ENABLE_PYTHON=YES    # or GDAL_VRT_PYTHON_TRUSTED_MODULES=terracodec.vrt
+
+    rasterio / osgeo use their own interpreter. GDAL command line tools (gdal_translate,
+    gdalinfo -stats) start one: PYTHONSO=/path/to/libpython3.X.so picks it, and PYTHONPATH must
+    reach terracodec and its dependencies; `eval "$(tec vrt --env)"` sets all three for this
+    environment."""
+    from .vrt import build_vrt, env_lines
+
+    if show_env:
+        click.echo("\n".join(env_lines()))
+        return
+    if path is None:
+        raise click.UsageError("missing argument PATH (the .tec file)")
+    text = build_vrt(path, date=date)
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=False)
 
 
 @cli.command("gdal-env")
