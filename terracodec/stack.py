@@ -520,7 +520,7 @@ def check_dates(dates, n: int) -> list:
 
 def write_stack(path, array, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
                 dates=None, temporal: bool = True, keyframe_interval: int | None = None,
-                tile_size: int = 256, crs_wkt=None, geotransform=None, metadata=None,
+                tile_size: int = 512, crs_wkt=None, geotransform=None, metadata=None,
                 progress: bool = False, created_by: str = "terracodec", classical: bool = True) -> dict:
     """Encode a (dates, bands, height, width) stack to ``path`` (a path or seekable file object).
     ``classical=False`` keeps every tile the models can code learned (see encode_tile_stack).
