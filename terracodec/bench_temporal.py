@@ -358,9 +358,10 @@ def markdown(rep: dict, command: str) -> str:
     a("")
     a("Level 3: one encode attempt per date (g_a, hyperprior, temporal prior, rANS, synthesis for the "
       "encoder's own reconstruction). Decoding date 2 includes entropy-decoding the latent of date 1 "
-      "(no synthesis for it). The API row is the whole closed loop: learned level search to the quality's "
-      "PSNR target and the classical fallback; for `temporal=False` it is the core's per-date encoder "
-      "(learned vs classical, the smaller kept). Tile kinds: 0 learned, 1 classical, 3 temporal.\n")
+      "(no synthesis for it). The API row is the whole closed loop: network levels walked to the least "
+      "rate-distortion cost at the quality's slope, and the classical codec kept where its cost is lower; "
+      "for `temporal=False` it is the core's per-date encoder (learned, classical or lossless, least cost "
+      "kept). Tile kinds: 0 learned, 1 classical, 3 temporal.\n")
     return "\n".join(L) + "\n"
 
 
