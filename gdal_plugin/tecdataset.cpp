@@ -551,6 +551,13 @@ int MatchDate(const std::vector<std::string> &aosDates, const std::string &osSpe
             }
         if (nHits == 1)
             return nHit;
+        if (nHits > 1)
+        {
+            CPLError(CE_Failure, CPLE_OpenFailed,
+                     "TEC: %s: date '%s' matches %d date-times of the file; name one exactly",
+                     pszName, osSpec.c_str(), nHits);
+            return -1;
+        }
     }
     std::string osList;
     for (int i = 0; i < nDates; ++i)

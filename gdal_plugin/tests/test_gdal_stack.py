@@ -164,6 +164,26 @@ def test_bad_subdataset_names_fail_clearly(lossless_stack):
     _assert_clean_failure(proc, "/nonexistent/x.tec")
 
 
+def test_date_times_and_undated_dates(series, tmp_path):
+    """Dates with ':' (date-times) in unquoted names, an undated date named by its index, and a day
+    that matches two date-times (ambiguous: fails)."""
+    import terracodec
+
+    path = tmp_path / "times.tec"
+    dates = [None, "2023-10-27T10:30:00", "2023-10-27T11:00:00"]
+    terracodec.write(path, series["stack"], series["bands"], model="lossless", tile_size=TILE, dates=dates)
+    info = json.loads(run("gdalinfo", "-json", path).stdout)
+    names = [info["metadata"]["SUBDATASETS"][f"SUBDATASET_{i}_NAME"] for i in (1, 2, 3)]
+    assert names == [sub(path, 0), sub(path, dates[1]), sub(path, dates[2])]
+    for i, spec in ((2, dates[2]), (0, "0")):
+        info = json.loads(run("gdalinfo", "-json", f"TEC:{path}:{spec}").stdout)   # unquoted
+        assert info["metadata"].get("", {}).get("DATE") == dates[i]
+        out = tmp_path / f"t{i}.tif"
+        run("gdal_translate", "-q", f"TEC:{path}:{spec}", out)
+        assert np.array_equal(gtiff_read(out), series["stack"][i])
+    _assert_clean_failure(run("gdalinfo", sub(path, "2023-10-27"), check=False), "matches 2 date-times")
+
+
 def test_single_date_file_unchanged(series, tmp_path):
     """One date: bands on the file itself, no SUBDATASETS, no DATE (as before); TEC:"x":0 works too.
     Written with the default tile overlap, so blocks are cross-faded through the Python reader."""
