@@ -13,10 +13,12 @@ bytes->bytes compressor after it::
                           serializer=TerraCodecV3(quality=6), compressors=None)
 
 The array metadata records ``{"name": "terracodec", "configuration": {quality, model, bands, nodata,
-tile_size}}``; reading it needs this class registered under ``terracodec`` in zarr's codec registry:
-the package's ``zarr.codecs`` entry point does that without importing terracodec first, and importing
-this module does it too. The chunk bytes are those of :class:`terracodec.numcodecs.TerraCodec` (one
-TEC tile payload per chunk), so a v3 chunk and a v2 chunk of the same array are byte-identical.
+tile_size, temporal, keyframe_interval}}``; reading it needs this class registered under
+``terracodec`` in zarr's codec registry: the package's ``zarr.codecs`` entry point does that without
+importing terracodec first, and importing this module does it too. The chunk bytes are those of
+:class:`terracodec.numcodecs.TerraCodec` (one TEC tile payload per (bands, y, x) chunk; a (time,
+bands, y, x) chunk of >= 2 dates is coded with TEC-TT unless ``temporal=False``), so a v3 chunk and
+a v2 chunk of the same array are byte-identical.
 
 Partial reads: the codec implements zarr's partial-decode interface, so (when it is the only codec,
 the recommended set-up) zarr hands it the chunk's store path, and errors name the chunk key
@@ -53,15 +55,21 @@ class TerraCodecV3(ArrayBytesCodecPartialDecodeMixin, ArrayBytesCodec):
     bands: tuple[str, ...] | None = None
     nodata: int | None = None
     tile_size: int | None = None
+    temporal: bool = True
+    keyframe_interval: int | None = None
 
     def __init__(self, *, quality: int = 5, model: str | None = None, bands=None, nodata=None,
-                 tile_size: int | None = None) -> None:
-        codec = TerraCodec(quality=quality, model=model, bands=bands, nodata=nodata, tile_size=tile_size)
+                 tile_size: int | None = None, temporal: bool = True,
+                 keyframe_interval: int | None = None) -> None:
+        codec = TerraCodec(quality=quality, model=model, bands=bands, nodata=nodata, tile_size=tile_size,
+                           temporal=temporal, keyframe_interval=keyframe_interval)
         object.__setattr__(self, "quality", codec.quality)
         object.__setattr__(self, "model", codec.model)
         object.__setattr__(self, "bands", None if codec.bands is None else tuple(codec.bands))
         object.__setattr__(self, "nodata", codec.nodata)
         object.__setattr__(self, "tile_size", codec.tile_size)
+        object.__setattr__(self, "temporal", codec.temporal)
+        object.__setattr__(self, "keyframe_interval", codec.keyframe_interval)
 
     # -- metadata ------------------------------------------------------------------------------------
     @classmethod
@@ -78,7 +86,8 @@ class TerraCodecV3(ArrayBytesCodecPartialDecodeMixin, ArrayBytesCodec):
     def numcodec(self) -> TerraCodec:
         """The equivalent numcodecs codec (the one that does the work)."""
         return TerraCodec(quality=self.quality, model=self.model, bands=self.bands, nodata=self.nodata,
-                          tile_size=self.tile_size)
+                          tile_size=self.tile_size, temporal=self.temporal,
+                          keyframe_interval=self.keyframe_interval)
 
     def validate(self, *, shape, dtype, chunk_grid) -> None:
         """Reject unusable arrays when the array is created, not at the first chunk."""

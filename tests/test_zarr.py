@@ -56,13 +56,29 @@ def test_config_is_json_and_round_trips():
     codec = TerraCodec(quality=6, bands=["b2", "B3", "B4", "B08"], nodata=0, tile_size=256)
     config = json.loads(json.dumps(codec.get_config()))
     assert config == {"id": "terracodec", "quality": 6, "model": None, "bands": ["B02", "B03", "B04", "B08"],
-                      "nodata": 0, "tile_size": 256}
+                      "nodata": 0, "tile_size": 256, "temporal": True, "keyframe_interval": None}
     again = numcodecs.get_codec(config)
     assert isinstance(again, TerraCodec) and again == codec
     v3 = TerraCodecV3.from_dict(json.loads(json.dumps(TerraCodecV3(quality=6, nodata=0).to_dict())))
     assert v3 == TerraCodecV3(quality=6, nodata=0)
     assert v3.to_dict() == {"name": "terracodec", "configuration": {
-        "quality": 6, "model": None, "bands": None, "nodata": 0, "tile_size": None}}
+        "quality": 6, "model": None, "bands": None, "nodata": 0, "tile_size": None, "temporal": True,
+        "keyframe_interval": None}}
+    # the time-axis options round-trip, and configs written before they existed still load
+    per_date = TerraCodec(quality=4, temporal=False, keyframe_interval=3)
+    config = json.loads(json.dumps(per_date.get_config()))
+    assert config["temporal"] is False and config["keyframe_interval"] == 3
+    assert numcodecs.get_codec(config) == per_date and numcodecs.get_codec(config) != TerraCodec(quality=4)
+    v3 = TerraCodecV3(quality=4, temporal=False, keyframe_interval=3)
+    assert TerraCodecV3.from_dict(json.loads(json.dumps(v3.to_dict()))) == v3
+    assert v3.numcodec == per_date
+    old = numcodecs.get_codec({"id": "terracodec", "quality": 6, "model": None, "bands": None, "nodata": 0,
+                               "tile_size": None})
+    assert old.temporal is True and old.keyframe_interval is None
+    with pytest.raises(TecInputError, match="temporal"):
+        TerraCodec(temporal="yes")
+    with pytest.raises(TecInputError, match="keyframe_interval"):
+        TerraCodec(keyframe_interval=0)
 
 
 def test_chunk_is_one_tile_payload_and_round_trips(l2a12, model):
@@ -271,3 +287,276 @@ def test_corrupt_chunks_raise_with_context(l2a12, model):
     bad[-30] ^= 0x10                                     # inside the last tile of the frame
     with pytest.raises(TecChecksumError, match=r"tile \(1, 2\)"):
         codec.decode(bytes(bad))
+
+
+# -- time axis: TEC-TT chunks ------------------------------------------------------------------------------
+# Real multi-date crops of the time series in ../shared/data/timeseries (tests/data has single dates
+# only; skipped when the shared set is absent, as in tests/test_stack.py). Crops are small (48 px):
+# the learned encoder runs at seconds per tile on this CPU.
+from terracodec import stack, tilecodec  # noqa: E402
+from terracodec import numcodecs as tec_numcodecs  # noqa: E402
+from terracodec.errors import TecDecodeError  # noqa: E402
+
+from conftest import psnr10000  # noqa: E402
+
+
+def _temporal_available() -> bool:
+    try:
+        stack.default_temporal_model()
+        return True
+    except Exception:
+        return False
+
+
+needs_tt = pytest.mark.skipif(not _temporal_available(), reason="no TEC-TT weights (weights/manifest.json "
+                              "has no temporal model)")
+
+
+def _series(shared_data, location, n, window, bands_drop=()):
+    """(n, bands, h, w) of the first n dates of a time series, cropped to window ((r0, r1), (c0, c1))."""
+    import rasterio
+
+    from terracodec.train_temporal import read_index
+
+    folder = shared_data / "timeseries" / location
+    if not folder.exists():
+        pytest.skip(f"time series {location} not in {shared_data}")
+    (r0, r1), (c0, c1) = window
+    arrays = []
+    for row in read_index(folder)[:n]:
+        with rasterio.open(folder / row["file"]) as src:
+            keep = [i + 1 for i, b in enumerate(src.descriptions) if b not in bands_drop]
+            arrays.append(src.read(keep)[:, r0:r1, c0:c1])
+    return np.ascontiguousarray(np.stack(arrays))
+
+
+@pytest.fixture(scope="module")
+def tchunk(shared_data):
+    """3 dates x 10 bands x 48 x 48 of rsgislib T37MEM (the window of tests/data's sref crop), nodata 0
+    (clouds and shadows zeroed by the source)."""
+    return _series(shared_data, "rsgislib_T37MEM", 3, ((80, 128), (248, 296)))
+
+
+def _frame(payload):
+    return tec_numcodecs._unpack_frame(payload, "test chunk")
+
+
+def _kinds(frame):
+    return [tilecodec.TileHeader(p).kind for p in frame.payloads]
+
+
+def _v1_frame(shape, tile_size, payloads, ndim=4, version=1, mode_block=b""):
+    """A frame built from the documented layout: version 1 is what terracodec wrote before TEC-TT;
+    version 2 has the coding-mode block after the payload lengths."""
+    import struct
+    import zlib
+
+    t, b, h, w = shape
+    head = struct.pack("<4sBBHIIIIII", b"TECZ", version, ndim, 0, t, b, h, w, tile_size, len(payloads))
+    head += struct.pack(f"<{len(payloads)}I", *map(len, payloads)) + mode_block
+    head += struct.pack("<I", zlib.crc32(head))
+    return head + b"".join(payloads)
+
+
+def _assert_stack_ok(out, arr, nodata=0):
+    assert out.shape == arr.shape and out.dtype == arr.dtype
+    for t in range(arr.shape[0]):
+        np.testing.assert_array_equal(out[t] == nodata, arr[t] == nodata, err_msg="nodata footprint changed")
+        assert psnr10000(out[t], arr[t], arr[t] != nodata) >= 30
+
+
+@pytest.fixture(scope="module")
+def tt_coded(tchunk):
+    """The chunk coded with TEC-TT (default config) and per date; each decoded."""
+    tt = TerraCodec(quality=5, nodata=0).encode(tchunk)
+    per_date = TerraCodec(quality=5, nodata=0, temporal=False).encode(tchunk)
+    return tt, per_date
+
+
+@needs_tt
+def test_time_chunk_tec_tt_and_per_date(tchunk, tt_coded):
+    tt, per_date = tt_coded
+    f = _frame(tt)
+    assert tt[:5] == b"TECZ\x02"                        # version 2: says how it was coded
+    assert f.mode == tec_numcodecs.MODE_TEMPORAL and f.model == stack.default_temporal_model()
+    assert f.keyframe_interval == stack.DEFAULT_KEYFRAME_INTERVAL and f.shape == tchunk.shape
+    assert _kinds(f)[0] != tilecodec.KIND_TEMPORAL       # the chunk's first date is a keyframe
+    g = _frame(per_date)
+    assert per_date[:5] == b"TECZ\x01" and g.mode == tec_numcodecs.MODE_PER_DATE
+    assert tilecodec.KIND_TEMPORAL not in _kinds(g)
+    # mode decision: TEC-TT costs at most the frame's few extra header bytes more than per date
+    assert len(tt) <= len(per_date) + 16 + len(f.model)
+    _assert_stack_ok(TerraCodec().decode(tt), tchunk)  # the frame, not the reader's config, decides
+    _assert_stack_ok(TerraCodec(temporal=False).decode(tt), tchunk)
+    _assert_stack_ok(TerraCodec().decode(per_date), tchunk)
+    # deterministic: the same chunk gives the same bytes
+    assert TerraCodec(quality=5, nodata=0).encode(tchunk) == tt
+
+
+@needs_tt
+def test_per_date_frames_are_the_old_format_and_still_decode(tchunk, tt_coded, model):
+    _, per_date = tt_coded
+    # temporal=False writes exactly the version-1 frame of per-date tile payloads
+    payloads = [tilecodec.encode_tile(np.ascontiguousarray(d), quality=5, nodata=0)[0] for d in tchunk]
+    old = _v1_frame(tchunk.shape, 0, payloads)
+    assert per_date == old
+    back = TerraCodec().decode(old)
+    for t in range(3):
+        np.testing.assert_array_equal(back[t], tilecodec.decode_tile(payloads[t]))
+    # one date, and model="lossless", behave as before: version-1 frames, whatever `temporal` says
+    one = tchunk[:1]
+    assert TerraCodec(quality=5, nodata=0).encode(one) == _v1_frame(one.shape, 0, payloads[:1])
+    lossless = TerraCodec(model="lossless", nodata=0).encode(tchunk)
+    assert lossless[:5] == b"TECZ\x01" and lossless == TerraCodec(model="lossless", temporal=False,
+                                                                  nodata=0).encode(tchunk)
+    np.testing.assert_array_equal(TerraCodec().decode(lossless), tchunk)
+
+
+@needs_tt
+def test_image_model_codes_each_date(tchunk):
+    """A named image (non-temporal) model codes each date alone (version-1 frame), as before."""
+    from terracodec.weights import default_model
+
+    arr = tchunk[:2, :, :24, :24]
+    name = default_model()
+    assert not stack.is_temporal_model(name)
+    payload = TerraCodec(quality=5, model=name, nodata=0).encode(arr)
+    assert payload[:5] == b"TECZ\x01"
+    assert payload == TerraCodec(quality=5, model=name, nodata=0, temporal=False).encode(arr)
+
+
+@pytest.fixture(scope="module")
+def tt_temporal_tiles(tchunk):
+    """The chunk coded with TEC-TT in tiles of 32 px (2 x 2 positions), the classical candidate off
+    (as tests/test_stack.py does) so that temporal tiles (kind 3) are written: on 48 px crops JPEG 2000
+    has the lower rate-distortion cost and would win every tile."""
+    import functools
+
+    real = stack.encode_tile_stack
+    stack.encode_tile_stack = functools.partial(real, classical=False)
+    try:
+        codec = TerraCodec(quality=5, nodata=0, tile_size=32, keyframe_interval=2)
+        return codec.encode(tchunk), codec.encode(tchunk)
+    finally:
+        stack.encode_tile_stack = real
+
+
+@needs_tt
+def test_temporal_tiles_round_trip(tchunk, tt_temporal_tiles):
+    payload, again = tt_temporal_tiles
+    assert payload == again                                # deterministic
+    f = _frame(payload)
+    kinds = np.array(_kinds(f)).reshape(3, 4)              # (date, tile position)
+    assert f.mode == tec_numcodecs.MODE_TEMPORAL and f.keyframe_interval == 2 and f.tile_size == 32
+    assert (kinds[0] != tilecodec.KIND_TEMPORAL).all()     # keyframes: the chunk's dates 0 and 2
+    assert (kinds[2] != tilecodec.KIND_TEMPORAL).all()
+    assert (kinds[1] == tilecodec.KIND_TEMPORAL).any()
+    _assert_stack_ok(TerraCodec().decode(payload), tchunk)
+
+
+_DECODE_SCRIPT = """
+import hashlib, sys
+import torch
+torch.set_num_threads(int(sys.argv[2]))
+from terracodec.numcodecs import TerraCodec
+out = TerraCodec().decode(open(sys.argv[1], "rb").read())
+print(torch.get_num_threads(), hashlib.sha256(out.tobytes()).hexdigest())
+"""
+
+
+@needs_tt
+def test_temporal_chunk_decodes_identically_in_fresh_process_with_other_threads(tmp_path, tt_temporal_tiles):
+    import hashlib
+    import os
+
+    import torch
+
+    payload, _ = tt_temporal_tiles
+    here = hashlib.sha256(TerraCodec().decode(payload).tobytes()).hexdigest()
+    threads = 3 if torch.get_num_threads() != 3 else 1
+    (tmp_path / "chunk").write_bytes(payload)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", _DECODE_SCRIPT, str(tmp_path / "chunk"),
+                           str(threads)], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"{threads} {here}"
+
+
+@needs_tt
+def test_corrupt_temporal_chunk_raises(tt_temporal_tiles):
+    payload, _ = tt_temporal_tiles
+    f = _frame(payload)
+    kinds = _kinds(f)
+    k3 = kinds.index(tilecodec.KIND_TEMPORAL)                 # a temporal tile of date 1
+    date, pos = divmod(k3, 4)
+    starts = np.cumsum([len(payload) - sum(map(len, f.payloads))] + [len(p) for p in f.payloads])
+    codec = TerraCodec()
+    for k in (k3, k3 - 4):                                      # a temporal tile, then its keyframe
+        bad = bytearray(payload)
+        bad[starts[k] + len(f.payloads[k]) // 2] ^= 0x20
+        where = rf"date {k // 4}, tile \({pos // 2}, {pos % 2}\)"
+        with pytest.raises(TecChecksumError, match=where + ".*corrupt"):
+            codec.decode(bytes(bad))
+    bad = bytearray(payload)
+    bad[32 + 4 * len(f.payloads)] = 7                          # the coding mode: covered by the header CRC32
+    with pytest.raises(TecChecksumError, match="frame header CRC32"):
+        codec.decode(bytes(bad))
+    with pytest.raises(TecFormatError, match="truncated"):
+        codec.decode(payload[:-5])
+    # a payload that passes its CRC32 but cannot be decoded (here: a temporal tile whose reference is a
+    # date without a latent) is a documented error too, never garbage
+    swapped = list(f.payloads)
+    lossless = tilecodec.encode_lossless(np.zeros(tilecodec.TileHeader(f.payloads[k3 - 4]).shape, np.int16))
+    swapped[k3 - 4] = lossless
+    crafted = tec_numcodecs._pack_frame(4, f.shape, 32, swapped, mode=tec_numcodecs.MODE_TEMPORAL,
+                                        model=f.model, keyframe_interval=2)
+    with pytest.raises((TecFormatError, TecDecodeError), match=rf"date {date}"):
+        codec.decode(crafted)
+
+
+def test_unknown_frame_version_and_mode_are_refused():
+    arr = np.arange(2 * 4 * 16 * 16, dtype=np.int16).reshape(2, 4, 16, 16)
+    frame = bytearray(TerraCodec(model="lossless").encode(arr))
+    frame[4] = 9
+    with pytest.raises(TecFormatError, match="frame version 9.*upgrade"):
+        TerraCodec().decode(bytes(frame))
+    payloads = _frame(TerraCodec(model="lossless").encode(arr)).payloads
+    crafted = tec_numcodecs._pack_frame(4, arr.shape, 0, payloads, mode=5, model="x", keyframe_interval=1)
+    with pytest.raises(TecFormatError, match="coding mode 5"):
+        TerraCodec().decode(crafted)
+    # a version-2 frame in mode 0 (per date; not written today) is read like version 1
+    v2 = _v1_frame(arr.shape, 0, payloads, version=2, mode_block=bytes([0, 0, 0, 0]))
+    np.testing.assert_array_equal(TerraCodec().decode(v2), arr)
+    # and a version-2 frame as documented: mode 1, model name length, keyframe interval, name
+    name = b"tec-tt-v1"
+    tt = _v1_frame(arr.shape, 0, payloads, version=2, mode_block=bytes([1, len(name), 8, 0]) + name)
+    frame = _frame(tt)
+    assert (frame.mode, frame.model, frame.keyframe_interval) == (1, "tec-tt-v1", 8)
+    assert tt == tec_numcodecs._pack_frame(4, arr.shape, 0, payloads, mode=1, model="tec-tt-v1",
+                                           keyframe_interval=8)
+
+
+@needs_tt
+def test_zarr_array_chunked_over_time(tmp_path, shared_data, monkeypatch):
+    """A (4, 12, 40, 48) L1C series in zarr v3, chunks of 2 dates: each chunk is a TEC-TT frame that
+    decodes alone; a one-date read decodes only its chunk."""
+    arr = _series(shared_data, "eolearn_TestEOPatch-33T", 4, ((20, 60), (30, 78)), bands_drop=("B10",))
+    store = tmp_path / "t.zarr"
+    z = zarr.create_array(str(store), shape=arr.shape, chunks=(2, 12, 40, 48), dtype=arr.dtype,
+                          serializer=TerraCodecV3(quality=5), compressors=None)
+    z[:] = arr
+    assert json.loads((store / "zarr.json").read_text())["codecs"][0]["configuration"]["temporal"] is True
+    back = zarr.open_array(str(store))[:]
+    assert back.shape == arr.shape and back.dtype == arr.dtype
+    for t in range(4):
+        assert psnr10000(back[t], arr[t]) >= 30
+    for i in range(2):
+        raw = (store / f"c/{i}/0/0/0").read_bytes()
+        assert raw[:5] == b"TECZ\x02" and _frame(raw).mode == tec_numcodecs.MODE_TEMPORAL
+        np.testing.assert_array_equal(TerraCodec().decode(raw), back[2 * i:2 * i + 2])
+    calls = []
+    real = TerraCodec.decode_chunk
+    monkeypatch.setattr(TerraCodec, "decode_chunk", lambda self, buf, where=None: calls.append(where)
+                        or real(self, buf, where))
+    np.testing.assert_array_equal(zarr.open_array(str(store))[3, :, 5:9], back[3, :, 5:9])
+    assert len(calls) == 1
