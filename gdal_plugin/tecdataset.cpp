@@ -1156,7 +1156,7 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
         }
         pszBlock = pszBX ? pszBX : pszBY;
     }
-    const int nTile = pszBlock ? atoi(pszBlock) : 256;
+    const int nTile = pszBlock ? atoi(pszBlock) : 512;  // terracodec.api.DEFAULT_TILE_SIZE
     if (nTile < 16 || nTile > 4096)
     {
         CPLError(CE_Failure, CPLE_IllegalArg, "TEC: BLOCKSIZE=%s: expected 16..4096",
@@ -1353,7 +1353,7 @@ TEC_EXPORT void GDALRegister_TEC()
         "description='Quality level, 1 (smallest) to 8 (best)'/>"
         "  <Option name='MODEL' type='string' "
         "description='Codec model name (default: the package default model)'/>"
-        "  <Option name='BLOCKSIZE' type='int' min='16' max='4096' default='256' "
+        "  <Option name='BLOCKSIZE' type='int' min='16' max='4096' default='512' "
         "description='Tile width and height in pixels'/>"
         "  <Option name='BLOCKXSIZE' type='int' description='Alias of BLOCKSIZE (must equal "
         "BLOCKYSIZE)'/>"

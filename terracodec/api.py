@@ -539,7 +539,7 @@ def _parse_window(window, width: int, height: int) -> tuple[int, int, int, int]:
 class TecDataset:
     """An open ``.tec`` file. Reads decode only the tiles a window touches."""
 
-    def __init__(self, path):
+    def __init__(self, path, tile_cache: int | None = None):
         from .format import ContainerReader
 
         if isinstance(path, (bytes, bytearray, memoryview)):      # used by decode()
@@ -549,6 +549,10 @@ class TecDataset:
             if not os.path.exists(self.name):
                 raise FileNotFoundError(f"No such file: {self.name!r}")
             self._size = os.path.getsize(self.name)
+        if tile_cache is not None and (isinstance(tile_cache, bool) or not isinstance(tile_cache, Integral)
+                                       or tile_cache < 0):
+            raise TecInputError(f"tile_cache must be a non-negative integer, got {tile_cache!r}")
+        self.tile_cache = self.TILE_CACHE_SIZE if tile_cache is None else int(tile_cache)
         self._reader = ContainerReader(path)
         self._head = self._reader.header
         self.header = _header_dict(self._head)
@@ -657,7 +661,7 @@ class TecDataset:
                                        self._model_arg())
         return self._stack
 
-    TILE_CACHE_SIZE = 16      # decoded tiles kept: block-by-block readers (GDAL) revisit overlaps
+    TILE_CACHE_SIZE = 16      # default number of decoded tiles kept (block readers revisit overlaps)
 
     def _read_tile(self, ty: int, tx: int, date: int = 0) -> np.ndarray:
         """The decoded pixels of the tile's coded extent (its core plus the overlap), cached."""
@@ -676,7 +680,7 @@ class TecDataset:
         arr.flags.writeable = False
         with self._tile_cache_lock:
             self._tile_cache[key] = arr
-            while len(self._tile_cache) > self.TILE_CACHE_SIZE:
+            while len(self._tile_cache) > self.tile_cache:
                 self._tile_cache.popitem(last=False)
         return arr
 
@@ -829,9 +833,12 @@ class TecDataset:
                 f"model={self.model} quality={self.quality}>")
 
 
-def open(path) -> TecDataset:                              # noqa: A001 - mirrors rasterio.open
-    """Open a ``.tec`` file for reading (FileNotFoundError if it does not exist)."""
-    return TecDataset(path)
+def open(path, *, tile_cache: int | None = None) -> TecDataset:   # noqa: A001 - mirrors rasterio.open
+    """Open a ``.tec`` file for reading (FileNotFoundError if it does not exist).
+
+    ``tile_cache``: how many decoded tiles to keep (default 16); a reader that walks the raster in
+    small blocks row by row wants about three tile rows."""
+    return TecDataset(path, tile_cache=tile_cache)
 
 
 def decode(data, *, window=None, date=None) -> np.ndarray:

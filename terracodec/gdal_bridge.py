@@ -75,8 +75,7 @@ def open_cached(path):
     # tiles around it, so keep three tile rows decoded (bounded to ~256 MiB) instead of 16 tiles
     side = ds.tile_size + 2 * ds.tile_overlap
     per_tile = ds.count * ds.dtype.itemsize * side * side
-    ds.TILE_CACHE_SIZE = max(type(ds).TILE_CACHE_SIZE,
-                             min(3 * ds.tiles_x + 3, (256 << 20) // max(1, per_tile)))
+    ds.tile_cache = max(ds.tile_cache, min(3 * ds.tiles_x + 3, (256 << 20) // max(1, per_tile)))
     with _OPEN_CACHE_LOCK:
         old = _OPEN_CACHE.pop(key, None)
         _OPEN_CACHE[key] = (stamp, ds)
@@ -136,6 +135,7 @@ class Encoder:
     file exists before the whole source has been read."""
 
     def __init__(self, params_json: str):
+        from . import api
         from .bands import resolve_bands
 
         p = json.loads(params_json)
@@ -148,7 +148,7 @@ class Encoder:
             nodata = int(nodata)
         _set_threads(p.get("num_threads"))
         kwargs = dict(quality=int(p.get("quality", 5)), model=p.get("model"), nodata=nodata,
-                      tile_size=int(p.get("tile_size", 256)), crs_wkt=p.get("crs_wkt"),
+                      tile_size=int(p.get("tile_size", api.DEFAULT_TILE_SIZE)), crs_wkt=p.get("crs_wkt"),
                       geotransform=p.get("geotransform"), metadata=p.get("metadata") or None)
         self.dates = p.get("dates")
         self._writer = None

@@ -293,6 +293,17 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
             p = tilecodec.encode_lossless(tile, nodata)
             out.append((p, KIND_LOSSLESS, tilecodec.decode_tile(p)))
             continue
+        classical_code = None
+        if level is None and classical:
+            # as the image codec does: the classical code at the same slope, and when a float32
+            # estimate of the model's cost is far above it, skip the float64 model passes
+            classical_code = tilecodec.encode_classical(tile, nodata, lam)
+            est = tilecodec._estimate_learned_cost(tile, model.image, tilecodec.network_level(lam), mask, lam)
+            if est > tilecodec.LEARNED_GIVE_UP * classical_code[1]:
+                p = classical_code[0]
+                out.append((p, TileHeader(unseal(p)).kind,
+                            restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
+                continue
         xt = x[t] if mask is None else np.where(mask, means[t][:, None, None], x[t])
         comps = np.zeros((IN_CHANNELS, h, w), np.float32)
         basis = bases[t]
@@ -348,8 +359,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
                     break
             prev_level = L
             chosen = tried[L]
-            # as the image codec does: the classical codec at the same slope, the cheaper kept
-            p, j_classical = tilecodec.encode_classical(tile, nodata, lam) if classical else (None, math.inf)
+            p, j_classical = classical_code if classical_code is not None else (None, math.inf)
             if j_classical < cost(chosen):
                 k = TileHeader(unseal(p)).kind
                 out.append((p, k, restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
