@@ -46,6 +46,8 @@ namespace
 
 constexpr GByte kMagic[8] = {0x89, 'T', 'E', 'C', '\r', '\n', 0x1a, '\n'};
 constexpr int kPrefixSize = 64;
+constexpr uint32_t kFlagHeaderDeflate = 1;  // prefix flags bit 0: the JSON header is zlib-compressed
+constexpr size_t kMaxHeaderSize = 64 * 1024 * 1024;
 constexpr int kIndexEntrySize = 24;
 constexpr int kMaxBands = 13;
 
@@ -676,6 +678,7 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
                  nMajor, nMinor);
         return nullptr;
     }
+    const uint32_t nFlags = ReadLE<uint32_t>(p + 12);
     const uint64_t nHeaderOff = ReadLE<uint64_t>(p + 16);
     const uint32_t nHeaderLen = ReadLE<uint32_t>(p + 24);
     const uint32_t nHeaderCRC = ReadLE<uint32_t>(p + 28);
@@ -722,11 +725,33 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
                  pszName);
         return nullptr;
     }
+    size_t nJSONLen = nHeaderLen;
+    if (nFlags & kFlagHeaderDeflate)
+    {
+        // inflate in steps: the JSON of a header is a few KB, a WKT-heavy one tens of KB
+        std::vector<GByte> abyJSON;
+        size_t nOut = 0;
+        for (size_t nCap = 16384;; nCap *= 4)
+        {
+            abyJSON.assign(nCap + 1, 0);
+            if (CPLZLibInflate(abyHeader.data(), nHeaderLen, abyJSON.data(), nCap, &nOut) != nullptr)
+                break;
+            if (nCap >= kMaxHeaderSize)
+            {
+                CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: corrupt deflated header", pszName);
+                return nullptr;
+            }
+        }
+        abyJSON.resize(nOut + 1);
+        abyJSON[nOut] = 0;
+        abyHeader.swap(abyJSON);
+        nJSONLen = nOut;
+    }
     CPLJSONDocument oDoc;
     {
         CPLErrorStateBackuper oBackuper;
         CPLPushErrorHandler(CPLQuietErrorHandler);
-        const bool bOK = oDoc.LoadMemory(abyHeader.data(), static_cast<int>(nHeaderLen));
+        const bool bOK = oDoc.LoadMemory(abyHeader.data(), static_cast<int>(nJSONLen));
         CPLPopErrorHandler();
         if (!bOK || oDoc.GetRoot().GetType() != CPLJSONObject::Type::Object)
         {

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import zlib
 from numbers import Integral
 
 import numpy as np
@@ -379,7 +380,7 @@ class Writer:
         # the header holds the compression ratio of the whole file, its own length included
         for _ in range(4):
             header = TecHeader(**fields)
-            fields["stats"] = self._stats(len(header.to_json().encode("utf-8")))
+            fields["stats"] = self._stats(len(zlib.compress(header.to_json().encode("utf-8"), 9)))
         return TecHeader(**fields)
 
     def _stats(self, header_len: int = 0) -> dict:

@@ -40,6 +40,7 @@ VERSION = (1, 0)
 PREFIX_SIZE = 64
 INDEX_ENTRY_SIZE = 24
 MAX_HEADER_SIZE = 64 * 1024 * 1024      # readers reject larger headers (the GDAL driver does too)
+FLAG_HEADER_DEFLATE = 1                  # prefix flags bit 0: the JSON header is zlib-compressed
 DTYPES = ("uint8", "int16", "uint16")
 KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL)
 
@@ -399,6 +400,8 @@ class ContainerWriter:
                 head = header.to_json().encode("utf-8")
                 if len(head) > MAX_HEADER_SIZE:
                     raise TecInputError(f"header is {len(head)} bytes; at most {MAX_HEADER_SIZE} allowed")
+                # deflated: a small chip's header (band names, CRS WKT, model sha256) is ~40 % of its file
+                head = zlib.compress(head, 9)
                 if len(self._entries) != header.index_count:
                     raise TecInputError(f"{len(self._entries)} tiles were added but the header's grid "
                                         f"needs {header.index_count}")
@@ -407,7 +410,7 @@ class ContainerWriter:
                 index_offset = header_offset + len(head)
                 self._write(head)
                 self._write(index)
-                prefix = _PREFIX.pack(MAGIC, VERSION[0], VERSION[1], 0, header_offset, len(head),
+                prefix = _PREFIX.pack(MAGIC, VERSION[0], VERSION[1], FLAG_HEADER_DEFLATE, header_offset, len(head),
                                       _crc(head), index_offset, len(self._entries), _crc(index))
                 prefix += _CRC.pack(_crc(prefix))
                 self._f.seek(self._base)
@@ -593,6 +596,14 @@ class ContainerReader:
         raw_index = self._read(index_off, index_len)
         if _crc(raw_index) != index_crc:
             raise TecChecksumError(f"{name}: tile index CRC32 mismatch (corrupt file)")
+        if self.flags & FLAG_HEADER_DEFLATE:
+            inflater = zlib.decompressobj()
+            try:
+                raw_header = inflater.decompress(raw_header, MAX_HEADER_SIZE + 1)
+            except zlib.error as exc:
+                raise TecFormatError(f"{name}: corrupt deflated header ({exc})") from None
+            if len(raw_header) > MAX_HEADER_SIZE or inflater.unconsumed_tail or not inflater.eof:
+                raise TecFormatError(f"{name}: corrupt deflated header (too long or incomplete)")
         try:
             self.header = TecHeader.from_json(raw_header)
         except TecFormatError as exc:

@@ -29,6 +29,7 @@ import math
 import os
 import struct
 import threading
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -609,7 +610,7 @@ def write_stack(path, array, bands=None, quality: int = 5, model: str | None = N
                   tiles_y=tiles_y, dates=dates, levels=1, keyframe_interval=ki, model=record,
                   quality=quality, stats=stats, metadata=metadata, created_by=created_by)
     for _ in range(3):                    # the ratio counts the whole file, header included
-        head_len = len(TecHeader(**fields).to_json().encode("utf-8"))
+        head_len = len(zlib.compress(TecHeader(**fields).to_json().encode("utf-8"), 9))   # stored deflated
         stats["compression_ratio"] = round(raw / (64 + payload_bytes + head_len + 24 * T * tiles_x * tiles_y), 3)
     target = path if hasattr(path, "write") else os.fspath(path)
     with ContainerWriter(target) as w:

@@ -16,7 +16,7 @@ import pytest
 
 from terracodec import tilecodec
 from terracodec.errors import TecChecksumError, TecFormatError, TecInputError, TecVersionError
-from terracodec.format import (INDEX_ENTRY_SIZE, MAGIC, PREFIX_SIZE, VERSION, ContainerReader,
+from terracodec.format import (FLAG_HEADER_DEFLATE, INDEX_ENTRY_SIZE, MAGIC, PREFIX_SIZE, VERSION, ContainerReader,
                                ContainerWriter, TecHeader, TileEntry, peek, write_container_bytes)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,11 +71,15 @@ def refresh_crcs(data: bytearray) -> bytearray:
     return data
 
 
-def replace_header(data: bytes, obj: dict) -> bytes:
-    """Rewrite the JSON header (appended after the index) and fix offsets and CRCs."""
+def replace_header(data: bytes, obj, deflate: bool = True) -> bytes:
+    """Rewrite the header (appended after the index; a dict as JSON, or raw bytes) and fix offsets,
+    flags and CRCs. ``deflate`` as writers do (prefix flags bit 0), else plain JSON."""
     _, hs, is_ = regions(data)
-    head = json.dumps(obj).encode()
+    head = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    if deflate:
+        head = zlib.compress(head)
     out = bytearray(data[:hs.start]) + data[is_] + head
+    struct.pack_into("<I", out, 12, FLAG_HEADER_DEFLATE if deflate else 0)
     struct.pack_into("<QII", out, 16, hs.start + (is_.stop - is_.start), len(head), 0)
     struct.pack_into("<Q", out, 32, hs.start)
     return bytes(refresh_crcs(out))
@@ -86,7 +90,7 @@ def test_round_trip_bytes_and_decode(sample):
     header, image, data = sample
     assert data[:8] == MAGIC and PREFIX_SIZE == 64 and VERSION == (1, 0)
     r = ContainerReader(data)
-    assert r.header == header and r.version == (1, 0) and r.flags == 0
+    assert r.header == header and r.version == (1, 0) and r.flags == FLAG_HEADER_DEFLATE
     assert len(r.entries) == header.index_count == 6
     assert all(isinstance(e, TileEntry) and e.kind == KIND_LOSSLESS for e in r.entries)
     out = np.zeros_like(image)
@@ -468,9 +472,15 @@ def test_header_not_json_and_index_count_mismatch(sample):
     header, _, data = sample
     _, hs, is_ = regions(data)
     bad = bytearray(data)
-    bad[hs.start] = ord("[")
-    with pytest.raises(TecFormatError, match="JSON"):
+    bad[hs.start + 1] ^= 0x40                    # breaks the zlib stream of the deflated header
+    with pytest.raises(TecFormatError, match="deflated header"):
         ContainerReader(bytes(refresh_crcs(bad)))
+    for deflate in (True, False):
+        with pytest.raises(TecFormatError, match="JSON"):
+            ContainerReader(replace_header(data, b'["not", "an object"', deflate=deflate))
+    # a plain (not deflated) JSON header, prefix flags 0, is read as well
+    plain = replace_header(data, json.loads(header.to_json()), deflate=False)
+    assert ContainerReader(plain).header == header and ContainerReader(plain).flags == 0
     bigger = {**json.loads(header.to_json()), "width": 80, "tiles_x": 5}
     with pytest.raises(TecFormatError, match="index has 6 entries"):
         ContainerReader(replace_header(data, bigger))
