@@ -107,6 +107,25 @@ def coded_extent(index: int, tile_size: int, overlap: int, size: int) -> tuple[i
     return max(0, index * tile_size - overlap), min(size, (index + 1) * tile_size + overlap)
 
 
+def _axis_segments(start: int, stop: int, tile_size: int, overlap: int, size: int):
+    """Split [start, stop) of an axis into runs that lie in one tile's core away from seams, or in
+    the band of +-overlap around one inner seam. -> [((a, b), [tile indexes covering the run])]."""
+    cuts = {start, stop}
+    for seam in range(tile_size, size, tile_size):
+        for p in (seam - overlap, seam, seam + overlap):
+            if start < p < stop:
+                cuts.add(p)
+    cuts = sorted(cuts)
+    out = []
+    for a, b in zip(cuts, cuts[1:]):
+        seam = (a + overlap) // tile_size * tile_size        # the nearest seam at or after a - overlap
+        if overlap and 0 < seam < size and seam - overlap <= a < seam + overlap:
+            out.append(((a, b), [seam // tile_size - 1, seam // tile_size]))
+        else:
+            out.append(((a, b), [a // tile_size]))
+    return out
+
+
 def blend_weights(index: int, tile_size: int, overlap: int, size: int) -> np.ndarray:
     """Cross-fade weights of tile ``index`` over its coded extent: 1 inside, linear ramps across
     the 2*overlap pixels around each inner seam, so that neighbours' weights sum to 1."""
@@ -782,39 +801,42 @@ class TecDataset:
         # tiles whose coded extent (core + overlap) meets the window
         tiles = [(ty, tx) for ty in range(max(0, (r0 - o) // T), min(self.tiles_y, (r1 - 1 + o) // T + 1))
                  for tx in range(max(0, (c0 - o) // T), min(self.tiles_x, (c1 - 1 + o) // T + 1))]
-        if o:
-            acc = np.zeros((len(idx), r1 - r0, c1 - c0), np.float64)
-            wsum = np.zeros((r1 - r0, c1 - c0), np.float64)
-        else:
-            out = np.empty((len(idx), r1 - r0, c1 - c0), self.dtype)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(tiles), unit="tile", desc="decode", leave=False)
+        decoded = {}
         try:
             for ty, tx in tiles:
-                tile = self._read_tile(ty, tx, d)
-                ys, ye = coded_extent(ty, T, o, self.height)
-                xs, xe = coded_extent(tx, T, o, self.width)
-                a0, a1 = max(r0, ys), min(r1, ye)
-                b0, b1 = max(c0, xs), min(c1, xe)
-                part = tile[idx, a0 - ys:a1 - ys, b0 - xs:b1 - xs]
-                if o:
-                    wy = blend_weights(ty, T, o, self.height)[a0 - ys:a1 - ys]
-                    wx = blend_weights(tx, T, o, self.width)[b0 - xs:b1 - xs]
-                    w = wy[:, None] * wx[None, :]
-                    acc[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] += part * w
-                    wsum[a0 - r0:a1 - r0, b0 - c0:b1 - c0] += w
-                else:
-                    out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = part
+                decoded[ty, tx] = self._read_tile(ty, tx, d)
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-        if o:
-            out = self._blend_result(acc / wsum)
+        out = np.empty((len(idx), r1 - r0, c1 - c0), self.dtype)
+        # The window splits into rectangles that one tile owns alone (copied) and the 2*o wide bands
+        # around inner seams (cross-faded in float64): blending touches only the seam bands.
+        for (a0, a1), rows_from in _axis_segments(r0, r1, T, o, self.height):
+            for (b0, b1), cols_from in _axis_segments(c0, c1, T, o, self.width):
+                if len(rows_from) == 1 and len(cols_from) == 1:
+                    ty, tx = rows_from[0], cols_from[0]
+                    ys, xs = coded_extent(ty, T, o, self.height)[0], coded_extent(tx, T, o, self.width)[0]
+                    out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = decoded[ty, tx][idx, a0 - ys:a1 - ys, b0 - xs:b1 - xs]
+                    continue
+                acc = np.zeros((len(idx), a1 - a0, b1 - b0))
+                wsum = np.zeros((a1 - a0, b1 - b0))
+                for ty in rows_from:
+                    ys = coded_extent(ty, T, o, self.height)[0]
+                    wy = blend_weights(ty, T, o, self.height)[a0 - ys:a1 - ys]
+                    for tx in cols_from:
+                        xs = coded_extent(tx, T, o, self.width)[0]
+                        wx = blend_weights(tx, T, o, self.width)[b0 - xs:b1 - xs]
+                        w = wy[:, None] * wx[None, :]
+                        acc += decoded[ty, tx][idx, a0 - ys:a1 - ys, b0 - xs:b1 - xs] * w
+                        wsum += w
+                out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = self._blend_result(acc / wsum)
         return out[0] if squeeze else out
 
     def close(self) -> None:
