@@ -226,6 +226,23 @@ def _descend(cost_at, start: int, lo: int, hi: int, step: int, max_tries: int):
 J2K_LEVEL_MIN, J2K_LEVEL_MAX = 10, 99
 
 
+def strip_j2k_comments(stream: bytes) -> bytes:
+    """Drop COM marker segments from a JPEG 2000 codestream's main header (OpenJPEG writes a
+    39-byte "Created by OpenJPEG" comment into every tile; decoders ignore COM)."""
+    if stream[:2] != b"\xff\x4f":
+        return stream
+    out, pos = [stream[:2]], 2
+    while pos + 4 <= len(stream):
+        marker = stream[pos:pos + 2]
+        if marker == b"\xff\x90":                    # first tile-part: the main header ends
+            break
+        length = int.from_bytes(stream[pos + 2:pos + 4], "big")
+        if marker != b"\xff\x64":
+            out.append(stream[pos:pos + 2 + length])
+        pos += 2 + length
+    return b"".join(out) + stream[pos:]
+
+
 def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float]:
     """-> (payload, J = SSE + lam * bits) at the OpenJPEG level of least cost."""
     from . import spectral
@@ -250,7 +267,7 @@ def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float
     payloads: dict[int, bytes] = {}
 
     def cost_at(level):
-        payloads[level] = p = seal(prefix + _j2k_encode(comps, level, 1))
+        payloads[level] = p = seal(prefix + strip_j2k_comments(_j2k_encode(comps, level, 1)))
         return rd_cost(tile, decode_tile(p), mask, len(p), lam)
 
     # OpenJPEG's level is a PSNR target (peak 65535); on train tiles the best level is about

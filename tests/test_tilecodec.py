@@ -165,3 +165,16 @@ def test_valid_pixels_kept_off_nodata_in_tiles_without_nodata_pixels():
     assert head.mask is None and head.nodata == 0
     decoded = np.zeros((2, 4, 4), np.int16)
     assert (tc.restore_nodata(decoded, head) == 1).all()
+
+
+def test_classical_codestream_has_no_comment_and_decodes_the_same():
+    from terracodec.anchors import _j2k_decode, _j2k_encode
+
+    comps = read("l2a_12band_bigearthnet.tif")[:, :40, :56]
+    stream = _j2k_encode(comps, 50, 1)
+    assert b"\xff\x64" in stream[:200]                     # OpenJPEG's "Created by" COM segment
+    stripped = tc.strip_j2k_comments(stream)
+    assert len(stream) - len(stripped) == 39 and b"Created by OpenJPEG" not in stripped
+    np.testing.assert_array_equal(_j2k_decode(stripped, 1), _j2k_decode(stream, 1))
+    payload, _ = tc.encode_classical(comps, None, tc.rd_lambda(4))
+    assert b"Created by OpenJPEG" not in payload
