@@ -255,7 +255,7 @@ def info_dict(path) -> dict:
             "crs": _crs_name(ds.crs), "crs_wkt": ds.crs,
             "geotransform": list(ds.transform) if ds.transform else None,
             "model": h.get("model"), "quality": ds.quality,
-            "tile_size": ds.tile_size, "tiles_x": ds.tiles_x, "tiles_y": ds.tiles_y,
+            "tile_size": ds.tile_size, "tile_overlap": ds.tile_overlap, "tiles_x": ds.tiles_x, "tiles_y": ds.tiles_y,
             "tiles": ds.tiles_x * ds.tiles_y, "dates": ds.dates,
             "keyframe_interval": ds.keyframe_interval,
             "fallback_tiles": ds.fallback_tiles,
@@ -286,8 +286,9 @@ def info(path, as_json):
         f"geotransform: {', '.join(f'{v:g}' for v in gt) if gt else '(none)'}",
         f"model:        {model.get('name')}" + (f" (sha256 {sha}...)" if sha else ""),
         f"quality:      {d['quality']}",
-        f"tiles:        {d['tiles_x']} x {d['tiles_y']} of {d['tile_size']} px, "
-        f"{d['fallback_tiles']} fallback (classical)",
+        f"tiles:        {d['tiles_x']} x {d['tiles_y']} of {d['tile_size']} px (overlap {d['tile_overlap']} px), "
+        f"{d['stats'].get('learned_tiles', 0)} learned, {d['fallback_tiles']} classical, "
+        f"{d['stats'].get('lossless_tiles', 0)} lossless",
         f"compression:  ratio {d['compression_ratio']:.2f}, {d['bits_per_pixel_per_band']:.3f} bits/pixel/band",
         f"dates:        {', '.join(str(x) for x in d['dates'])}",
     ] + ([f"time stack:   {len(d['dates'])} dates, keyframe interval {d['keyframe_interval']}, "

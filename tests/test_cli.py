@@ -81,7 +81,7 @@ def test_info_json(nodata_pair):
 
 def test_info_text(nodata_pair):
     out = run("info", nodata_pair[1]).output
-    for key in ("shape:", "bands:", "crs:", "model:", "quality:", "tiles:", "fallback", "ratio"):
+    for key in ("shape:", "bands:", "crs:", "model:", "quality:", "tiles:", "classical", "learned", "overlap", "ratio"):
         assert key in out
     assert "EPSG:32737" in out and "2 x 2 of 48 px" in out
 
