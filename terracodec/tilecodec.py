@@ -324,14 +324,11 @@ def _fit_tile_klt(x: np.ndarray, valid: np.ndarray):
     return means.astype(np.float32).astype(np.float64), spectral.quantize_basis(basis)
 
 
-def encode_learned(tile: np.ndarray, model, level: float, nodata) -> tuple[bytes, np.ndarray]:
-    """-> (payload, the pixels decode_tile will return for it)."""
-    import torch
-
+def _network_input(tile: np.ndarray, mask: np.ndarray | None):
+    """-> (13-channel float32 KLT components, means, quantized basis) of a tile, as the network sees it."""
     from . import spectral
-    from .models.tec import IN_CHANNELS, pad_replicate
+    from .models.tec import IN_CHANNELS
 
-    mask = nodata_mask(tile, nodata)
     count, h, w = tile.shape
     x = tile.astype(np.float64)
     valid = np.ones((h, w), bool) if mask is None else ~mask.any(axis=0)
@@ -342,6 +339,18 @@ def encode_learned(tile: np.ndarray, model, level: float, nodata) -> tuple[bytes
         x = np.where(mask, means[:, None, None], x)     # nodata carries no information: code the mean
     comps = np.zeros((IN_CHANNELS, h, w), np.float32)
     comps[:count] = spectral.forward(x, means, basis_q)
+    return comps, means, basis_q
+
+
+def encode_learned(tile: np.ndarray, model, level: float, nodata) -> tuple[bytes, np.ndarray]:
+    """-> (payload, the pixels decode_tile will return for it)."""
+    import torch
+
+    from .models.tec import pad_replicate
+
+    mask = nodata_mask(tile, nodata)
+    count, h, w = tile.shape
+    comps, means, basis_q = _network_input(tile, mask)
     net = model.net
     entropy = ENTROPY_CODES[model.entropy]
     if entropy == 1:
@@ -561,18 +570,10 @@ def _estimate_learned_cost(tile, loaded, level, mask, lam) -> float:
     import torch
 
     from . import spectral
-    from .models.tec import IN_CHANNELS, pad_replicate
+    from .models.tec import pad_replicate
 
     count, h, w = tile.shape
-    x = tile.astype(np.float64)
-    valid = np.ones((h, w), bool) if mask is None else ~mask.any(axis=0)
-    if not valid.any():
-        valid = np.ones((h, w), bool)
-    means, basis_q = _fit_tile_klt(x, valid)
-    if mask is not None:
-        x = np.where(mask, means[:, None, None], x)
-    comps = np.zeros((IN_CHANNELS, h, w), np.float32)
-    comps[:count] = spectral.forward(x, means, basis_q)
+    comps, means, basis_q = _network_input(tile, mask)
     factorized = loaded.entropy == "factorized"
     if factorized:
         level = float(round(level))

@@ -50,6 +50,21 @@ TEST_MODEL, TEST_MODEL_DESCRIPTION = _resolve_test_model()
 LOSSLESS = TEST_MODEL == "lossless"
 
 
+def _temporal_available() -> bool:
+    try:
+        from terracodec import stack
+
+        stack.default_temporal_model()
+        return True
+    except Exception:
+        return False
+
+
+# tests of TEC-TT (stacks, zarr time chunks) need its weights
+needs_tt = pytest.mark.skipif(not _temporal_available(), reason="no TEC-TT weights (weights/manifest.json "
+                              "has no temporal model; python -m terracodec.train_temporal --export)")
+
+
 def pytest_report_header(config):
     return f"terracodec tests run with model: {TEST_MODEL_DESCRIPTION}"
 

@@ -23,21 +23,9 @@ from terracodec import stack, tilecodec
 from terracodec.errors import TecChecksumError, TecError, TecInputError
 from terracodec.format import ContainerReader
 
-from conftest import REPO, psnr10000
+from conftest import REPO, needs_tt, psnr10000
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-
-
-def _temporal_available() -> bool:
-    try:
-        stack.default_temporal_model()
-        return True
-    except Exception:
-        return False
-
-
-needs_tt = pytest.mark.skipif(not _temporal_available(), reason="no TEC-TT weights (weights/manifest.json "
-                              "has no temporal model; python -m terracodec.train_temporal --export)")
 
 
 def _series(shared_data, location, n, bands_drop=(), crop=None, start=0):

@@ -297,19 +297,7 @@ from terracodec import stack, tilecodec  # noqa: E402
 from terracodec import numcodecs as tec_numcodecs  # noqa: E402
 from terracodec.errors import TecDecodeError  # noqa: E402
 
-from conftest import psnr10000  # noqa: E402
-
-
-def _temporal_available() -> bool:
-    try:
-        stack.default_temporal_model()
-        return True
-    except Exception:
-        return False
-
-
-needs_tt = pytest.mark.skipif(not _temporal_available(), reason="no TEC-TT weights (weights/manifest.json "
-                              "has no temporal model)")
+from conftest import needs_tt, psnr10000  # noqa: E402
 
 
 def _series(shared_data, location, n, window, bands_drop=()):
