@@ -152,14 +152,14 @@ def resolve_model(name: str) -> tuple[str | None, str]:
     if name in names:
         return name, ""
     cands = [n for n in names if n.startswith(name + "-") or n.startswith(name)]
+    if not cands:
+        return None, f"model {name!r} is not installed (installed: {', '.join(names) or 'none'})"
     if len(cands) == 1:
         return cands[0], ""
     # 'tec-hp' with tec-hp-v1 and tec-hp-v2 installed: the latest version
     versions = {n: n[len(name) + 1:] for n in cands if n.startswith(name + "-v")}
     if len(versions) == len(cands) and all(v[1:].isdigit() for v in versions.values()):
         return max(cands, key=lambda n: int(versions[n][1:])), ""
-    if not cands:
-        return None, f"model {name!r} is not installed (installed: {', '.join(names) or 'none'})"
     return None, f"model {name!r} is ambiguous ({', '.join(cands)})"
 
 

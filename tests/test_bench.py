@@ -223,3 +223,16 @@ def test_rate_at_psnr_interpolates_and_refuses_to_extrapolate():
     assert bench.rate_at_psnr(pts, 42.0) == pytest.approx(0.2)
     assert 0.2 < bench.rate_at_psnr(pts, 44.0) < 0.4
     assert math.isnan(bench.rate_at_psnr(pts, 55.0))
+
+
+def test_resolve_model_prefixes(monkeypatch):
+    from terracodec import weights
+
+    names = ["tec-hp-v1", "tec-hp-v2", "tec-fp-v1", "tec-tt-v1"]
+    monkeypatch.setattr(weights, "list_models", lambda: [{"name": n} for n in names])
+    assert bench.resolve_model("tec-hp-v1") == ("tec-hp-v1", "")
+    assert bench.resolve_model("tec-hp") == ("tec-hp-v2", "")        # latest version of a family
+    assert bench.resolve_model("tec-fp") == ("tec-fp-v1", "")
+    assert bench.resolve_model("nope")[0] is None
+    resolved, why = bench.resolve_model("tec")                       # several families: ambiguous
+    assert resolved is None and "ambiguous" in why
