@@ -49,7 +49,8 @@ def nodata_mask(tile: np.ndarray, nodata) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def pack_header(kind: int, tile: np.ndarray, nodata, mask: np.ndarray | None) -> bytes:
+def pack_header(kind: int, tile: np.ndarray, nodata, mask: np.ndarray | None, param: int = 0) -> bytes:
+    """Common tile header; ``param`` is byte 7 (kind 1: the component shift, else 0)."""
     count, height, width = tile.shape
     if mask is None:
         mode, blob = 0, b""
@@ -59,7 +60,7 @@ def pack_header(kind: int, tile: np.ndarray, nodata, mask: np.ndarray | None) ->
         mode, blob = 2, zlib.compress(np.packbits(mask).tobytes(), 9)
     # mode 0 still records the nodata value (NaN = none), so decoders keep valid pixels off it
     value = float(nodata) if nodata is not None else float("nan")
-    return _HEAD.pack(TILE_MAGIC, kind, dtype_code(tile.dtype), count, 0, height, width,
+    return _HEAD.pack(TILE_MAGIC, kind, dtype_code(tile.dtype), count, param, height, width,
                       mode, value, len(blob)) + blob
 
 
@@ -85,7 +86,7 @@ class TileHeader:
     def __init__(self, payload: bytes):
         if len(payload) < _HEAD.size:
             raise TecFormatError(f"tile payload too short ({len(payload)} bytes)")
-        (magic, self.kind, code, self.count, _, self.height, self.width, mode, value,
+        (magic, self.kind, code, self.count, self.param, self.height, self.width, mode, value,
          mask_len) = _HEAD.unpack_from(payload)
         if magic != TILE_MAGIC:
             raise TecFormatError("not a TEC tile payload (bad tile magic)")
@@ -260,9 +261,15 @@ def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float
     means, basis_q = _fit_tile_klt(x, valid)
     if mask is not None:
         x = np.where(mask, means[:, None, None], x)
-    comps = np.rint(spectral.forward(x, means, basis_q).astype(np.float64) * spectral.COMPONENT_SCALE)
-    comps = np.clip(comps, -32768, 32767).astype(np.int16)     # OpenJPEG via imagecodecs: 16-bit is exact
-    prefix = pack_header(KIND_CLASSICAL, tile, nodata, mask) + means.astype("<f4").tobytes() \
+    comps = spectral.forward(x, means, basis_q).astype(np.float64) * spectral.COMPONENT_SCALE
+    # components are int16 (16-bit JPEG 2000 is exact through imagecodecs); values far above the
+    # reflectance range (e.g. uint16 near 65535) are divided by 2**shift to fit
+    peak = float(np.abs(comps).max()) if comps.size else 0.0
+    shift = 0
+    while peak / 2 ** shift > 32767 and shift < 8:
+        shift += 1
+    comps = np.clip(np.rint(comps / 2 ** shift), -32768, 32767).astype(np.int16)
+    prefix = pack_header(KIND_CLASSICAL, tile, nodata, mask, shift) + means.astype("<f4").tobytes() \
         + basis_q.astype("<f2").tobytes()
     payloads: dict[int, bytes] = {}
 
@@ -296,8 +303,10 @@ def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
         raise TecFormatError(f"corrupt JPEG 2000 codestream in classical tile: {exc}") from None
     if comps.shape != head.shape:
         raise TecFormatError(f"JPEG 2000 codestream has shape {comps.shape}, tile is {head.shape}")
-    return _to_dtype(spectral.inverse(comps.astype(np.float64) / spectral.COMPONENT_SCALE, means, basis_q),
-                     head.dtype)
+    if head.param > 8:
+        raise TecFormatError(f"classical tile has component shift {head.param} (at most 8)")
+    comps = comps.astype(np.float64) * 2 ** head.param
+    return _to_dtype(spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q), head.dtype)
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -178,3 +178,16 @@ def test_classical_codestream_has_no_comment_and_decodes_the_same():
     np.testing.assert_array_equal(_j2k_decode(stripped, 1), _j2k_decode(stream, 1))
     payload, _ = tc.encode_classical(comps, None, tc.rd_lambda(4))
     assert b"Created by OpenJPEG" not in payload
+
+
+def test_uint16_near_full_range_stays_lossy():
+    """KLT components of uint16 tiles near 65535 exceed int16: the classical code shifts them
+    (header byte 7) instead of clipping, so such tiles are not stored lossless."""
+    base = read("l2a_12band_bigearthnet.tif")[:, :64, :64].astype(np.int64)
+    tile = np.clip(base * 3, 0, 65535).astype(np.uint16)
+    tile[:, 20:40, 10:50] = 65535 - base[:, 20:40, 10:50] // 8      # a saturated patch (bright cloud, glint)
+    payload, kind = tc.encode_tile(tile, quality=5)
+    assert kind == tc.KIND_CLASSICAL and tc.TileHeader(tc.unseal(payload)).param > 0
+    assert len(payload) < tile.nbytes / 4
+    out = tc.decode_tile(payload)
+    assert out.dtype == np.uint16 and tc.tile_psnr(tile, out, None) > 35
