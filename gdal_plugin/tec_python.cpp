@@ -544,6 +544,27 @@ std::string PyHostDescription()
     return g_hostDescription;
 }
 
+// Copy a bytes result of exactly nExpectedBytes to dst (consumes `res`).
+static bool TakeBytes(PyObject *res, const char *pszFunc, void *dst, size_t nExpectedBytes,
+                      std::string &osError)
+{
+    char *p = nullptr;
+    Py_ssize_t_ n = 0;
+    bool ok = false;
+    if (g_api.PyBytes_AsStringAndSize(res, &p, &n) != 0)
+        osError = std::string(pszFunc) + " did not return bytes: " + FetchError();
+    else if (static_cast<size_t>(n) != nExpectedBytes)
+        osError = CPLSPrintf("%s returned %ld bytes, expected %lu", pszFunc, static_cast<long>(n),
+                             static_cast<unsigned long>(nExpectedBytes));
+    else
+    {
+        memcpy(dst, p, nExpectedBytes);
+        ok = true;
+    }
+    DecRef(res);
+    return ok;
+}
+
 bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &osModel,
                   int nCount, int nHeight, int nWidth, const std::string &osDType, void *dst,
                   size_t nExpectedBytes, std::string &osError)
@@ -566,46 +587,11 @@ bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &
                               g_api.PyUnicode_FromString(osDType.c_str())});
     DecRef(fn);
     bool ok = false;
-    if (!res)
+    if (res)
+        ok = TakeBytes(res, "decode_payload", dst, nExpectedBytes, osError);
+    else
         osError = FetchError();
-    else
-    {
-        char *p = nullptr;
-        Py_ssize_t_ n = 0;
-        if (g_api.PyBytes_AsStringAndSize(res, &p, &n) != 0)
-            osError = "decode_payload did not return bytes: " + FetchError();
-        else if (static_cast<size_t>(n) != nExpectedBytes)
-            osError = CPLSPrintf("decoded tile has %ld bytes, expected %lu", static_cast<long>(n),
-                                 static_cast<unsigned long>(nExpectedBytes));
-        else
-        {
-            memcpy(dst, p, nExpectedBytes);
-            ok = true;
-        }
-        DecRef(res);
-    }
     ReleaseView(view);
-    return ok;
-}
-
-// Copy a bytes result of exactly nExpectedBytes to dst (consumes `res`).
-static bool TakeBytes(PyObject *res, const char *pszFunc, void *dst, size_t nExpectedBytes,
-                      std::string &osError)
-{
-    char *p = nullptr;
-    Py_ssize_t_ n = 0;
-    bool ok = false;
-    if (g_api.PyBytes_AsStringAndSize(res, &p, &n) != 0)
-        osError = std::string(pszFunc) + " did not return bytes: " + FetchError();
-    else if (static_cast<size_t>(n) != nExpectedBytes)
-        osError = CPLSPrintf("%s returned %ld bytes, expected %lu", pszFunc, static_cast<long>(n),
-                             static_cast<unsigned long>(nExpectedBytes));
-    else
-    {
-        memcpy(dst, p, nExpectedBytes);
-        ok = true;
-    }
-    DecRef(res);
     return ok;
 }
 
