@@ -323,19 +323,9 @@ class TerraCodec(Codec):
                                 f"which cannot be loaded: {exc}") from exc
 
         def decode(i, r, c, k):
-            what = f"{desc}, date {i}, tile ({r}, {c})"
-            shape = _payload_shape(payloads[k])
-            try:
-                return decoder.tile(i, r, c)
-            except TecChecksumError as exc:
-                raise TecChecksumError(f"TerraCodec: {what} ({shape}) is corrupt: {exc}") from exc
-            except TecFormatError as exc:
-                raise TecFormatError(f"TerraCodec: {what} ({shape}) is not a valid tile: {exc}") from exc
-            except TecError as exc:
-                raise type(exc)(f"TerraCodec: cannot decode {what} ({shape}): {exc}") from exc
-            except Exception as exc:                 # torch / rANS on streams that pass the CRC32
-                raise TecDecodeError(f"TerraCodec: cannot decode {what} ({shape}): "
-                                     f"{type(exc).__name__}: {exc}") from exc
+            # torch / rANS errors on streams that pass the CRC32 become TecDecodeError too
+            return _named_tile_errors(lambda: decoder.tile(i, r, c), f"{desc}, date {i}, tile ({r}, {c})",
+                                      _payload_shape(payloads[k]), wrap_other=True)
 
         # tile position by tile position: a date's references are the dates just decoded
         return self._assemble(decode, len(payloads), frame.shape, frame.tile_size, desc, order="tile")
@@ -374,16 +364,9 @@ class TerraCodec(Codec):
         return tilecodec.encode_tile(tile, quality=self.quality, model=self.model, nodata=nodata)[0]
 
     def _decode_tile(self, payload: bytes, desc: str) -> np.ndarray:
-        shape = _payload_shape(payload)
-        try:
-            model = None if self.model == LOSSLESS_MODEL else self.model
-            return tilecodec.decode_tile(payload, model=model)
-        except TecChecksumError as exc:
-            raise TecChecksumError(f"TerraCodec: {desc} ({shape}) is corrupt: {exc}") from exc
-        except TecFormatError as exc:
-            raise TecFormatError(f"TerraCodec: {desc} ({shape}) is not a valid tile: {exc}") from exc
-        except TecError as exc:
-            raise type(exc)(f"TerraCodec: cannot decode {desc} ({shape}): {exc}") from exc
+        model = None if self.model == LOSSLESS_MODEL else self.model
+        return _named_tile_errors(lambda: tilecodec.decode_tile(payload, model=model), desc,
+                                  _payload_shape(payload))
 
     def _tile_size_for(self, arr: np.ndarray) -> int:
         h, w = arr.shape[-2:]
@@ -461,6 +444,23 @@ class _Frame:
                  keyframe_interval=0):
         self.ndim, self.shape, self.tile_size, self.payloads = ndim, shape, tile_size, payloads
         self.mode, self.model, self.keyframe_interval = mode, model, keyframe_interval
+
+
+def _named_tile_errors(decode, what: str, shape: str, wrap_other: bool = False) -> np.ndarray:
+    """Run ``decode()``; TerraCodec errors are re-raised naming the chunk's tile ``what``, and with
+    ``wrap_other`` any other exception becomes a TecDecodeError."""
+    try:
+        return decode()
+    except TecChecksumError as exc:
+        raise TecChecksumError(f"TerraCodec: {what} ({shape}) is corrupt: {exc}") from exc
+    except TecFormatError as exc:
+        raise TecFormatError(f"TerraCodec: {what} ({shape}) is not a valid tile: {exc}") from exc
+    except TecError as exc:
+        raise type(exc)(f"TerraCodec: cannot decode {what} ({shape}): {exc}") from exc
+    except Exception as exc:
+        if not wrap_other:
+            raise
+        raise TecDecodeError(f"TerraCodec: cannot decode {what} ({shape}): {type(exc).__name__}: {exc}") from exc
 
 
 def _pack_frame(ndim: int, shape, tile_size: int, payloads: list[bytes], mode: int = MODE_PER_DATE,
