@@ -24,7 +24,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import zlib
+from collections import OrderedDict
 from numbers import Integral
 
 import numpy as np
@@ -88,11 +90,6 @@ def _check_tile_size(tile_size) -> int:
     if not MIN_TILE_SIZE <= int(tile_size) <= MAX_TILE_SIZE:
         raise TecInputError(f"tile_size must be {MIN_TILE_SIZE}..{MAX_TILE_SIZE}, got {tile_size}")
     return int(tile_size)
-
-
-def _dtype_range(dtype) -> tuple[int, int]:
-    info = np.iinfo(dtype)
-    return info.min, info.max
 
 
 def _check_tile_overlap(overlap, tile_size: int) -> int:
@@ -573,6 +570,8 @@ class TecDataset:
                                        or tile_cache < 0):
             raise TecInputError(f"tile_cache must be a non-negative integer, got {tile_cache!r}")
         self.tile_cache = self.TILE_CACHE_SIZE if tile_cache is None else int(tile_cache)
+        self._decoded_tiles: OrderedDict = OrderedDict()    # (date, ty, tx) -> read-only array, LRU
+        self._decoded_lock = threading.Lock()
         self._reader = ContainerReader(path)
         self._head = self._reader.header
         self.header = _header_dict(self._head)
@@ -685,23 +684,18 @@ class TecDataset:
 
     def _read_tile(self, ty: int, tx: int, date: int = 0) -> np.ndarray:
         """The decoded pixels of the tile's coded extent (its core plus the overlap), cached."""
-        import threading
-        from collections import OrderedDict
-
-        if getattr(self, "_tile_cache", None) is None:
-            self._tile_cache, self._tile_cache_lock = OrderedDict(), threading.Lock()
         key = (date, ty, tx)
-        with self._tile_cache_lock:
-            hit = self._tile_cache.get(key)
+        with self._decoded_lock:
+            hit = self._decoded_tiles.get(key)
             if hit is not None:
-                self._tile_cache.move_to_end(key)
+                self._decoded_tiles.move_to_end(key)
                 return hit
         arr = self._decode_tile_at(ty, tx, date)
         arr.flags.writeable = False
-        with self._tile_cache_lock:
-            self._tile_cache[key] = arr
-            while len(self._tile_cache) > self.tile_cache:
-                self._tile_cache.popitem(last=False)
+        with self._decoded_lock:
+            self._decoded_tiles[key] = arr
+            while len(self._decoded_tiles) > self.tile_cache:
+                self._decoded_tiles.popitem(last=False)
         return arr
 
     def _decode_tile_at(self, ty: int, tx: int, date: int) -> np.ndarray:
@@ -737,7 +731,7 @@ class TecDataset:
 
     def _blend_result(self, values: np.ndarray) -> np.ndarray:
         """Cross-faded values -> the dtype, with nodata exactly where the tiles' masks put it."""
-        out = np.clip(np.rint(values), *_dtype_range(self.dtype)).astype(self.dtype)
+        out = tilecodec._to_dtype(values, self.dtype)
         if self.nodata is None:
             return out
         # every tile covering a pixel carries the same source pixels, so they agree on nodata, and
@@ -747,9 +741,7 @@ class TecDataset:
         hits = out == nodata
         if hits.any():
             exact = np.isclose(values, float(nodata), rtol=0, atol=1e-6)
-            info = np.iinfo(self.dtype)
-            bump = nodata + 1 if nodata < info.max else nodata - 1
-            out[hits & ~exact] = bump
+            out[hits & ~exact] = tilecodec.off_nodata(nodata, self.dtype)
         return out
 
     def _band_indexes(self, bands) -> tuple[list[int], bool]:

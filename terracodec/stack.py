@@ -253,6 +253,11 @@ def _parse_date(d):
         return None
 
 
+def _coded_alone(payload: bytes):
+    """(payload, kind, decoded pixels) of a classical or lossless tile (decode_tile restores nodata)."""
+    return payload, TileHeader(unseal(payload)).kind, tilecodec.decode_tile(payload)
+
+
 def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, nodata=None,
                       lam: float | None = None, level: float | None = None,
                       keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True,
@@ -291,8 +296,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     for t in range(T):
         tile, mask = tiles[t], masks[t]
         if mask is not None and mask.all():
-            p = tilecodec.encode_lossless(tile, nodata)
-            out.append((p, KIND_LOSSLESS, tilecodec.decode_tile(p)))
+            out.append(_coded_alone(tilecodec.encode_lossless(tile, nodata)))
             continue
         classical_code = None
         if level is None and classical:
@@ -301,9 +305,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
             classical_code = tilecodec.encode_classical(tile, nodata, lam)
             est = tilecodec._estimate_learned_cost(tile, model.image, tilecodec.network_level(lam), mask, lam)
             if est > tilecodec.LEARNED_GIVE_UP * classical_code[1]:
-                p = classical_code[0]
-                out.append((p, TileHeader(unseal(p)).kind,
-                            restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
+                out.append(_coded_alone(classical_code[0]))
                 continue
         xt = x[t] if mask is None else np.where(mask, means[t][:, None, None], x[t])
         comps = np.zeros((IN_CHANNELS, h, w), np.float32)
@@ -360,10 +362,8 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
                     break
             prev_level = L
             chosen = tried[L]
-            p, j_classical = classical_code if classical_code is not None else (None, math.inf)
-            if j_classical < cost(chosen):
-                k = TileHeader(unseal(p)).kind
-                out.append((p, k, restore_nodata(tilecodec.decode_tile(p), TileHeader(unseal(p)))))
+            if classical_code is not None and classical_code[1] < cost(chosen):
+                out.append(_coded_alone(classical_code[0]))
                 continue
         payload, recon, y_hat_u, kind = chosen
         states[t] = _State(y_hat_u, basis)

@@ -117,13 +117,18 @@ class TileHeader:
         return (self.count, self.height, self.width)
 
 
+def off_nodata(nodata, dtype) -> np.ndarray:
+    """The value a valid pixel that decoded to ``nodata`` is moved to (one step inside the dtype)."""
+    nodata = np.asarray(nodata).astype(dtype)
+    return nodata + 1 if nodata < np.iinfo(dtype).max else nodata - 1
+
+
 def restore_nodata(decoded: np.ndarray, head: TileHeader) -> np.ndarray:
     """Put nodata back exactly and keep valid pixels from colliding with the nodata value."""
     if head.nodata is None:
         return decoded
     nodata = np.asarray(head.nodata).astype(decoded.dtype)
-    info = np.iinfo(decoded.dtype)
-    bump = nodata + 1 if nodata < info.max else nodata - 1
+    bump = off_nodata(nodata, decoded.dtype)
     if head.mask is None:
         return np.where(decoded == nodata, bump, decoded).astype(decoded.dtype)
     decoded = np.where((decoded == nodata) & ~head.mask, bump, decoded)
