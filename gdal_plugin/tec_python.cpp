@@ -14,6 +14,10 @@
 //     numpy/torch extension modules can resolve Py* symbols) and embed it.
 //  3. The interpreter's major.minor must equal the venv's (its compiled packages are per version).
 //  4. Add the configured pythonpath entries with site.addsitedir, import the bridge module.
+//  Worker mode: if step 3 fails (QGIS under Debian's python3) or step 2 finds no libpython to load,
+//  or with TEC_PYTHON_WORKER=YES, start `<python> -m terracodec.gdal_worker <module>` instead
+//  (PYTHONPATH = the pythonpath entries) and send every call to it over a socketpair that is its
+//  stdin and stdout (protocol: terracodec/gdal_worker.py). TEC_PYTHON_WORKER=NO: no fallback.
 // Every later call takes the GIL with PyGILState_Ensure (safe from any GDAL worker thread and
 // re-entrant when the caller already holds the GIL, as rasterio does during CreateCopy).
 // Python is never finalised (numpy/torch do not support re-initialisation).
@@ -21,7 +25,16 @@
 #include "tec_python.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -30,6 +43,8 @@
 #include "cpl_error.h"
 #include "cpl_json.h"
 #include "cpl_string.h"
+
+extern char **environ;
 
 namespace tec
 {
@@ -76,8 +91,10 @@ std::mutex g_initMutex;
 bool g_initDone = false;
 bool g_initOK = false;
 std::string g_initError;
+std::mutex g_descMutex;  // guards g_hostDescription (a restarted worker changes it)
 std::string g_hostDescription = "Python not started";
 PyObject *g_module = nullptr;
+bool g_useWorker = false;  // calls go to the worker process (set once, by InitLocked)
 
 struct Config
 {
@@ -320,10 +337,360 @@ std::string MajorMinor(const char *version)
     return s.substr(0, p2);
 }
 
+void SetHostDescription(const std::string &s)
+{
+    std::lock_guard<std::mutex> lock(g_descMutex);
+    g_hostDescription = s;
+}
+
+// ---- worker process ----------------------------------------------------------------------------
+// Its stdin and stdout are one end of a UNIX socketpair: send(MSG_NOSIGNAL) to a dead worker
+// fails with EPIPE instead of raising SIGPIPE in the host. One request/response at a time.
+// CPLDebug runs after the mutex is released (osDebug): a Python host's CPL error handler takes
+// its GIL, which a thread waiting for the mutex may hold (rasterio during CreateCopy).
+struct Worker
+{
+    std::mutex mutex;
+    Config cfg;  // python, pythonpath, module
+    int fd = -1;
+    pid_t pid = -1;
+    pid_t owner = -1;  // the process that started it (not a fork() of it)
+};
+Worker g_worker;
+std::atomic<long long> g_nextObjectId{1};
+
+struct Arg  // one value of a request: 'i' int, 's' str, 'b' bytes
+{
+    char tag;
+    long long i;
+    const void *p;
+    size_t n;
+};
+Arg Int(long long v) { return {'i', v, nullptr, 0}; }
+Arg Str(const std::string &s) { return {'s', 0, s.data(), s.size()}; }
+Arg Bytes(const void *p, size_t n) { return {'b', 0, p, n}; }
+
+void PutU64(std::string &s, uint64_t v)
+{
+    for (int k = 0; k < 8; ++k)
+        s += static_cast<char>((v >> (8 * k)) & 0xff);
+}
+
+bool SendAll(int fd, const void *p, size_t n)
+{
+    const char *c = static_cast<const char *>(p);
+    while (n > 0)
+    {
+        const ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return false;
+        c += k;
+        n -= static_cast<size_t>(k);
+    }
+    return true;
+}
+
+bool RecvAll(int fd, void *p, size_t n)
+{
+    char *c = static_cast<char *>(p);
+    while (n > 0)
+    {
+        const ssize_t k = recv(fd, c, n, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return false;
+        c += k;
+        n -= static_cast<size_t>(k);
+    }
+    return true;
+}
+
+// Frame: u64 LE body length, body = values (tag, then i64 or u64 length + bytes). Large byte
+// arguments are sent from where they are, not copied.
+bool SendRequest(int fd, std::initializer_list<Arg> args)
+{
+    uint64_t nBody = 0;
+    for (const Arg &a : args)
+        nBody += 9 + (a.tag == 'i' ? 0 : a.n);
+    std::string buf;
+    PutU64(buf, nBody);
+    for (const Arg &a : args)
+    {
+        buf += a.tag;
+        PutU64(buf, a.tag == 'i' ? static_cast<uint64_t>(a.i) : a.n);
+        if (a.tag == 'i')
+            continue;
+        if (a.n < 65536)
+            buf.append(static_cast<const char *>(a.p), a.n);
+        else if (!SendAll(fd, buf.data(), buf.size()) || !SendAll(fd, a.p, a.n))
+            return false;
+        else
+            buf.clear();
+    }
+    return SendAll(fd, buf.data(), buf.size());
+}
+
+// Reads one response: returns 'O' or 'E', or 0 if the worker is gone or out of step. An 'O'
+// result exactly nExpected bytes long goes to dst (bInDst), anything else to osData.
+char ReadResponseLocked(void *dst, size_t nExpected, std::string &osData, bool &bInDst)
+{
+    unsigned char head[9];
+    bInDst = false;
+    if (!RecvAll(g_worker.fd, head, sizeof(head)))
+        return 0;
+    uint64_t n = 0;
+    for (int k = 7; k >= 0; --k)
+        n = (n << 8) | head[k];
+    const char status = static_cast<char>(head[8]);
+    if (n == 0 || (status != 'O' && status != 'E'))
+        return 0;
+    --n;
+    if (status == 'O' && dst && n == nExpected)
+    {
+        bInDst = true;
+        return RecvAll(g_worker.fd, dst, n) ? status : 0;
+    }
+    if (n > (size_t{1} << 30))  // only pixel results are large, and they went to dst
+        return 0;
+    osData.assign(static_cast<size_t>(n), '\0');
+    return RecvAll(g_worker.fd, &osData[0], osData.size()) ? status : 0;
+}
+
+// "Type: message" of an error response; its traceback goes to osDebug.
+std::string WorkerError(const std::string &osData, std::string &osDebug)
+{
+    const size_t nz = osData.find('\0');
+    if (nz != std::string::npos)
+        osDebug += std::string(osDebug.empty() ? "" : "\n") + "Python traceback (worker):\n" +
+                   osData.substr(nz + 1);
+    return osData.substr(0, nz);
+}
+
+// Closes the socket and reaps the worker; returns how it ended.
+std::string StopWorkerLocked()
+{
+    if (g_worker.fd >= 0)
+        close(g_worker.fd);
+    g_worker.fd = -1;
+    if (g_worker.pid <= 0)
+        return "not running";
+    int st = 0;
+    pid_t r = 0;
+    // At end of input it exits by itself (or it has died already): wait a second, then kill it.
+    for (int i = 0; i < 100 && (r = waitpid(g_worker.pid, &st, WNOHANG)) == 0; ++i)
+        usleep(10000);
+    if (r == 0)
+    {
+        kill(g_worker.pid, SIGKILL);
+        while ((r = waitpid(g_worker.pid, &st, 0)) < 0 && errno == EINTR)
+        {
+        }
+    }
+    g_worker.pid = -1;
+    if (r <= 0)
+        return "exit status unknown";
+    if (WIFSIGNALED(st))
+        return CPLSPrintf("killed by signal %d", WTERMSIG(st));
+    return CPLSPrintf("exit status %d", WEXITSTATUS(st));
+}
+
+bool StartWorkerLocked(std::string &osError, std::string &osDebug)
+{
+    const Config &cfg = g_worker.cfg;
+    if (cfg.osPython.empty())
+    {
+        osError = "no Python executable configured for the worker process (\"python\" in "
+                  "gdal_TEC.json, or TEC_PYTHON)";
+        return false;
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    {
+        osError = std::string("socketpair: ") + strerror(errno);
+        return false;
+    }
+    if (sv[1] < 2)  // dup2 onto itself would keep O_CLOEXEC (host started with stdin closed)
+    {
+        const int d = fcntl(sv[1], F_DUPFD_CLOEXEC, 3);
+        close(sv[1]);
+        sv[1] = d;
+    }
+    // Environment: the host's, PYTHONPATH = the configured entries first, no PYTHONHOME (the
+    // host's, if any, is for its own Python).
+    std::string osPath;
+    for (const auto &p : cfg.aosPythonPath)
+        osPath += (osPath.empty() ? "" : ":") + p;
+    std::vector<std::string> aosEnv;
+    for (char **e = environ; e && *e; ++e)
+    {
+        if (STARTS_WITH(*e, "PYTHONPATH="))
+            osPath += std::string(osPath.empty() ? "" : ":") + (*e + 11);
+        else if (!STARTS_WITH(*e, "PYTHONHOME="))
+            aosEnv.push_back(*e);
+    }
+    aosEnv.push_back("PYTHONPATH=" + osPath);
+    std::vector<char *> envp;
+    for (auto &s : aosEnv)
+        envp.push_back(&s[0]);
+    envp.push_back(nullptr);
+    const char *argv[] = {cfg.osPython.c_str(), "-m", "terracodec.gdal_worker",
+                          cfg.osModule.c_str(), nullptr};
+
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], 0);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], 1);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);  // the host's files are not its business
+#endif
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);  // the calling thread may block signals
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+    pid_t pid = -1;
+    const int rc = sv[1] < 0 ? errno
+                             : posix_spawn(&pid, argv[0], &fa, &attr, const_cast<char **>(argv),
+                                           envp.data());
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    if (sv[1] >= 0)
+        close(sv[1]);
+    if (rc != 0)
+    {
+        close(sv[0]);
+        osError = "cannot start the worker process " + cfg.osPython + ": " + strerror(rc);
+        return false;
+    }
+    g_worker.fd = sv[0];
+    g_worker.pid = pid;
+    g_worker.owner = getpid();
+
+    // It answers first: "O" + its Python version, or "E" if the bridge cannot be imported.
+    std::string osData;
+    bool bInDst = false;
+    const char status = ReadResponseLocked(nullptr, 0, osData, bInDst);
+    if (status != 'O')
+    {
+        const std::string osWhy = status == 'E' ? WorkerError(osData, osDebug) : std::string();
+        const std::string osEnd = StopWorkerLocked();
+        osError = "the worker process " + cfg.osPython + " -m terracodec.gdal_worker failed (" +
+                  osEnd + (osWhy.empty() ? ", see its messages above)" : "): " + osWhy);
+        return false;
+    }
+    SetHostDescription(CPLSPrintf("worker %s (pid %ld, Python %s)", cfg.osPython.c_str(),
+                                  static_cast<long>(pid), MajorMinor(osData.c_str()).c_str()));
+    osDebug = "Python: " + PyHostDescription();
+    return true;
+}
+
+// One request/response, (re)starting the worker if needed (bStart). A result of exactly
+// nExpected bytes goes to dst; an exception in the worker becomes osError ("Type: message").
+bool WorkerCallLocked(const char *pszFunc, std::initializer_list<Arg> args, void *dst,
+                      size_t nExpected, std::string &osError, std::string &osDebug, bool bStart)
+{
+    if (g_worker.fd >= 0 && g_worker.owner != getpid())
+    {
+        // A fork()ed host (multiprocessing) must not share its parent's worker: start its own.
+        close(g_worker.fd);
+        g_worker.fd = -1;
+        g_worker.pid = -1;
+    }
+    if (g_worker.fd < 0)
+    {
+        if (!bStart)
+        {
+            osError = "the worker process is not running";
+            return false;
+        }
+        if (!StartWorkerLocked(osError, osDebug))
+            return false;
+    }
+    std::string osData;
+    bool bInDst = false;
+    const long pid = static_cast<long>(g_worker.pid);
+    const char status = SendRequest(g_worker.fd, args)
+                            ? ReadResponseLocked(dst, nExpected, osData, bInDst)
+                            : 0;
+    if (status == 0)
+    {
+        const std::string osEnd = StopWorkerLocked();
+        osError = CPLSPrintf("the Python worker process (pid %ld) died during %s (%s); the next "
+                             "call starts a new one",
+                             pid, pszFunc, osEnd.c_str());
+        return false;
+    }
+    if (status == 'E')
+    {
+        osError = WorkerError(osData, osDebug);
+        return false;
+    }
+    if (dst && !bInDst)
+    {
+        osError = CPLSPrintf("%s returned %lu bytes, expected %lu", pszFunc,
+                             static_cast<unsigned long>(osData.size()),
+                             static_cast<unsigned long>(nExpected));
+        return false;
+    }
+    return true;
+}
+
+bool WorkerCall(const char *pszFunc, std::initializer_list<Arg> args, void *dst,
+                size_t nExpected, std::string &osError, bool bStart = true)
+{
+    std::string osDebug;
+    bool ok;
+    {
+        std::lock_guard<std::mutex> lock(g_worker.mutex);
+        ok = WorkerCallLocked(pszFunc, args, dst, nExpected, osError, osDebug, bStart);
+    }
+    if (!osDebug.empty())
+        CPLDebug("TEC", "%s", osDebug.c_str());
+    return ok;
+}
+
+// Switch to the worker process; g_initError says why if it cannot start.
+bool InitWorker(const Config &cfg)
+{
+    g_useWorker = true;
+    std::string osDebug;
+    bool ok;
+    {
+        std::lock_guard<std::mutex> lock(g_worker.mutex);
+        g_worker.cfg = cfg;
+        ok = StartWorkerLocked(g_initError, osDebug);
+    }
+    if (!osDebug.empty())
+        CPLDebug("TEC", "%s", osDebug.c_str());
+    return ok;
+}
+
+// The in-process interpreter cannot be used (g_initError says why): use the worker, unless
+// TEC_PYTHON_WORKER=NO.
+bool FallBackToWorker(const Config &cfg, bool bAllowed)
+{
+    if (!bAllowed)
+        return false;
+    CPLDebug("TEC", "%s: using a worker process", g_initError.c_str());
+    const std::string osWhy = g_initError;
+    if (InitWorker(cfg))
+        return true;
+    g_initError = osWhy + "; " + g_initError;
+    return false;
+}
+
 // ---- initialisation --------------------------------------------------------------------------
 bool InitLocked()
 {
     const Config cfg = LoadConfig();
+    const std::string osWorker = CPLGetConfigOption("TEC_PYTHON_WORKER", "AUTO");
+    const bool bAutoWorker = EQUAL(osWorker.c_str(), "AUTO");
+    if (!bAutoWorker && CPLTestBool(osWorker.c_str()))
+        return InitWorker(cfg);
     void *handle = nullptr;
     std::string osHow;
 
@@ -355,14 +722,14 @@ bool InitLocked()
             {
                 g_initError = "no Python in this process and no libpython configured (run "
                               "`make -C gdal_plugin install`, or set TEC_LIBPYTHON)";
-                return false;
+                return FallBackToWorker(cfg, bAutoWorker);
             }
             handle = dlopen(cfg.osLibPython.c_str(), RTLD_NOW | RTLD_GLOBAL);
             if (!handle)
             {
                 const char *e = dlerror();
                 g_initError = "cannot load " + cfg.osLibPython + ": " + (e ? e : "?");
-                return false;
+                return FallBackToWorker(cfg, bAutoWorker);
             }
             osHow = "embedded " + cfg.osLibPython;
         }
@@ -376,7 +743,7 @@ bool InitLocked()
         g_initError = "this process runs Python " + osRuntime +
                       " but the terracodec environment is Python " + cfg.osVersion +
                       " (its compiled packages cannot be loaded here)";
-        return false;
+        return FallBackToWorker(cfg, bAutoWorker);
     }
 
     bool bEmbedded = false;
@@ -398,8 +765,8 @@ bool InitLocked()
         g_api.PyEval_SaveThread();  // release the GIL; every call takes it with GILState
         bEmbedded = true;
     }
-    g_hostDescription = osHow + ", Python " + std::string(g_api.Py_GetVersion()).substr(0, 20);
-    CPLDebug("TEC", "Python: %s", g_hostDescription.c_str());
+    SetHostDescription(osHow + ", Python " + std::string(g_api.Py_GetVersion()).substr(0, 20));
+    CPLDebug("TEC", "Python: %s", PyHostDescription().c_str());
 
     const int st = g_api.PyGILState_Ensure();
     bool ok = true;
@@ -540,7 +907,7 @@ void ReleaseView(PyObject *view)
 
 std::string PyHostDescription()
 {
-    std::lock_guard<std::mutex> lock(g_initMutex);
+    std::lock_guard<std::mutex> lock(g_descMutex);
     return g_hostDescription;
 }
 
@@ -571,6 +938,11 @@ bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &
 {
     if (!EnsurePython(osError))
         return false;
+    if (g_useWorker)
+        return WorkerCall("decode_payload",
+                          {Str("decode_payload"), Bytes(payload, nPayloadBytes), Str(osModel),
+                           Int(nCount), Int(nHeight), Int(nWidth), Str(osDType)},
+                          dst, nExpectedBytes, osError);
     GIL gil;
     PyObject *fn = g_api.PyObject_GetAttrString(g_module, "decode_payload");
     if (!fn)
@@ -596,10 +968,26 @@ bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &
 }
 
 bool PyReadWindow(const std::string &osPath, int nDate, int nXOff, int nYOff, int nXSize,
-                  int nYSize, void *dst, size_t nExpectedBytes, std::string &osError)
+                  int nYSize, int nLevel, void *dst, size_t nExpectedBytes, std::string &osError)
 {
     if (!EnsurePython(osError))
         return false;
+    if (g_useWorker)
+    {
+        // The worker's current directory is the host's when it started.
+        std::string osAbs = osPath;
+        if (CPLIsFilenameRelative(osPath.c_str()))
+        {
+            char *pszCwd = CPLGetCurrentDir();
+            if (pszCwd)
+                osAbs = CPLFormFilename(pszCwd, osPath.c_str(), nullptr);
+            CPLFree(pszCwd);
+        }
+        return WorkerCall("read_window",
+                          {Str("read_window"), Str(osAbs), Int(nDate), Int(nXOff), Int(nYOff),
+                           Int(nXSize), Int(nYSize), Int(nLevel)},
+                          dst, nExpectedBytes, osError);
+    }
     GIL gil;
     PyObject *fn = g_api.PyObject_GetAttrString(g_module, "read_window");
     if (!fn)
@@ -610,7 +998,8 @@ bool PyReadWindow(const std::string &osPath, int nDate, int nXOff, int nYOff, in
     PyObject *res = Call(fn, {g_api.PyUnicode_FromString(osPath.c_str()),
                               g_api.PyLong_FromLongLong(nDate), g_api.PyLong_FromLongLong(nXOff),
                               g_api.PyLong_FromLongLong(nYOff), g_api.PyLong_FromLongLong(nXSize),
-                              g_api.PyLong_FromLongLong(nYSize)});
+                              g_api.PyLong_FromLongLong(nYSize),
+                              g_api.PyLong_FromLongLong(nLevel)});
     DecRef(fn);
     if (!res)
     {
@@ -629,6 +1018,15 @@ bool PyEncoder::Open(const std::string &osParamsJSON, std::string &osError)
 {
     if (!EnsurePython(osError))
         return false;
+    if (g_useWorker)
+    {
+        const long long id = g_nextObjectId++;
+        if (!WorkerCall("Encoder", {Str("new Encoder"), Int(id), Str(osParamsJSON)}, nullptr, 0,
+                        osError))
+            return false;
+        m_nWorkerId = id;
+        return true;
+    }
     GIL gil;
     PyObject *cls = g_api.PyObject_GetAttrString(g_module, "Encoder");
     if (!cls)
@@ -649,6 +1047,10 @@ bool PyEncoder::Open(const std::string &osParamsJSON, std::string &osError)
 
 bool PyEncoder::WriteRows(const void *data, size_t nBytes, int nRows, std::string &osError)
 {
+    if (m_nWorkerId)
+        return WorkerCall("Encoder.write_rows",
+                          {Str(".write_rows"), Int(m_nWorkerId), Bytes(data, nBytes), Int(nRows)},
+                          nullptr, 0, osError);
     if (!m_poObj)
     {
         osError = "encoder is not open";
@@ -670,6 +1072,17 @@ bool PyEncoder::WriteRows(const void *data, size_t nBytes, int nRows, std::strin
 
 bool PyEncoder::Close(std::string &osError)
 {
+    if (m_nWorkerId)
+    {
+        const long long id = m_nWorkerId;
+        m_nWorkerId = 0;
+        std::string osIgnored;
+        const bool ok = WorkerCall("Encoder.close", {Str(".close"), Int(id)}, nullptr, 0, osError);
+        if (!ok)
+            WorkerCall("Encoder.abort", {Str(".abort"), Int(id)}, nullptr, 0, osIgnored, false);
+        WorkerCall("del", {Str("del"), Int(id)}, nullptr, 0, osIgnored, false);
+        return ok;
+    }
     if (!m_poObj)
     {
         osError = "encoder is not open";
@@ -695,6 +1108,16 @@ bool PyEncoder::Close(std::string &osError)
 
 void PyEncoder::Abort()
 {
+    if (m_nWorkerId)
+    {
+        const long long id = m_nWorkerId;
+        m_nWorkerId = 0;
+        std::string osError;
+        if (!WorkerCall("Encoder.abort", {Str(".abort"), Int(id)}, nullptr, 0, osError, false))
+            CPLDebug("TEC", "Encoder.abort failed: %s", osError.c_str());
+        WorkerCall("del", {Str("del"), Int(id)}, nullptr, 0, osError, false);
+        return;
+    }
     if (!m_poObj)
         return;
     GIL gil;

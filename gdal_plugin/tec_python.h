@@ -6,6 +6,8 @@
 // rasterio, osgeo, QGIS), promoted to RTLD_GLOBAL if needed, or the project venv's libpython,
 // dlopen'ed RTLD_GLOBAL and embedded. The Python C API is reached through dlsym'ed function
 // pointers (stable-ABI functions only), so no Python headers are needed to build the plugin.
+// If the process runs another Python version (or TEC_PYTHON_WORKER=YES), the same calls go to a
+// worker process running the venv's python (terracodec.gdal_worker) instead.
 //
 // The only Python functions called live in `terracodec.gdal_bridge`; arguments and results are
 // primitive types (str, int, bytes, memoryview).
@@ -27,11 +29,12 @@ bool PyDecodeTile(const void *payload, size_t nPayloadBytes, const std::string &
 
 // Decode a window of one date of the .tec file `osPath` through a cached terracodec.open(path)
 // (gdal_bridge.read_window): time stack dates, whose temporal tiles refer to earlier dates, and
-// images whose tiles overlap (cross-faded on read). `nDate` is the 0-based date index. On success
-// `dst` (exactly `nExpectedBytes` long) receives band-sequential little-endian pixels
-// (count, nYSize, nXSize).
+// images whose tiles overlap (cross-faded on read). `nDate` is the 0-based date index. `nLevel` is
+// the overview level (0 = full resolution, k = reduced by 2**k; the window is in that level's
+// pixel grid). On success `dst` (exactly `nExpectedBytes` long) receives band-sequential
+// little-endian pixels (count, nYSize, nXSize).
 bool PyReadWindow(const std::string &osPath, int nDate, int nXOff, int nYOff, int nXSize,
-                  int nYSize, void *dst, size_t nExpectedBytes, std::string &osError);
+                  int nYSize, int nLevel, void *dst, size_t nExpectedBytes, std::string &osError);
 
 // Streaming encoder (wraps terracodec.gdal_bridge.Encoder, itself wrapping terracodec.Writer).
 class PyEncoder
@@ -50,10 +53,12 @@ class PyEncoder
     void Abort();                      // drop everything, leave no file
 
   private:
-    void *m_poObj = nullptr;  // PyObject*
+    void *m_poObj = nullptr;      // PyObject*
+    long long m_nWorkerId = 0;  // its id in the worker process (worker mode)
 };
 
-// Diagnostic line for `CPL_DEBUG=TEC`: how Python was found ("host" / "embedded" + version).
+// Diagnostic line for `CPL_DEBUG=TEC`: how Python was found ("host" / "embedded" + version, or
+// "worker <python> (pid N, Python X.Y)").
 std::string PyHostDescription();
 
 }  // namespace tec

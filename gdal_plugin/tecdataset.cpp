@@ -6,9 +6,11 @@
 // * Pixels: IReadBlock reads the tile payload through VSI, checks its CRC32 and hands it to the
 //   Python package (terracodec.gdal_bridge.decode_payload) which returns raw pixels. One tile
 //   holds every band, so a decoded tile fills the block cache of all bands at once.
-// * Overviews: power-of-two overview levels computed by the driver (nearest, pixel centres) from
-//   decoded full-resolution tiles, so -outsize / zoomed-out views never go through GDAL's
-//   generic full-resolution resampling. External .ovr files (gdaladdo -ro) take precedence.
+// * Overviews: power-of-two levels read through gdal_bridge.read_window(level=k), which decodes
+//   tiles at reduced resolution (JPEG 2000 tiles skip their fine wavelet subbands), so -outsize
+//   and zoomed-out views do not decode full resolution. Files on /vsi paths (which the Python
+//   package cannot open) fall back to nearest pixels of full-resolution tiles. External .ovr
+//   files (gdaladdo -ro) take precedence.
 // * Time stacks (header `dates` with >= 2 entries) are exposed as subdatasets, as netCDF/HDF do:
 //   x.tec itself has no bands and lists SUBDATASET_n_NAME=TEC:"/abs/x.tec":<date> in the
 //   SUBDATASETS domain; TEC:"x.tec":<date> (or a 0-based date index) opens one date. Temporal
@@ -162,7 +164,8 @@ class TECDataset final : public GDALPamDataset
     std::vector<std::unique_ptr<TECDataset>> m_apoOverviews;
 
     bool ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut);
-    bool ReadWindow(int nTX, int nTY, int nW, int nH, std::vector<GByte> &abyOut);
+    bool ReadWindow(int nXOff, int nYOff, int nW, int nH, int nLevel, std::vector<GByte> &abyOut);
+    bool DecimateFullResolution(int nBX, int nBY, int nW, int nH, std::vector<GByte> &abyOut);
     static GDALDataset *OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateSpec);
     static GDALDataset *OpenSubdataset(GDALOpenInfo *poOpenInfo);
     bool DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vector<GByte> &abyOut);
@@ -289,7 +292,7 @@ bool TECDataset::ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut)
     const int nW = std::min(T, base->nRasterXSize - nTX * T);
     const int nH = std::min(T, base->nRasterYSize - nTY * T);
     if (base->m_bWindowDecode)
-        return ReadWindow(nTX, nTY, nW, nH, abyOut);
+        return ReadWindow(nTX * T, nTY * T, nW, nH, 0, abyOut);
     const size_t iTile = static_cast<size_t>(nTY) * base->m_nTilesX + nTX;  // date 0, level 0
     const TileEntry &e = base->m_aoIndex[iTile];
     const char *pszName = CPLGetFilename(base->m_osPath.c_str());
@@ -339,17 +342,19 @@ bool TECDataset::ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut)
     return true;
 }
 
-// The full-resolution pixels of tile (nTX, nTY)'s core (nW x nH, all bands, band-sequential),
-// decoded by the Python package as a window of the served date (see the file comment).
-bool TECDataset::ReadWindow(int nTX, int nTY, int nW, int nH, std::vector<GByte> &abyOut)
+// The pixels of window (nXOff, nYOff, nW, nH) of overview level nLevel (0 = full resolution) of
+// the served date, all bands, band-sequential, decoded by the Python package (see the file comment).
+bool TECDataset::ReadWindow(int nXOff, int nYOff, int nW, int nH, int nLevel,
+                            std::vector<GByte> &abyOut)
 {
     TECDataset *base = m_poBase ? m_poBase : this;
-    const int T = base->m_nTileSize;
     const char *pszName = CPLGetFilename(base->m_osPath.c_str());
     std::string osWhere = CPLSPrintf("TEC: %s: ", pszName);
     if (!base->m_osDateLabel.empty())
         osWhere += CPLSPrintf("date %s, ", base->m_osDateLabel.c_str());
-    osWhere += CPLSPrintf("window x=%d y=%d %dx%d", nTX * T, nTY * T, nW, nH);
+    if (nLevel)
+        osWhere += CPLSPrintf("overview 1/%d, ", 1 << nLevel);
+    osWhere += CPLSPrintf("window x=%d y=%d %dx%d", nXOff, nYOff, nW, nH);
     if (STARTS_WITH(base->m_osPath.c_str(), "/vsi"))
     {
         CPLError(CE_Failure, CPLE_NotSupported,
@@ -370,7 +375,7 @@ bool TECDataset::ReadWindow(int nTX, int nTY, int nW, int nH, std::vector<GByte>
         return false;
     }
     std::string osErr;
-    if (!tec::PyReadWindow(base->m_osPath, base->m_nDate, nTX * T, nTY * T, nW, nH,
+    if (!tec::PyReadWindow(base->m_osPath, base->m_nDate, nXOff, nYOff, nW, nH, nLevel,
                            abyOut.data(), nBytes, osErr))
     {
         CPLError(CE_Failure, CPLE_AppDefined, "%s: %s", osWhere.c_str(), osErr.c_str());
@@ -388,7 +393,23 @@ bool TECDataset::DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vect
 {
     if (m_nFactor == 1)
         return ReadTile(nBX, nBY, abyOut);
+    const int T = m_poBase->m_nTileSize;
+    if (!STARTS_WITH(m_poBase->m_osPath.c_str(), "/vsi"))
+    {
+        int nLevel = 0;
+        while ((1 << nLevel) < m_nFactor)
+            ++nLevel;
+        CPLDebug("TEC", "overview 1/%d: block (%d,%d) decoded at reduced resolution", m_nFactor,
+                 nBX, nBY);
+        return ReadWindow(nBX * T, nBY * T, nW, nH, nLevel, abyOut);
+    }
+    return DecimateFullResolution(nBX, nBY, nW, nH, abyOut);
+}
 
+// Overview block of a /vsi file: nearest full-resolution pixels (pixel i <- i*f + f/2).
+bool TECDataset::DecimateFullResolution(int nBX, int nBY, int nW, int nH,
+                                        std::vector<GByte> &abyOut)
+{
     TECDataset *base = m_poBase;
     const int T = base->m_nTileSize;
     const int f = m_nFactor;
@@ -1191,7 +1212,7 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
 
     // ---- encoder parameters (JSON, read by terracodec.gdal_bridge.Encoder) ----------------------
     CPLJSONObject oParams;
-    oParams.Add("path", pszFilename);
+    oParams.Add("path", AbsolutePath(pszFilename));  // a worker process may have another cwd
     oParams.Add("width", nW);
     oParams.Add("height", nH);
     oParams.Add("count", nPerDate);

@@ -682,15 +682,19 @@ class TecDataset:
 
     TILE_CACHE_SIZE = 16      # default number of decoded tiles kept (block readers revisit overlaps)
 
-    def _read_tile(self, ty: int, tx: int, date: int = 0) -> np.ndarray:
-        """The decoded pixels of the tile's coded extent (its core plus the overlap), cached."""
-        key = (date, ty, tx)
+    def _read_tile(self, ty: int, tx: int, date: int = 0, reduce: int = 0) -> np.ndarray:
+        """The decoded pixels of the tile's coded extent (its core plus the overlap), at
+        1/2**reduce resolution, cached."""
+        key = (date, ty, tx, reduce)
         with self._decoded_lock:
             hit = self._decoded_tiles.get(key)
             if hit is not None:
                 self._decoded_tiles.move_to_end(key)
                 return hit
-        arr = self._decode_tile_at(ty, tx, date)
+        if reduce and len(self.dates) > 1:       # temporal tiles decode in full only
+            arr = tilecodec.reduce_pixels(self._read_tile(ty, tx, date), reduce, self.nodata)
+        else:
+            arr = self._decode_tile_at(ty, tx, date, reduce)
         arr.flags.writeable = False
         with self._decoded_lock:
             self._decoded_tiles[key] = arr
@@ -698,11 +702,11 @@ class TecDataset:
                 self._decoded_tiles.popitem(last=False)
         return arr
 
-    def _decode_tile_at(self, ty: int, tx: int, date: int) -> np.ndarray:
+    def _decode_tile_at(self, ty: int, tx: int, date: int, reduce: int = 0) -> np.ndarray:
         T, o = self.tile_size, self.tile_overlap
         y0, y1 = coded_extent(ty, T, o, self.height)
         x0, x1 = coded_extent(tx, T, o, self.width)
-        shape = (self.count, y1 - y0, x1 - x0)
+        shape = (self.count, tilecodec.reduced_size(y1 - y0, reduce), tilecodec.reduced_size(x1 - x0, reduce))
         i = self._tile_index(ty, tx, date)
         try:
             payload = self._reader.read_tile(i)          # checks the payload CRC
@@ -717,7 +721,7 @@ class TecDataset:
             if len(self.dates) > 1:                     # time stack (terracodec.stack)
                 arr = self._stack_decoder().tile(date, ty, tx)
             else:
-                arr = tilecodec.decode_tile(bytes(payload), model=self._model_arg())
+                arr = tilecodec.decode_tile_reduced(bytes(payload), reduce, model=self._model_arg())
         except TecModelError:
             raise
         except TecError as exc:
@@ -728,6 +732,48 @@ class TecDataset:
             raise TecFormatError(f"{where}: decoded to {arr.dtype}{list(arr.shape)}, "
                                  f"the header says {self.dtype}{list(shape)}")
         return arr
+
+    # -- overviews --
+    def level_shape(self, level: int) -> tuple[int, int]:
+        """(height, width) of overview level ``level``: the raster at 1/2**level resolution."""
+        level = self._check_level(level)
+        return tilecodec.reduced_size(self.height, level), tilecodec.reduced_size(self.width, level)
+
+    def _check_level(self, level) -> int:
+        if isinstance(level, bool) or not isinstance(level, Integral) or not 0 <= level <= 30:
+            raise TecInputError(f"level must be an integer 0..30 (1/2**level resolution), got {level!r}")
+        return int(level)
+
+    def _tile_reduce_limit(self, level: int) -> int:
+        """Tiles are decoded at 1/2**r (r <= level) where tile cores and overlaps fall on whole
+        pixels; the rest of the way is block averaging."""
+        r = level
+        for n in (self.tile_size, self.tile_overlap):
+            if n:
+                r = min(r, (n & -n).bit_length() - 1)      # 2**r divides n
+        return r
+
+    def _read_reduced(self, date: int, idx: list[int], window, level: int) -> np.ndarray:
+        """Window (rows r0..r1, cols c0..c1 of overview ``level``) from tile cores decoded at
+        reduced resolution (no cross-fade: the seams are below a pixel there)."""
+        R0, R1, C0, C1 = window
+        r = self._tile_reduce_limit(level)
+        g = 1 << (level - r)
+        Hr, Wr = self.level_shape(r)
+        y0, y1, x0, x1 = R0 * g, min(Hr, R1 * g), C0 * g, min(Wr, C1 * g)
+        T, o = self.tile_size, self.tile_overlap
+        Tr = T >> r
+        mosaic = np.empty((len(idx), y1 - y0, x1 - x0), self.dtype)
+        for ty in range(y0 // Tr, (y1 - 1) // Tr + 1):
+            oy = (ty * T - coded_extent(ty, T, o, self.height)[0]) >> r     # overlap above the core
+            a0, a1 = max(y0, ty * Tr), min(y1, (ty + 1) * Tr)
+            for tx in range(x0 // Tr, (x1 - 1) // Tr + 1):
+                ox = (tx * T - coded_extent(tx, T, o, self.width)[0]) >> r
+                b0, b1 = max(x0, tx * Tr), min(x1, (tx + 1) * Tr)
+                tile = self._read_tile(ty, tx, date, r)
+                mosaic[:, a0 - y0:a1 - y0, b0 - x0:b1 - x0] = tile[
+                    idx, a0 - ty * Tr + oy:a1 - ty * Tr + oy, b0 - tx * Tr + ox:b1 - tx * Tr + ox]
+        return tilecodec.reduce_pixels(mosaic, level - r, self.nodata)
 
     def _blend_result(self, values: np.ndarray) -> np.ndarray:
         """Cross-faded values -> the dtype, with nodata exactly where the tiles' masks put it."""
@@ -768,7 +814,8 @@ class TecDataset:
             raise TecBandError("no bands selected")
         return out, False
 
-    def read(self, window=None, bands=None, *, date=None, progress: bool = False) -> np.ndarray:
+    def read(self, window=None, bands=None, *, date=None, level: int = 0,
+             progress: bool = False) -> np.ndarray:
         """Pixels of ``window`` (None = all) as (bands, rows, cols).
 
         ``window``: ((row_start, row_stop), (col_start, col_stop)) or an object with
@@ -776,7 +823,11 @@ class TecDataset:
         Sentinel-2 names or 1-based indexes, or a single 1-based int (returns a 2-D array).
         ``date``: for a time stack (``.dates`` has several entries), which date: an ISO string
         (as in ``.dates``; a bare ``YYYY-MM-DD`` matches a date-time of that day), a
-        ``datetime.date`` or an int index; required when the file holds several dates."""
+        ``datetime.date`` or an int index; required when the file holds several dates.
+        ``level``: overview level, the raster at 1/2**level resolution (:meth:`level_shape`;
+        ``window`` is then in that grid). Overviews do not decode full resolution: classical
+        tiles keep only their coarse wavelet subbands (a JPEG 2000 low-pass), others are block
+        averages; nodata where a whole block is nodata."""
         if self._closed:
             raise TecInputError("the dataset is closed")
         d = 0
@@ -787,8 +838,12 @@ class TecDataset:
                 raise TecInputError(f"{self.name} holds {len(self.dates)} dates "
                                     f"({', '.join(str(x) for x in self.dates)}); pass date=...")
             d = date_index(self.dates, date)
-        r0, r1, c0, c1 = _parse_window(window, self.width, self.height)
         idx, squeeze = self._band_indexes(bands)
+        if self._check_level(level):
+            height, width = self.level_shape(level)
+            out = self._read_reduced(d, idx, _parse_window(window, width, height), level)
+            return out[0] if squeeze else out
+        r0, r1, c0, c1 = _parse_window(window, self.width, self.height)
         T, o = self.tile_size, self.tile_overlap
         # tiles whose coded extent (core + overlap) meets the window
         tiles = [(ty, tx) for ty in range(max(0, (r0 - o) // T), min(self.tiles_y, (r1 - 1 + o) // T + 1))

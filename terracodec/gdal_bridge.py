@@ -86,12 +86,17 @@ def open_cached(path):
     return ds
 
 
-def read_window(path: str, date: int, xoff: int, yoff: int, xsize: int, ysize: int) -> bytes:
+def read_window(path: str, date: int, xoff: int, yoff: int, xsize: int, ysize: int,
+                level: int = 0) -> bytes:
     """Pixels of the window (``xoff, yoff, xsize, ysize``) of date ``date`` (0-based index) of the
-    ``.tec`` file ``path``: band-sequential little-endian ``(count, ysize, xsize)``."""
+    ``.tec`` file ``path``: band-sequential little-endian ``(count, ysize, xsize)``.
+
+    ``level`` > 0 reads overview level ``level`` (reduced by ``2**level``; the window is in its
+    pixel grid)."""
     ds = open_cached(path)
     window = ((int(yoff), int(yoff) + int(ysize)), (int(xoff), int(xoff) + int(xsize)))
-    arr = ds.read(window=window, date=int(date) if len(ds.dates) > 1 or int(date) else None)
+    arr = ds.read(window=window, date=int(date) if len(ds.dates) > 1 or int(date) else None,
+                  level=int(level))
     return np.ascontiguousarray(arr, dtype=ds.dtype.newbyteorder("<")).tobytes()
 
 

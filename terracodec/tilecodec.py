@@ -7,7 +7,7 @@ Payload layout (little-endian):
     4   1  u8  kind (0 learned, 1 classical fallback, 2 lossless, 3 temporal: see terracodec.stack)
     5   1  u8  dtype code (1 uint8, 2 int16, 3 uint16)
     6   1  u8  band count
-    7   1  u8  reserved
+    7   1  u8  param (classical: the KLT components were divided by 2**param; else 0)
     8   2  u16 height
     10  2  u16 width
     12  1  u8  nodata mask mode (0 none, 1 one mask for all bands, 2 one mask per band)
@@ -290,10 +290,8 @@ def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float
     return payloads[best], costs[best]
 
 
-def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
-    from . import spectral
-    from .anchors import _j2k_decode
-
+def _classical_parts(payload: bytes, head: TileHeader):
+    """-> (means, basis_q, J2K codestream) of a classical tile."""
     n = head.count
     off = head.body
     if len(payload) < off + 4 * n + 2 * n * n:
@@ -302,16 +300,30 @@ def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
     off += 4 * n
     basis_q = np.frombuffer(payload, "<f2", n * n, off).astype(np.float64).reshape(n, n)
     off += 2 * n * n
+    if head.param > 8:
+        raise TecFormatError(f"classical tile has component shift {head.param} (at most 8)")
+    return means, basis_q, payload[off:]
+
+
+def _classical_values(comps: np.ndarray, head: TileHeader, means, basis_q) -> np.ndarray:
+    """Decoded KLT components -> band values (float64)."""
+    from . import spectral
+
+    comps = comps.astype(np.float64) * 2 ** head.param
+    return spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q)
+
+
+def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
+    from .anchors import _j2k_decode
+
+    means, basis_q, stream = _classical_parts(payload, head)
     try:
-        comps = _j2k_decode(payload[off:], 1)
+        comps = _j2k_decode(stream, 1)
     except Exception as exc:       # imagecodecs raises its own Jpeg2kError
         raise TecFormatError(f"corrupt JPEG 2000 codestream in classical tile: {exc}") from None
     if comps.shape != head.shape:
         raise TecFormatError(f"JPEG 2000 codestream has shape {comps.shape}, tile is {head.shape}")
-    if head.param > 8:
-        raise TecFormatError(f"classical tile has component shift {head.param} (at most 8)")
-    comps = comps.astype(np.float64) * 2 ** head.param
-    return _to_dtype(spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q), head.dtype)
+    return _to_dtype(_classical_values(comps, head, means, basis_q), head.dtype)
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -624,3 +636,74 @@ def decode_tile(payload: bytes, *, model=None) -> np.ndarray:
             model = load_model(model)
         out = decode_learned(payload, head, model)
     return restore_nodata(out, head)
+
+
+# -- reduced resolution (overviews) -------------------------------------------------------------------
+def reduced_size(n: int, reduce: int) -> int:
+    """Pixels along an axis of ``n`` pixels at 1/2**reduce resolution (as JPEG 2000 counts them)."""
+    return -(-n // (1 << reduce))
+
+
+def box_reduce(values: np.ndarray, factor: int, mask: np.ndarray | None = None):
+    """Mean over ``factor`` x ``factor`` blocks of (bands, h, w) (partial blocks at the far edges),
+    leaving out masked pixels. -> (float64 means, bool mask of blocks with no unmasked pixel)."""
+    c, h, w = values.shape
+    hh, ww = -(-h // factor), -(-w // factor)
+    weight = np.ones(values.shape) if mask is None else (~np.broadcast_to(mask, values.shape)).astype(np.float64)
+    pad = ((0, 0), (0, hh * factor - h), (0, ww * factor - w))
+    total = np.pad(values * weight, pad).reshape(c, hh, factor, ww, factor).sum(axis=(2, 4))
+    count = np.pad(weight, pad).reshape(c, hh, factor, ww, factor).sum(axis=(2, 4))
+    empty = count == 0
+    return total / np.where(empty, 1, count), empty
+
+
+def _with_nodata(values: np.ndarray, empty: np.ndarray, nodata, dtype) -> np.ndarray:
+    """float values -> dtype, nodata exactly where ``empty``, valid pixels kept off nodata."""
+    out = _to_dtype(values, dtype)
+    if nodata is not None:
+        nd = np.asarray(nodata).astype(dtype)
+        out[(out == nd) & ~empty] = off_nodata(nd, dtype)
+        out[empty] = nd
+    return out
+
+
+def reduce_pixels(tile: np.ndarray, reduce: int, nodata=None) -> np.ndarray:
+    """A decoded (bands, h, w) tile at 1/2**reduce resolution: block means of valid pixels,
+    nodata where a block holds only nodata."""
+    if reduce == 0:
+        return tile
+    mask = None if nodata is None else tile == np.asarray(nodata).astype(tile.dtype)
+    values, empty = box_reduce(tile.astype(np.float64), 1 << reduce, mask)
+    return _with_nodata(values, empty, nodata, tile.dtype)
+
+
+def decode_tile_reduced(payload: bytes, reduce: int, *, model=None) -> np.ndarray:
+    """A payload decoded at 1/2**reduce resolution: (bands, ceil(h/2**reduce), ceil(w/2**reduce)).
+
+    Classical tiles skip the finer wavelet subbands (JPEG 2000 low-pass, through the system
+    OpenJPEG: :mod:`terracodec.openjpeg`); other tiles, or where OpenJPEG is missing, are decoded
+    in full and averaged over 2**reduce blocks. A pixel is nodata where its whole block is."""
+    from . import openjpeg
+
+    if reduce == 0:
+        return decode_tile(payload, model=model)
+    raw = unseal(payload)
+    head = TileHeader(raw)
+    if head.kind != KIND_CLASSICAL or not openjpeg.available():
+        return reduce_pixels(decode_tile(payload, model=model), reduce, head.nodata)
+    means, basis_q, stream = _classical_parts(raw, head)
+    r = min(reduce, openjpeg.resolution_levels(stream))
+    try:
+        comps = openjpeg.decode_reduced(stream, r)
+    except openjpeg.OpenJpegError as exc:
+        raise TecFormatError(f"corrupt JPEG 2000 codestream in classical tile: {exc}") from None
+    want = (head.count, reduced_size(head.height, r), reduced_size(head.width, r))
+    if comps.shape != want:
+        raise TecFormatError(f"JPEG 2000 codestream decoded to {comps.shape} at 1/{1 << r}, expected {want}")
+    values = _classical_values(comps, head, means, basis_q)
+    empty = np.zeros(values.shape, bool)
+    if head.mask is not None:
+        empty = box_reduce(np.zeros(head.shape), 1 << r, head.mask)[1]
+    if r < reduce:                          # a small tile with fewer wavelet levels: average the rest
+        values, empty = box_reduce(values, 1 << (reduce - r), empty)
+    return _with_nodata(values, empty, head.nodata, head.dtype)

@@ -588,3 +588,79 @@ def test_parallel_tile_workers_give_the_same_bytes(crops, model):
     assert out[0] == out[1]
     with pytest.raises(tec.TecInputError, match="workers"):
         tec.Writer(io.BytesIO(), 8, 8, 1, "int16", ["B02"], workers=0)
+
+
+# -- overviews: read(level=k) ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def overview_files(crops, model, tmp_path_factory):
+    """A real crop (with nodata) tiled to 203 x 229, written with and without tile overlap."""
+    arr, meta = crops["sref10_nodata"]
+    big = tiled(arr, 203, 229)
+    out = {}
+    for overlap in (0, 4):
+        path = tmp_path_factory.mktemp("ovr") / f"o{overlap}.tec"
+        tec.write(path, big, meta["bands"], quality=6, model=model, nodata=meta["nodata"], tile_size=64,
+                  tile_overlap=overlap)
+        out[overlap] = path
+    return big, meta["nodata"], out
+
+
+@pytest.mark.parametrize("overlap", [0, 4])
+def test_overview_levels_shape_window_and_nodata(overview_files, overlap):
+    big, nodata, paths = overview_files
+    ds = tec.open(paths[overlap])
+    full = ds.read()
+    for level in (1, 2, 3, 5):
+        ovr = ds.read(level=level)
+        rows, cols = ds.level_shape(level)
+        assert ovr.shape == (big.shape[0], rows, cols) == (big.shape[0], -(-203 // 2 ** level), -(-229 // 2 ** level))
+        assert ovr.dtype == big.dtype
+        # nodata exactly where a whole 2**level block of the decoded raster is nodata
+        ref = tec.tilecodec.reduce_pixels(full, level, nodata)
+        np.testing.assert_array_equal(ovr == nodata, ref == nodata)
+        # a low-pass of the full-resolution pixels, close to the block means on blocks without
+        # nodata (the wavelet low-pass is sharper than a box and reaches a few pixels further)
+        clean = tec.tilecodec.box_reduce((full == nodata).astype(float), 2 ** level)[0] == 0
+        for b in range(ovr.shape[0] if level <= 3 else 0):      # level 5: a few blocks per tile
+            got, want = ovr[b][clean[b]].astype(float), ref[b][clean[b]].astype(float)
+            assert abs(got.mean() - want.mean()) < 0.05 * abs(want.mean()), (level, b)
+            assert np.corrcoef(got, want)[0, 1] > (0.97 if level == 1 else 0.8), (level, b)
+        win = ((rows // 3, rows - 1), (1, cols // 2 + 1))
+        np.testing.assert_array_equal(ds.read(window=win, level=level), ovr[:, win[0][0]:win[0][1], win[1][0]:win[1][1]])
+        np.testing.assert_array_equal(ds.read(bands=[2], level=level), ovr[1:2])
+
+
+def test_overview_does_not_decode_full_resolution(overview_files, monkeypatch):
+    from terracodec import openjpeg, tilecodec
+
+    if not openjpeg.available():
+        pytest.skip("the system OpenJPEG library (libopenjp2) is not installed: overviews decode in full")
+    _, _, paths = overview_files
+    ds = tec.open(paths[4])
+    kinds = [tilecodec.TileHeader(tilecodec.unseal(bytes(ds._reader.read_tile(i)))).kind
+             for i in range(ds.tiles_x * ds.tiles_y)]
+    if tilecodec.KIND_CLASSICAL not in kinds:
+        pytest.skip("no JPEG 2000 tile in this file")
+    calls = []
+    real = tilecodec.decode_tile
+    monkeypatch.setattr(tilecodec, "decode_tile", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ovr = ds.read(level=2)
+    assert len(calls) == len(kinds) - kinds.count(tilecodec.KIND_CLASSICAL)   # only non-J2K tiles in full
+    assert ovr.shape[1:] == ds.level_shape(2)
+
+
+def test_overview_of_lossless_file_is_the_block_mean(crops):
+    arr, meta = crops["l2a12"]
+    for overlap in (0, 4):
+        ds = api.TecDataset(tec.encode(arr, meta["bands"], model=LL, tile_size=16, tile_overlap=overlap))
+        for level in (1, 3):
+            got = ds.read(level=level).astype(int)
+            want = tec.tilecodec.reduce_pixels(arr, level).astype(int)
+            # with overlap 4, tiles reduce by 4 at most and the rest is a second (rounded) mean
+            assert np.abs(got - want).max() <= (0 if overlap == 0 or level <= 2 else 1)
+
+
+@pytest.mark.parametrize("level", [-1, 1.5, True, 31])
+def test_bad_overview_level(level, good_file):
+    with pytest.raises(tec.TecInputError, match="level"):
+        tec.open(good_file).read(level=level)

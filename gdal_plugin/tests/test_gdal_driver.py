@@ -190,13 +190,28 @@ def test_srcwin(encoded, decoded):
     assert np.array_equal(gtiff_read(out), decoded[:, y:y + ys, x:x + xs])
 
 
+def api_overview(path, level: int) -> np.ndarray:
+    import terracodec
+
+    return np.asarray(terracodec.open(str(path)).read(level=level))
+
+
 def test_outsize_served_by_driver_overviews(encoded, decoded):
     out = encoded.with_name("half.tif")
     w, h = (GEOM["crop"][2] + 1) // 2, (GEOM["crop"][3] + 1) // 2
     proc = run("gdal_translate", "-outsize", w, h, encoded, out, CPL_DEBUG="TEC")
-    assert "overview 1/2" in proc.stderr                     # read from the driver's overview
+    # read from the driver's overview, which decodes tiles at reduced resolution
+    assert "overview 1/2" in proc.stderr and "decoded at reduced resolution" in proc.stderr
+    assert "from full-resolution tiles" not in proc.stderr
     got = gtiff_read(out)
-    assert np.array_equal(got, decoded[:, 1::2, 1::2])       # nearest at pixel centres
+    assert np.array_equal(got, api_overview(encoded, 1))
+    # a low-pass of the full-resolution pixels: close to their 2x2 means
+    c, rows, cols = decoded.shape
+    box = decoded[:, :rows // 2 * 2, :cols // 2 * 2].astype(float)
+    box = box.reshape(c, rows // 2, 2, cols // 2, 2).mean(axis=(2, 4))
+    part = got[:, :box.shape[1], :box.shape[2]].astype(float)
+    assert np.allclose(part.mean(axis=(1, 2)), box.mean(axis=(1, 2)), rtol=0.01, atol=5)
+    assert np.corrcoef(part.ravel(), box.ravel())[0, 1] > 0.99
 
 
 def test_gdalwarp_multithreaded_to_other_crs(encoded):
@@ -247,7 +262,7 @@ def test_rasterio_read_window_overview_write(encoded, decoded, tmp_path):
     assert res["driver"] == "TEC" and res["block"] == [GEOM["tile"]] * 2 and res["overviews"][:1] == [2]
     assert np.array_equal(got["full"], decoded)
     assert np.array_equal(got["win"], decoded[:, 25:-25, 40:-20])
-    assert np.array_equal(got["ovr"], decoded[:, 1::2, 1::2])
+    assert np.array_equal(got["ovr"], api_overview(encoded, 1))
     w = res["written"]
     assert w["driver"] == "TEC" and w["crs_same"] and w["descriptions"] == res["descriptions"]
     assert w["nodata"] == res["nodata"]
