@@ -739,6 +739,16 @@ class TecDataset:
         level = self._check_level(level)
         return tilecodec.reduced_size(self.height, level), tilecodec.reduced_size(self.width, level)
 
+    def level_transform(self, level: int) -> tuple | None:
+        """GDAL geotransform of overview level ``level`` (pixels scaled as GDAL scales overviews:
+        by the ratio of the raster sizes, so the overview covers the same extent)."""
+        gt = self.transform
+        if gt is None:
+            return None
+        height, width = self.level_shape(level)
+        sx, sy = self.width / width, self.height / height
+        return (gt[0], gt[1] * sx, gt[2] * sy, gt[3], gt[4] * sx, gt[5] * sy)
+
     def _check_level(self, level) -> int:
         if isinstance(level, bool) or not isinstance(level, Integral) or not 0 <= level <= 30:
             raise TecInputError(f"level must be an integer 0..30 (1/2**level resolution), got {level!r}")

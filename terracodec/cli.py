@@ -180,8 +180,11 @@ def _safe_name(date: str) -> str:
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path())
 @click.option("--date", default=None, help="For a time stack: the date to write (ISO, as `tec info` lists).")
+@click.option("--level", type=click.IntRange(0, 30), default=0, show_default=True,
+              help="Overview level: write the raster at 1/2**LEVEL resolution (a quicklook that "
+                   "does not decode full resolution).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def decompress(src, dst, date, progress):
+def decompress(src, dst, date, level, progress):
     """Decompress the .tec file SRC to the GeoTIFF DST (CRS, transform, bands, nodata kept).
 
     A time stack needs --date (DST is then a GeoTIFF), or DST is a folder that receives one
@@ -192,26 +195,26 @@ def decompress(src, dst, date, progress):
     t0 = time.perf_counter()
     with api.open(src) as ds:
         if len(ds.dates) > 1 or date is not None:
-            _decompress_stack(ds, dst, date, progress, t0)
+            _decompress_stack(ds, dst, date, level, progress, t0)
             return
-        array = ds.read(progress=_progress_default(progress))
-        write_geotiff(dst, array, ds.bands, crs_wkt=ds.crs, geotransform=ds.transform, nodata=ds.nodata,
-                      tags=ds.metadata)
+        array = ds.read(level=level, progress=_progress_default(progress))
+        write_geotiff(dst, array, ds.bands, crs_wkt=ds.crs, geotransform=ds.level_transform(level),
+                      nodata=ds.nodata, tags=ds.metadata)
     click.echo(f"{dst}: {array.shape[0]} bands {array.shape[2]}x{array.shape[1]} {array.dtype}, "
                f"{time.perf_counter() - t0:.2f} s")
 
 
-def _decompress_stack(ds, dst, date, progress, t0):
+def _decompress_stack(ds, dst, date, level, progress, t0):
     from .geotiff import write_geotiff
     from .stack import date_index
 
     def one(d, path):
-        array = ds.read(date=d, progress=_progress_default(progress))
+        array = ds.read(date=d, level=level, progress=_progress_default(progress))
         tags = dict(ds.metadata)
         if ds.dates[d]:
             tags["ACQUISITION_DATE"] = ds.dates[d]
-        write_geotiff(path, array, ds.bands, crs_wkt=ds.crs, geotransform=ds.transform, nodata=ds.nodata,
-                      tags=tags)
+        write_geotiff(path, array, ds.bands, crs_wkt=ds.crs, geotransform=ds.level_transform(level),
+                      nodata=ds.nodata, tags=tags)
         return array
 
     if date is not None:

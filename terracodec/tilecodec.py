@@ -546,10 +546,14 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     mask = nodata_mask(tile, nodata)
     if mask is not None and mask.all():
         return encode_lossless(tile, nodata), KIND_LOSSLESS      # all nodata: a few bytes
-    raw = encode_lossless(tile, nodata)
-    candidates = [(lam * 8 * len(raw), KIND_LOSSLESS, raw)]
     classical, j_classical = encode_classical(tile, nodata, lam)
-    candidates.append((j_classical, TileHeader(unseal(classical)).kind, classical))
+    candidates = [(j_classical, TileHeader(unseal(classical)).kind, classical)]
+    # lossless can only win where its bits undercut the classical cost; zlib level 1 (about 3x
+    # faster than the stored level 6, and within a few % of its size on reflectances) screens it
+    quick = len(zlib.compress(np.ascontiguousarray(tile).tobytes(), 1))
+    if lam * 8 * quick < LOSSLESS_SCREEN * j_classical:
+        raw = encode_lossless(tile, nodata)
+        candidates.append((lam * 8 * len(raw), KIND_LOSSLESS, raw))
     learned = _encode_learned_rd(tile, loaded, nodata, mask, lam, j_classical)
     if learned is not None:
         candidates.append((learned[1], KIND_LEARNED, learned[0]))
@@ -557,6 +561,7 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     return payload, kind
 
 
+LOSSLESS_SCREEN = 2.0     # try lossless when zlib level 1 bits x lambda < this x the classical cost
 LEARNED_TRIES = 3
 LEARNED_GIVE_UP = 1.5     # stop searching levels when the learned cost is this far above the classical one
 

@@ -53,6 +53,22 @@ def test_compress_decompress_keeps_georeferencing(nodata_pair):
     assert_decoded_matches(b, a, 0)
 
 
+def test_decompress_overview_level_is_a_quicklook_of_the_same_extent(nodata_pair, tmp_path):
+    import terracodec
+
+    src, tec_path, _ = nodata_pair
+    run("decompress", tec_path, tmp_path / "q.tif", "--level", "2", "--no-progress")
+    q, mq = read_tif(tmp_path / "q.tif")
+    _, ma = read_tif(src)
+    np.testing.assert_array_equal(q, terracodec.open(tec_path).read(level=2))
+    assert q.shape == (10, 18, 23)                      # ceil(72 / 4), ceil(90 / 4)
+    ta, tq = ma["transform"], mq["transform"]
+    assert (tq.c, tq.f) == (ta.c, ta.f) and mq["crs"] == ma["crs"] and mq["bands"] == ma["bands"]
+    # the quicklook covers the same ground: 90 pixels of ta.a = 23 pixels of tq.a
+    assert tq.a * 23 == pytest.approx(ta.a * 90) and tq.e * 18 == pytest.approx(ta.e * 72)
+    assert "LEVEL" in run("decompress", "--help").output.upper()
+
+
 def test_decompressed_geotiff_is_tiled_deflate(nodata_pair):
     import rasterio
 
