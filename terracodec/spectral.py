@@ -34,6 +34,18 @@ def quantize_basis(basis: np.ndarray) -> np.ndarray:
     return basis.astype(np.float16).astype(np.float64)
 
 
+def quantize_basis_int8(basis: np.ndarray) -> np.ndarray:
+    """The basis as stored compactly (int8, entries x 127), returned as float64. The quantized
+    basis stays within ~1 % of orthonormal (entries of an orthonormal basis lie in [-1, 1])."""
+    return np.clip(np.rint(basis * 127), -127, 127) / 127
+
+
+def quantize_means_f16(means: np.ndarray) -> np.ndarray:
+    """Band means as stored compactly (float16, clipped to its range), returned as float64: any
+    value works as the offset, as long as both sides use the same one."""
+    return np.clip(means, -65504, 65504).astype(np.float16).astype(np.float64)
+
+
 def forward(tile: np.ndarray, means: np.ndarray, basis_q: np.ndarray) -> np.ndarray:
     """(bands, h, w) -> components (bands, h, w) float32, divided by COMPONENT_SCALE.
 

@@ -263,7 +263,7 @@ def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float
     valid = np.ones((h, w), bool) if mask is None else ~mask.any(axis=0)
     if not valid.any():
         valid[:] = True
-    means, basis_q = _fit_tile_klt(x, valid)
+    means, basis_q = _fit_tile_klt(x, valid, compact=True)
     if mask is not None:
         x = np.where(mask, means[:, None, None], x)
     comps = spectral.forward(x, means, basis_q).astype(np.float64) * spectral.COMPONENT_SCALE
@@ -274,8 +274,8 @@ def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float
     while peak / 2 ** shift > 32767 and shift < 8:
         shift += 1
     comps = np.clip(np.rint(comps / 2 ** shift), -32768, 32767).astype(np.int16)
-    prefix = pack_header(KIND_CLASSICAL, tile, nodata, mask, shift) + means.astype("<f4").tobytes() \
-        + basis_q.astype("<f2").tobytes()
+    prefix = pack_header(KIND_CLASSICAL, tile, nodata, mask, shift | SIDE_COMPACT) \
+        + means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
     payloads: dict[int, bytes] = {}
 
     def cost_at(level):
@@ -290,26 +290,35 @@ def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float
     return payloads[best], costs[best]
 
 
+SIDE_COMPACT = 0x10       # classical param bit 4: f16 means and int8 basis (x127), not f32 / f16
+SHIFT_MASK = 0x0F         # classical param bits 0-3: the component shift s
+
+
 def _classical_parts(payload: bytes, head: TileHeader):
     """-> (means, basis_q, J2K codestream) of a classical tile."""
     n = head.count
     off = head.body
-    if len(payload) < off + 4 * n + 2 * n * n:
+    if head.param & ~(SIDE_COMPACT | SHIFT_MASK) or head.param & SHIFT_MASK > 8:
+        raise TecFormatError(f"classical tile has a bad param byte {head.param:#04x} "
+                             f"(component shift at most 8, flags 0x10)")
+    compact = bool(head.param & SIDE_COMPACT)
+    side = (2 * n + n * n) if compact else (4 * n + 2 * n * n)
+    if len(payload) < off + side:
         raise TecFormatError("classical tile truncated")
-    means = np.frombuffer(payload, "<f4", n, off).astype(np.float64)
-    off += 4 * n
-    basis_q = np.frombuffer(payload, "<f2", n * n, off).astype(np.float64).reshape(n, n)
-    off += 2 * n * n
-    if head.param > 8:
-        raise TecFormatError(f"classical tile has component shift {head.param} (at most 8)")
-    return means, basis_q, payload[off:]
+    if compact:
+        means = np.frombuffer(payload, "<f2", n, off).astype(np.float64)
+        basis_q = np.frombuffer(payload, np.int8, n * n, off + 2 * n).astype(np.float64).reshape(n, n) / 127
+    else:
+        means = np.frombuffer(payload, "<f4", n, off).astype(np.float64)
+        basis_q = np.frombuffer(payload, "<f2", n * n, off + 4 * n).astype(np.float64).reshape(n, n)
+    return means, basis_q, payload[off + side:]
 
 
 def _classical_values(comps: np.ndarray, head: TileHeader, means, basis_q) -> np.ndarray:
     """Decoded KLT components -> band values (float64)."""
     from . import spectral
 
-    comps = comps.astype(np.float64) * 2 ** head.param
+    comps = comps.astype(np.float64) * 2 ** (head.param & SHIFT_MASK)
     return spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q)
 
 
@@ -339,7 +348,9 @@ _LEARNED = struct.Struct("<4sfB")
 ENTROPY_CODES = {"hyperprior": 0, "factorized": 1}
 
 
-def _fit_tile_klt(x: np.ndarray, valid: np.ndarray):
+def _fit_tile_klt(x: np.ndarray, valid: np.ndarray, compact: bool = False):
+    """-> (means, basis) of the tile's valid pixels, quantized as stored: f32 means and f16 basis,
+    or with ``compact`` f16 means and int8 basis (classical tiles: half the side information)."""
     from . import spectral
 
     flat = x.reshape(x.shape[0], -1)
@@ -347,6 +358,8 @@ def _fit_tile_klt(x: np.ndarray, valid: np.ndarray):
     if samples.shape[1] > 65536:          # deterministic subsample
         samples = samples[:, :: samples.shape[1] // 65536 + 1]
     means, basis = spectral.fit_klt(samples)
+    if compact:
+        return spectral.quantize_means_f16(means), spectral.quantize_basis_int8(basis)
     return means.astype(np.float32).astype(np.float64), spectral.quantize_basis(basis)
 
 

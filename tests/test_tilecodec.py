@@ -191,3 +191,31 @@ def test_uint16_near_full_range_stays_lossy():
     assert len(payload) < tile.nbytes / 4
     out = tc.decode_tile(payload)
     assert out.dtype == np.uint16 and tc.tile_psnr(tile, out, None) > 35
+
+
+def test_classical_side_info_is_compact_and_old_layout_still_decodes(bright):
+    """Classical tiles store f16 means + int8 basis (param bit 4); tiles written before that
+    (f32 means + f16 basis, param = shift only) must keep decoding."""
+    from terracodec import spectral
+    from terracodec.anchors import _j2k_decode, _j2k_encode
+
+    n = bright.shape[0]
+    payload, kind = tc.encode_tile(bright, quality=3)
+    head = tc.TileHeader(tc.unseal(payload))
+    assert kind == tc.KIND_CLASSICAL and head.param & tc.SIDE_COMPACT
+    stream = tc._classical_parts(tc.unseal(payload), head)[2]
+    assert len(tc.unseal(payload)) - head.body - len(stream) == 2 * n + n * n     # side information
+    # the old layout, built by hand
+    x = bright.astype(np.float64)
+    means, basis_q = tc._fit_tile_klt(x, np.ones(bright.shape[1:], bool))
+    comps = np.rint(spectral.forward(x, means, basis_q).astype(np.float64) * spectral.COMPONENT_SCALE)
+    old_stream = _j2k_encode(comps.astype(np.int16), 60, 1)
+    old = tc.seal(tc.pack_header(tc.KIND_CLASSICAL, bright, None, None, 0) + means.astype("<f4").tobytes()
+                  + basis_q.astype("<f2").tobytes() + old_stream)
+    want = spectral.inverse(_j2k_decode(old_stream, 1).astype(np.float64) / spectral.COMPONENT_SCALE, means, basis_q)
+    np.testing.assert_array_equal(tc.decode_tile(old), tc._to_dtype(want, bright.dtype))
+    # unknown flag bits are refused, not guessed
+    raw = bytearray(tc.unseal(payload))
+    raw[7] |= 0x40
+    with pytest.raises(TecFormatError, match="param"):
+        tc.decode_tile(tc.seal(bytes(raw)))
