@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # TerraCodec developer targets.
-#   make install     system GDAL (apt, if gdal-config is missing), .venv, torch, rasterio built against
-#                    the system GDAL, the package in editable mode with all extras, the GDAL plugin.
+#   make install     system GDAL (apt, if gdal-config is missing), .venv, torch, rasterio and osgeo built
+#                    against the system GDAL, the package in editable mode with all extras, the GDAL plugin.
 #                    A stamp (.venv/.installed) makes it a fast no-op until pyproject.toml/setup.py change.
 #   make test        pytest on tests/ (and gdal_plugin/tests/ when present)
 #   make demo        examples/demo.py
@@ -42,6 +42,15 @@ $(STAMP): pyproject.toml setup.py | system-deps
 	else \
 	    echo "building rasterio against system GDAL $$want (had: $${have:-none})"; \
 	    $(PIP) install --no-binary rasterio "rasterio>=1.4,<1.5"; \
+	fi
+	@# GDAL's Python bindings, for the plugin's reads of /vsi paths and the osgeo tests
+	@want="$$(gdal-config --version)"; \
+	if $(PY) -c 'from osgeo import gdal' 2>/dev/null; then \
+	    echo "osgeo already installed"; \
+	else \
+	    echo "building GDAL's Python bindings against system GDAL $$want"; \
+	    $(PIP) install setuptools wheel numpy; \
+	    $(PIP) install --no-build-isolation "gdal==$$want"; \
 	fi
 	$(PIP) install -e ".[$(EXTRAS)]"
 	touch "$@"

@@ -8,9 +8,8 @@
 //   holds every band, so a decoded tile fills the block cache of all bands at once.
 // * Overviews: power-of-two levels read through gdal_bridge.read_window(level=k), which decodes
 //   tiles at reduced resolution (JPEG 2000 tiles skip their fine wavelet subbands), so -outsize
-//   and zoomed-out views do not decode full resolution. Files on /vsi paths (which the Python
-//   package cannot open) fall back to nearest pixels of full-resolution tiles. External .ovr
-//   files (gdaladdo -ro) take precedence.
+//   and zoomed-out views do not decode full resolution. External .ovr files (gdaladdo -ro) take
+//   precedence.
 // * Time stacks (header `dates` with >= 2 entries) are exposed as subdatasets, as netCDF/HDF do:
 //   x.tec itself has no bands and lists SUBDATASET_n_NAME=TEC:"/abs/x.tec":<date> in the
 //   SUBDATASETS domain; TEC:"x.tec":<date> (or a 0-based date index) opens one date. Temporal
@@ -165,7 +164,6 @@ class TECDataset final : public GDALPamDataset
 
     bool ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut);
     bool ReadWindow(int nXOff, int nYOff, int nW, int nH, int nLevel, std::vector<GByte> &abyOut);
-    bool DecimateFullResolution(int nBX, int nBY, int nW, int nH, std::vector<GByte> &abyOut);
     static GDALDataset *OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateSpec);
     static GDALDataset *OpenSubdataset(GDALOpenInfo *poOpenInfo);
     bool DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vector<GByte> &abyOut);
@@ -355,14 +353,6 @@ bool TECDataset::ReadWindow(int nXOff, int nYOff, int nW, int nH, int nLevel,
     if (nLevel)
         osWhere += CPLSPrintf("overview 1/%d, ", 1 << nLevel);
     osWhere += CPLSPrintf("window x=%d y=%d %dx%d", nXOff, nYOff, nW, nH);
-    if (STARTS_WITH(base->m_osPath.c_str(), "/vsi"))
-    {
-        CPLError(CE_Failure, CPLE_NotSupported,
-                 "%s: time stack dates and images with overlapping tiles are decoded by the "
-                 "Python package, which cannot read GDAL virtual file systems (%s)",
-                 osWhere.c_str(), base->m_osPath.c_str());
-        return false;
-    }
     const int nDTSize = GDALGetDataTypeSizeBytes(base->m_eDT);
     const size_t nBytes = static_cast<size_t>(base->nBands) * nW * nH * nDTSize;
     try
@@ -393,68 +383,13 @@ bool TECDataset::DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vect
 {
     if (m_nFactor == 1)
         return ReadTile(nBX, nBY, abyOut);
+    int nLevel = 0;
+    while ((1 << nLevel) < m_nFactor)
+        ++nLevel;
+    CPLDebug("TEC", "overview 1/%d: block (%d,%d) decoded at reduced resolution", m_nFactor, nBX,
+             nBY);
     const int T = m_poBase->m_nTileSize;
-    if (!STARTS_WITH(m_poBase->m_osPath.c_str(), "/vsi"))
-    {
-        int nLevel = 0;
-        while ((1 << nLevel) < m_nFactor)
-            ++nLevel;
-        CPLDebug("TEC", "overview 1/%d: block (%d,%d) decoded at reduced resolution", m_nFactor,
-                 nBX, nBY);
-        return ReadWindow(nBX * T, nBY * T, nW, nH, nLevel, abyOut);
-    }
-    return DecimateFullResolution(nBX, nBY, nW, nH, abyOut);
-}
-
-// Overview block of a /vsi file: nearest full-resolution pixels (pixel i <- i*f + f/2).
-bool TECDataset::DecimateFullResolution(int nBX, int nBY, int nW, int nH,
-                                        std::vector<GByte> &abyOut)
-{
-    TECDataset *base = m_poBase;
-    const int T = base->m_nTileSize;
-    const int f = m_nFactor;
-    CPLDebug("TEC", "overview 1/%d: block (%d,%d) from full-resolution tiles", f, nBX, nBY);
-    const int nDTSize = GDALGetDataTypeSizeBytes(m_eDT);
-    // Nearest neighbour at pixel centres: overview pixel i <- full-resolution pixel i*f + f/2.
-    std::vector<int> anSX(nW), anSY(nH);
-    for (int i = 0; i < nW; ++i)
-        anSX[i] = std::min((nBX * T + i) * f + f / 2, base->nRasterXSize - 1);
-    for (int j = 0; j < nH; ++j)
-        anSY[j] = std::min((nBY * T + j) * f + f / 2, base->nRasterYSize - 1);
-    abyOut.assign(static_cast<size_t>(nBands) * nW * nH * nDTSize, 0);
-
-    std::vector<GByte> abyTile;
-    const int nTY0 = anSY.front() / T, nTY1 = anSY.back() / T;
-    const int nTX0 = anSX.front() / T, nTX1 = anSX.back() / T;
-    for (int ty = nTY0; ty <= nTY1; ++ty)
-    {
-        for (int tx = nTX0; tx <= nTX1; ++tx)
-        {
-            if (!ReadTile(tx, ty, abyTile))
-                return false;
-            const int tw = std::min(T, base->nRasterXSize - tx * T);
-            const int th = std::min(T, base->nRasterYSize - ty * T);
-            for (int b = 0; b < nBands; ++b)
-            {
-                const GByte *src = abyTile.data() + static_cast<size_t>(b) * tw * th * nDTSize;
-                GByte *dst = abyOut.data() + static_cast<size_t>(b) * nW * nH * nDTSize;
-                for (int j = 0; j < nH; ++j)
-                {
-                    if (anSY[j] / T != ty)
-                        continue;
-                    const GByte *srow = src + static_cast<size_t>(anSY[j] - ty * T) * tw * nDTSize;
-                    GByte *drow = dst + static_cast<size_t>(j) * nW * nDTSize;
-                    for (int i = 0; i < nW; ++i)
-                    {
-                        if (anSX[i] / T != tx)
-                            continue;
-                        memcpy(drow + i * nDTSize, srow + (anSX[i] - tx * T) * nDTSize, nDTSize);
-                    }
-                }
-            }
-        }
-    }
-    return true;
+    return ReadWindow(nBX * T, nBY * T, nW, nH, nLevel, abyOut);
 }
 
 CPLErr TECDataset::ReadBlock(int nBand, int nBX, int nBY, void *pImage)

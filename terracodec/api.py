@@ -561,6 +561,9 @@ class TecDataset:
 
         if isinstance(path, (bytes, bytearray, memoryview)):      # used by decode()
             self.name, self._size = "<bytes>", len(path)
+        elif hasattr(path, "read") and hasattr(path, "seek"):     # a binary file object
+            self.name = str(getattr(path, "name", None) or f"<{type(path).__name__}>")
+            self._size = path.seek(0, os.SEEK_END)
         else:
             self.name = os.fspath(path)
             if not os.path.exists(self.name):
@@ -915,6 +918,9 @@ class TecDataset:
 
 def open(path, *, tile_cache: int | None = None) -> TecDataset:   # noqa: A001 - mirrors rasterio.open
     """Open a ``.tec`` file for reading (FileNotFoundError if it does not exist).
+
+    ``path`` may also be a seekable binary file object (e.g. ``fsspec.open("s3://...").open()``):
+    only the header, the index and the tiles a read touches are fetched from it.
 
     ``tile_cache``: how many decoded tiles to keep (default 16); a reader that walks the raster in
     small blocks row by row wants about three tile rows."""

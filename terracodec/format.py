@@ -488,19 +488,27 @@ def write_container_bytes(header: TecHeader, tiles: Iterable[tuple[bytes, int]])
 
 # -- reader ---------------------------------------------------------------------------------------
 class ContainerReader:
-    """Open and validate a container: a path, or the whole file as bytes/bytearray/memoryview.
+    """Open and validate a container: a path, the whole file as bytes/bytearray/memoryview, or a
+    seekable binary file object (``open(p, "rb")``, an fsspec file, GDAL's VSI files through the
+    GDAL bridge): only the bytes needed are read from it.
 
     Opening checks magic, version, the prefix/header/index CRCs and that the header, index and
     every tile payload lie inside the file. :meth:`read_tile` reads only that payload (``os.pread``
-    on paths, so one reader may be shared by threads) and checks its CRC.
+    on paths; file objects are read under a lock, so one reader may be shared by threads) and
+    checks its CRC. A file object is not closed by :meth:`close`: its owner closes it.
     """
 
     def __init__(self, source):
         self.path = None
         self._fd = None
         self._buf = None
+        self._file = None
         self._lock = threading.Lock()
-        if isinstance(source, (str, os.PathLike)):
+        if hasattr(source, "read") and hasattr(source, "seek"):
+            self._file = source
+            self.size = source.seek(0, os.SEEK_END)
+            name = str(getattr(source, "name", None) or f"<{type(source).__name__}>")
+        elif isinstance(source, (str, os.PathLike)):
             self.path = os.fspath(source)
             name = self.path
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -519,7 +527,8 @@ class ContainerReader:
             try:
                 mv = memoryview(source)
             except TypeError:
-                raise TypeError(f"expected a path or bytes-like object, got {type(source).__name__}") from None
+                raise TypeError(f"expected a path, a bytes-like object or a binary file object, "
+                            f"got {type(source).__name__}") from None
             self._buf = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
             self.size = len(self._buf)
             name = "<bytes>"
@@ -534,6 +543,10 @@ class ContainerReader:
     def _read(self, offset: int, length: int) -> bytes:
         if self._buf is not None:
             data = bytes(self._buf[offset:offset + length])
+        elif self._file is not None:
+            with self._lock:
+                self._file.seek(offset)
+                data = bytes(self._file.read(length))
         elif self._fd is None:
             raise TecInputError(f"{self.name}: reader is closed")
         elif hasattr(os, "pread"):
@@ -649,10 +662,11 @@ class ContainerReader:
         if fd is not None:
             os.close(fd)
         self._buf = None
+        self._file = None
 
     @property
     def closed(self) -> bool:
-        return self._fd is None and self._buf is None
+        return self._fd is None and self._buf is None and self._file is None
 
     def __enter__(self) -> "ContainerReader":
         return self

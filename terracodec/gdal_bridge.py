@@ -55,22 +55,74 @@ _OPEN_CACHE_SIZE = 8
 _OPEN_CACHE_LOCK = threading.Lock()
 
 
+class VSIFile:
+    """A read-only binary file object over GDAL's virtual file systems (``/vsizip/``,
+    ``/vsicurl/``, ``/vsis3/``, ``/vsimem/`` ...), through GDAL's Python bindings (osgeo): so the
+    driver's Python side reads .tec files wherever GDAL can, fetching only the bytes it needs."""
+
+    def __init__(self, path: str):
+        try:
+            from osgeo import gdal
+        except ImportError:
+            raise TecInputError(f"{path}: reading GDAL virtual file systems from Python needs GDAL's "
+                                f"Python bindings (osgeo) in the TerraCodec environment "
+                                f"(make install adds them)") from None
+        self._gdal, self.name = gdal, path
+        self._fp = gdal.VSIFOpenL(path, "rb")
+        if self._fp is None:
+            raise FileNotFoundError(f"GDAL cannot open {path} (a /vsimem/ file is only visible in "
+                                    f"the process that made it, not in a worker process)")
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if self._gdal.VSIFSeekL(self._fp, int(offset), whence) != 0:
+            raise OSError(f"{self.name}: cannot seek to {offset}")
+        return self._gdal.VSIFTellL(self._fp)
+
+    def read(self, size: int) -> bytes:
+        return bytes(self._gdal.VSIFReadL(1, int(size), self._fp) or b"")
+
+    def close(self) -> None:
+        fp, self._fp = self._fp, None
+        if fp is not None:
+            self._gdal.VSIFCloseL(fp)
+
+    def __del__(self):
+        self.close()
+
+
+def _stamp(key: str):
+    """What identifies one version of a file: a rewritten file gets another stamp."""
+    if key.startswith("/vsi"):
+        from osgeo import gdal
+
+        st = gdal.VSIStatL(key)
+        if st is None:
+            raise FileNotFoundError(f"GDAL cannot find {key}")
+        return (st.size, st.mtime)
+    st = os.stat(key)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def open_cached(path):
     """``terracodec.open(path)``, kept open for later calls (least recently used of 8 paths).
 
     A file replaced or rewritten under the same name (other inode, size or mtime) is reopened.
-    The returned dataset may be shared by threads (its reads are thread-safe)."""
+    GDAL virtual paths (``/vsi...``) are read through :class:`VSIFile`. The returned dataset may be
+    shared by threads (its reads are thread-safe)."""
     from . import api
 
-    key = os.path.abspath(os.fspath(path))
-    st = os.stat(key)
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    path = os.fspath(path)
+    key = path if path.startswith("/vsi") else os.path.abspath(path)
+    try:
+        stamp = _stamp(key)
+    except ImportError:
+        stamp = None                    # no osgeo: VSIFile raises the clear error below
     with _OPEN_CACHE_LOCK:
         hit = _OPEN_CACHE.get(key)
         if hit is not None and hit[0] == stamp:
             _OPEN_CACHE.move_to_end(key)
             return hit[1]
-    ds = api.open(key)
+    ds = api.open(VSIFile(key) if key.startswith("/vsi") else key)
     # GDAL reads block by block, row after row; with overlapping tiles a block also needs the
     # tiles around it, so keep three tile rows decoded (bounded to ~256 MiB) instead of 16 tiles
     side = ds.tile_size + 2 * ds.tile_overlap

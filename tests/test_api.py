@@ -664,3 +664,32 @@ def test_overview_of_lossless_file_is_the_block_mean(crops):
 def test_bad_overview_level(level, good_file):
     with pytest.raises(tec.TecInputError, match="level"):
         tec.open(good_file).read(level=level)
+
+
+def test_open_a_binary_file_object(overview_files):
+    """terracodec.open takes seekable file objects (fsspec, GDAL VSI through the bridge): only
+    the bytes a read needs are fetched."""
+    import io
+
+    _, _, paths = overview_files
+    ref = tec.open(paths[4])
+    reads = []
+
+    class Counting(io.BytesIO):
+        def read(self, n=-1):
+            reads.append(n)
+            return super().read(n)
+
+    with open(paths[4], "rb") as f:
+        ds = tec.open(f)
+        np.testing.assert_array_equal(ds.read(), ref.read())
+        assert ds.bands == ref.bands and ds.shape == ref.shape
+    data = paths[4].read_bytes()
+    ds = tec.open(Counting(data))
+    opened = sum(reads)
+    win = ((0, 10), (0, 10))                     # one corner tile
+    np.testing.assert_array_equal(ds.read(window=win), ref.read(window=win))
+    assert sum(reads) - opened < len(data) / 4   # one tile's payload, not the file
+    np.testing.assert_array_equal(ds.read(level=2), ref.read(level=2))
+    with pytest.raises(tec.TecFormatError):
+        tec.open(io.BytesIO(data[:100]))

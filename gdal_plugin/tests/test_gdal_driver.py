@@ -214,6 +214,28 @@ def test_outsize_served_by_driver_overviews(encoded, decoded):
     assert np.corrcoef(part.ravel(), box.ravel())[0, 1] > 0.99
 
 
+def test_read_through_gdal_virtual_file_systems(encoded, decoded):
+    """A .tec inside a zip (/vsizip/; /vsicurl/ and /vsis3/ take the same path): overlapping
+    tiles and overviews are decoded by Python, which reads the file through GDAL's VSI (osgeo)."""
+    import zipfile
+
+    if subprocess.run([sys.executable, "-c", "import osgeo.gdal"], capture_output=True).returncode:
+        pytest.skip("GDAL's Python bindings (osgeo) are not installed in this environment")
+    zipped = encoded.with_name("scene.zip")
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as z:
+        z.write(encoded, "inner/scene.tec")
+    vsi = f"/vsizip/{zipped}/inner/scene.tec"
+    full, half = encoded.with_name("vsi_full.tif"), encoded.with_name("vsi_half.tif")
+    run("gdal_translate", "-q", vsi, full)
+    np.testing.assert_array_equal(gtiff_read(full), decoded)
+    _, h, w = decoded.shape
+    run("gdal_translate", "-q", "-outsize", (w + 1) // 2, (h + 1) // 2, vsi, half)
+    np.testing.assert_array_equal(gtiff_read(half), api_overview(encoded, 1))
+    # a missing member is GDAL's own clean failure, not a crash
+    proc = run("gdal_translate", "-q", f"/vsizip/{zipped}/nope.tec", full.with_name("x.tif"), check=False)
+    assert proc.returncode != 0 and "nope.tec" in proc.stderr
+
+
 def test_gdalwarp_multithreaded_to_other_crs(encoded):
     back = encoded.with_name("back_ref.tif")
     run("gdal_translate", "-q", encoded, back)
