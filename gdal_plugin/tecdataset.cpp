@@ -1291,9 +1291,8 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
             oEncoder.Abort();
             return nullptr;
         }
-        // A time stack is encoded at Close(): reading is the first half of the work there.
-        const double dfRead = static_cast<double>(y + nRows) / nH;
-        if (!pfnProgress(bTemporal ? 0.5 * dfRead : dfRead, nullptr, pProgressData))
+        // each strip is a row of tiles, encoded before the next is read (time stacks too)
+        if (!pfnProgress(static_cast<double>(y + nRows) / nH, nullptr, pProgressData))
         {
             oEncoder.Abort();
             CPLError(CE_Failure, CPLE_UserInterrupt, "TEC: interrupted by the user");

@@ -187,9 +187,9 @@ class Encoder:
     model, nodata, tile_size, crs_wkt, geotransform, metadata, num_threads (optional).
 
     Time stack (``-co TEMPORAL=YES``): ``dates`` (one ISO date per group of ``count`` source bands)
-    and ``keyframe_interval`` (or null); strips then hold ``len(dates) * count`` bands, date-major.
-    The stack is buffered and written at :meth:`close` by :func:`terracodec.write` (TEC-TT), so no
-    file exists before the whole source has been read."""
+    and ``keyframe_interval`` (or null); strips then hold ``len(dates) * count`` bands, date-major,
+    and go to a :class:`terracodec.stack.StackWriter` (TEC-TT), which codes each row of tiles as
+    it arrives and writes the file at :meth:`close`."""
 
     def __init__(self, params_json: str):
         from . import api
@@ -208,21 +208,18 @@ class Encoder:
                       tile_size=int(p.get("tile_size", api.DEFAULT_TILE_SIZE)), crs_wkt=p.get("crs_wkt"),
                       geotransform=p.get("geotransform"), metadata=p.get("metadata") or None)
         self.dates = p.get("dates")
-        self._writer = None
         if self.dates is not None:
             from .api import LOSSLESS_MODEL
-            from .stack import check_dates, is_temporal_model
+            from .stack import StackWriter, check_dates, is_temporal_model
 
             self.dates = check_dates(self.dates, len(self.dates))      # ISO, distinct
             ki = p.get("keyframe_interval")
             model = p.get("model")
             # TEC-TT with the default or a temporal model; an image model codes each date alone
             temporal = model is None or model == LOSSLESS_MODEL or is_temporal_model(model)
-            self._stack_args = dict(kwargs, bands=bands, dates=self.dates, temporal=temporal,
-                                    keyframe_interval=None if ki is None else int(ki))
-            self._path = p["path"]
-            self._stack = np.empty((len(self.dates), self.count, self.height, self.width), self.dtype)
-            self._rows = 0
+            self._writer = StackWriter(p["path"], self.width, self.height, self.count, self.dtype, bands,
+                                       dates=self.dates, temporal=temporal,
+                                       keyframe_interval=None if ki is None else int(ki), **kwargs)
             return
         from .api import Writer
 
@@ -233,36 +230,15 @@ class Encoder:
         """``buffer``: (bands, nrows, width) little-endian pixels, only valid during this call."""
         nrows = int(nrows)
         arr = np.frombuffer(buffer, dtype=self.dtype.newbyteorder("<"))
-        if self._writer is None:
-            if self._stack is None:
-                raise TecInputError("the encoder is closed")
-            if self._rows + nrows > self.height:
-                raise TecInputError(f"more rows written than the raster's height {self.height}")
-            self._stack[:, :, self._rows:self._rows + nrows] = arr.reshape(
-                len(self.dates), self.count, nrows, self.width)
-            self._rows += nrows
-            return
-        arr = arr.reshape(self.count, nrows, self.width).astype(self.dtype, copy=True)
-        self._writer.write(arr)
+        shape = (self.count, nrows, self.width) if self.dates is None else \
+            (len(self.dates), self.count, nrows, self.width)
+        self._writer.write(arr.reshape(shape).astype(self.dtype, copy=True))
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            return
-        from . import api
-
-        stack, self._stack = self._stack, None
-        if stack is None:
-            raise TecInputError("the encoder is closed")
-        if self._rows != self.height:
-            raise TecInputError(f"{self._rows} of {self.height} rows received")
-        args = self._stack_args
-        api.write(self._path, stack, args.pop("bands"), **args)   # atomic: no file on failure
+        self._writer.close()        # atomic: no file on failure
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.abort()
-        self._stack = None
+        self._writer.abort()
 
 
 # -- installation helpers for the CLI --------------------------------------------------------------------

@@ -529,16 +529,161 @@ def check_dates(dates, n: int) -> list:
     return out
 
 
+class StackWriter:
+    """Encode a time stack to a ``.tec`` file strip by strip: :meth:`write` takes
+    (dates, bands, rows, width) strips from the top, a row of tiles is coded (all dates of each
+    tile position together) as soon as its rows have arrived, and :meth:`close` writes the file
+    atomically. Only the compressed tiles and one row of tiles of pixels are held in memory.
+    ``classical=False`` keeps every tile the models can code learned (see encode_tile_stack)."""
+
+    def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
+                 model: str | None = None, nodata=None, *, dates, temporal: bool = True,
+                 keyframe_interval: int | None = None, tile_size: int = 512, crs_wkt=None,
+                 geotransform=None, metadata=None, progress: bool = False,
+                 created_by: str = "terracodec", classical: bool = True):
+        from . import api
+        from .bands import resolve_bands
+
+        for name, value in (("width", width), ("height", height), ("count", count)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise TecInputError(f"{name} must be a positive integer, got {value!r}")
+        if dates is None:
+            raise TecInputError("a time stack needs dates=[...] (ISO strings, or None per unknown date)")
+        self.path = path if hasattr(path, "write") else os.fspath(path)
+        self.width, self.height, self.count = int(width), int(height), int(count)
+        self.dtype = api._check_dtype(dtype)
+        self.quality = api._check_quality(quality)
+        self.tile_size = api._check_tile_size(tile_size)
+        self.nodata = api._check_nodata(nodata, self.dtype)
+        crs_wkt, geotransform = api._check_georef(crs_wkt, geotransform)
+        metadata = api._check_metadata(metadata)
+        self.bands = resolve_bands(bands, self.count)
+        self.dates = check_dates(dates, len(dates))
+        ki = DEFAULT_KEYFRAME_INTERVAL if keyframe_interval is None else keyframe_interval
+        if isinstance(ki, bool) or not isinstance(ki, int) or not 1 <= ki <= 65535:
+            raise TecInputError(f"keyframe_interval must be an integer 1..65535, got {keyframe_interval!r}")
+        self._lossless = model == api.LOSSLESS_MODEL
+        self._tt = None
+        if temporal and len(self.dates) >= 2 and not self._lossless:
+            if model is not None and not is_temporal_model(model):
+                raise TecModelError(f"model {model!r} is not a temporal (TEC-TT) model; pass temporal=False "
+                                    f"to code each date with it")
+            self._tt = load_temporal(model)
+            record = {"name": self._tt.name, "sha256": self._tt.sha256}
+        else:
+            record = api._model_record(model)
+            ki = 1
+        self._ki, self._classical, self._record = ki, classical, record
+        self._lam = rd_lambda(self.quality)
+        self.tiles_x, self.tiles_y = -(-self.width // self.tile_size), -(-self.height // self.tile_size)
+        self._payloads = [[None] * (self.tiles_x * self.tiles_y) for _ in self.dates]
+        self._kinds: dict[int, int] = {}
+        self._pending = np.empty((len(self.dates), self.count, 0, self.width), self.dtype)
+        self._next_tile_row = 0
+        self.rows_written = 0
+        self._closed = False
+        self._fields = dict(width=self.width, height=self.height, count=self.count, dtype=self.dtype.name,
+                            bands=list(self.bands), nodata=self.nodata, crs_wkt=crs_wkt,
+                            geotransform=geotransform, tile_size=self.tile_size, tiles_x=self.tiles_x,
+                            tiles_y=self.tiles_y, dates=self.dates, levels=1, keyframe_interval=ki,
+                            model=record, quality=self.quality, metadata=metadata, created_by=created_by)
+        self._bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.tiles_x * self.tiles_y, unit="tile", desc="encode stack", leave=False)
+
+    def write(self, strip: np.ndarray) -> None:
+        """Append the next rows of every date: ``strip`` is (dates, bands, rows, width)."""
+        from . import api
+
+        if self._closed:
+            raise TecInputError("the stack writer is closed")
+        want = (len(self.dates), self.count)
+        if not isinstance(strip, np.ndarray) or strip.ndim != 4 or strip.shape[:2] != want \
+                or strip.shape[3] != self.width:
+            raise TecInputError(f"strip of shape {getattr(strip, 'shape', type(strip).__name__)} does not fit "
+                                f"a stack of {want[0]} dates x {want[1]} bands x {self.width} columns")
+        if strip.dtype != self.dtype:
+            api._check_dtype(strip.dtype, strip)
+            raise TecInputError(f"strip dtype {strip.dtype} differs from the writer's {self.dtype}")
+        if self.rows_written + strip.shape[2] > self.height:
+            raise TecInputError(f"more rows written than the raster's height {self.height}")
+        # a view while nothing is pending: write_stack(array) does not copy the array
+        self._pending = strip if not self._pending.shape[2] else np.concatenate([self._pending, strip], axis=2)
+        self.rows_written += strip.shape[2]
+        T = self.tile_size
+        while self._next_tile_row < self.tiles_y:
+            stop = min(self.height, (self._next_tile_row + 1) * T)
+            if self.rows_written < stop:
+                break
+            rows = stop - self._next_tile_row * T
+            self._encode_tile_row(self._pending[:, :, :rows])
+            self._pending = self._pending[:, :, rows:]
+            self._next_tile_row += 1
+
+    def _encode_tile_row(self, strip: np.ndarray) -> None:
+        ty, T, nd = self._next_tile_row, self.tile_size, self.nodata
+        for tx in range(self.tiles_x):
+            tiles = np.ascontiguousarray(strip[:, :, :, tx * T:(tx + 1) * T])
+            if self._tt is not None:
+                coded = [(p, k) for p, k, _ in encode_tile_stack(tiles, self._tt, dates=self.dates, nodata=nd,
+                                                                 lam=self._lam, keyframe_interval=self._ki,
+                                                                 classical=self._classical)]
+            elif self._lossless:
+                coded = [tilecodec.encode_tile(t, nodata=nd, lossless=True) for t in tiles]
+            else:
+                coded = [tilecodec.encode_tile(t, quality=self.quality, model=self._record["name"], nodata=nd)
+                         for t in tiles]
+            for d, (p, k) in enumerate(coded):
+                self._payloads[d][ty * self.tiles_x + tx] = (p, k)
+                self._kinds[k] = self._kinds.get(k, 0) + 1
+            if self._bar is not None:
+                self._bar.update(1)
+
+    def close(self) -> dict:
+        """Write the file (atomically). Returns the header fields written."""
+        from .format import ContainerWriter, TecHeader
+
+        if self._closed:
+            raise TecInputError("the stack writer is closed")
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+        if self.rows_written != self.height:
+            raise TecInputError(f"{self.rows_written} of {self.height} rows received")
+        kinds = self._kinds
+        stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0), "lossless_tiles": kinds.get(KIND_LOSSLESS, 0),
+                 "learned_tiles": kinds.get(KIND_LEARNED, 0), "temporal_tiles": kinds.get(KIND_TEMPORAL, 0),
+                 "compression_ratio": 0.0}
+        fields = dict(self._fields, stats=stats)
+        payload_bytes = sum(len(p) for row in self._payloads for p, _ in row)
+        raw = len(self.dates) * self.count * self.height * self.width * self.dtype.itemsize
+        n_tiles = len(self.dates) * self.tiles_x * self.tiles_y
+        for _ in range(3):                    # the ratio counts the whole file, header included
+            head_len = len(zlib.compress(TecHeader(**fields).to_json().encode("utf-8"), 9))   # stored deflated
+            stats["compression_ratio"] = round(raw / (64 + payload_bytes + head_len + 24 * n_tiles), 3)
+        with ContainerWriter(self.path) as w:
+            for row in self._payloads:
+                for p, k in row:
+                    w.add_tile(p, k)
+            w.finish(TecHeader(**fields))
+        self._payloads = None
+        return fields
+
+    def abort(self) -> None:
+        """Drop everything: no file is written."""
+        self._closed = True
+        self._payloads = self._pending = None
+        if self._bar is not None:
+            self._bar.close()
+
+
 def write_stack(path, array, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
-                dates=None, temporal: bool = True, keyframe_interval: int | None = None,
-                tile_size: int = 512, crs_wkt=None, geotransform=None, metadata=None,
-                progress: bool = False, created_by: str = "terracodec", classical: bool = True) -> dict:
-    """Encode a (dates, bands, height, width) stack to ``path`` (a path or seekable file object).
-    ``classical=False`` keeps every tile the models can code learned (see encode_tile_stack).
-    Returns the header fields written."""
+                dates=None, **kw) -> dict:
+    """Encode a (dates, bands, height, width) stack to ``path`` (a path or seekable file object);
+    keyword arguments as :class:`StackWriter`. Returns the header fields written."""
     from . import api
-    from .bands import resolve_bands
-    from .format import ContainerWriter, TecHeader
 
     if not isinstance(array, np.ndarray) or array.ndim != 4 or array.size == 0:
         raise TecInputError(f"a stack is a non-empty 4-D array (dates, bands, height, width), got "
@@ -547,78 +692,16 @@ def write_stack(path, array, bands=None, quality: int = 5, model: str | None = N
         raise TecInputError(f"a 4-D array {array.shape} is a time stack (dates, bands, height, width) and "
                             f"needs dates=[...] (ISO strings, or None per unknown date); one image is a "
                             f"3-D array (bands, height, width)")
+    api._check_dtype(array.dtype, array)
     T, B, H, W = array.shape
-    dtype = api._check_dtype(array.dtype, array)
-    quality = api._check_quality(quality)
-    tile_size = api._check_tile_size(tile_size)
-    nodata = api._check_nodata(nodata, dtype)
-    crs_wkt, geotransform = api._check_georef(crs_wkt, geotransform)
-    metadata = api._check_metadata(metadata)
-    bands = resolve_bands(bands, B)
-    dates = check_dates(dates, T)
-    ki = DEFAULT_KEYFRAME_INTERVAL if keyframe_interval is None else keyframe_interval
-    if isinstance(ki, bool) or not isinstance(ki, int) or not 1 <= ki <= 65535:
-        raise TecInputError(f"keyframe_interval must be an integer 1..65535, got {keyframe_interval!r}")
-    lossless = model == api.LOSSLESS_MODEL
-    use_tt = temporal and T >= 2 and not lossless
-    if use_tt:
-        if model is not None and not is_temporal_model(model):
-            raise TecModelError(f"model {model!r} is not a temporal (TEC-TT) model; pass temporal=False "
-                                f"to code each date with it")
-        tt = load_temporal(model)
-        record = {"name": tt.name, "sha256": tt.sha256}
-    else:
-        record = api._model_record(model)
-        ki = 1
-    lam = rd_lambda(quality)
-    tiles_x, tiles_y = -(-W // tile_size), -(-H // tile_size)
-    payloads = [[None] * (tiles_x * tiles_y) for _ in range(T)]
-    kinds: dict[int, int] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tiles_x * tiles_y, unit="tile", desc="encode stack", leave=False)
-    for ty in range(tiles_y):
-        for tx in range(tiles_x):
-            sl = (slice(None), slice(None), slice(ty * tile_size, (ty + 1) * tile_size),
-                  slice(tx * tile_size, (tx + 1) * tile_size))
-            tiles = np.ascontiguousarray(array[sl])
-            if use_tt:
-                coded = [(p, k) for p, k, _ in encode_tile_stack(tiles, tt, dates=dates, nodata=nodata,
-                                                                 lam=lam, keyframe_interval=ki,
-                                                                 classical=classical)]
-            elif lossless:
-                coded = [tilecodec.encode_tile(tiles[t], nodata=nodata, lossless=True) for t in range(T)]
-            else:
-                coded = [tilecodec.encode_tile(tiles[t], quality=quality, model=record["name"], nodata=nodata)
-                         for t in range(T)]
-            for t, (p, k) in enumerate(coded):
-                payloads[t][ty * tiles_x + tx] = (p, k)
-                kinds[k] = kinds.get(k, 0) + 1
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    payload_bytes = sum(len(p) for row in payloads for p, _ in row)
-    raw = T * B * H * W * dtype.itemsize
-    stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0), "lossless_tiles": kinds.get(KIND_LOSSLESS, 0),
-             "learned_tiles": kinds.get(KIND_LEARNED, 0), "temporal_tiles": kinds.get(KIND_TEMPORAL, 0),
-             "compression_ratio": 0.0}
-    fields = dict(width=W, height=H, count=B, dtype=dtype.name, bands=list(bands), nodata=nodata,
-                  crs_wkt=crs_wkt, geotransform=geotransform, tile_size=tile_size, tiles_x=tiles_x,
-                  tiles_y=tiles_y, dates=dates, levels=1, keyframe_interval=ki, model=record,
-                  quality=quality, stats=stats, metadata=metadata, created_by=created_by)
-    for _ in range(3):                    # the ratio counts the whole file, header included
-        head_len = len(zlib.compress(TecHeader(**fields).to_json().encode("utf-8"), 9))   # stored deflated
-        stats["compression_ratio"] = round(raw / (64 + payload_bytes + head_len + 24 * T * tiles_x * tiles_y), 3)
-    target = path if hasattr(path, "write") else os.fspath(path)
-    with ContainerWriter(target) as w:
-        for row in payloads:
-            for p, k in row:
-                w.add_tile(p, k)
-        w.finish(TecHeader(**fields))
-    return fields
+    check_dates(dates, T)
+    writer = StackWriter(path, W, H, B, array.dtype, bands, quality, model, nodata, dates=dates, **kw)
+    try:
+        writer.write(array)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def encode_stack(array, bands=None, quality: int = 5, model: str | None = None, nodata=None, **kw) -> bytes:

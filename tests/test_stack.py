@@ -347,3 +347,29 @@ def test_cli_stack_commands(stack10, tmp_path):
     assert r.exit_code == 1 and "not in this file" in r.output
     r = _cli("compress", *srcs, out, ok=False)
     assert r.exit_code != 0 and "--stack" in r.output
+
+
+@needs_tt
+def test_stack_writer_takes_strips_and_gives_the_same_bytes(stack12, coded12, tmp_path):
+    """StackWriter (used by the GDAL driver's TEMPORAL=YES) codes each row of tiles as its rows
+    arrive: strips of any height give the bytes of write_stack on the whole array."""
+    arr, names, dates = stack12
+    T, B, H, W = arr.shape
+    out = tmp_path / "strips.tec"
+    w = stack.StackWriter(out, W, H, B, arr.dtype, names, quality=Q12, dates=dates, tile_size=48,
+                          keyframe_interval=2, classical=False)
+    r = 0
+    for n in (1, 30, 2, 40, 1000):
+        w.write(np.ascontiguousarray(arr[:, :, r:r + n]))
+        r += n
+        if r >= H:
+            break
+    w.close()
+    assert out.read_bytes() == coded12[0].read_bytes()
+    w = stack.StackWriter(tmp_path / "short.tec", W, H, B, arr.dtype, names, dates=dates, tile_size=32)
+    w.write(arr[:, :, :10])
+    with pytest.raises(TecInputError, match="rows"):
+        w.close()
+    assert not (tmp_path / "short.tec").exists()
+    with pytest.raises(TecInputError, match="does not fit"):
+        stack.StackWriter(out, W, H, B, arr.dtype, names, dates=dates).write(arr[:2])
