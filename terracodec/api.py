@@ -277,6 +277,7 @@ class Writer:
         self._next_tile_row = 0
         self._buf_start = 0            # first image row held in self._pending
         self.fallback_tiles = 0
+        self.floor_tiles = 0           # tiles recoded to reach the quality's PSNR floor
         self.kinds: dict[int, int] = {}
         self.payload_bytes = 0
         self._pending: list[np.ndarray] = []
@@ -360,8 +361,9 @@ class Writer:
             coded = self._pool.map(self._encode_tile, tiles)
         else:
             coded = map(self._encode_tile, tiles)
-        for payload, kind in coded:                       # in tile order
+        for payload, kind, info in coded:                 # in tile order
             self._out.add_tile(payload, kind)
+            self.floor_tiles += bool(info.get("floor_raised"))
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
             self.payload_bytes += len(payload)
             if kind == tilecodec.KIND_CLASSICAL:
@@ -369,12 +371,15 @@ class Writer:
             if self._bar is not None:
                 self._bar.update(1)
 
-    def _encode_tile(self, tile: np.ndarray) -> tuple[bytes, int]:
+    def _encode_tile(self, tile: np.ndarray) -> tuple[bytes, int, dict]:
+        info: dict = {}
         if self._lossless:
-            return tilecodec.encode_tile(tile, quality=self.quality, model=None, nodata=self.nodata,
-                                         lossless=True)
-        return tilecodec.encode_tile(tile, quality=self.quality, model=self.model_record["name"],
-                                     nodata=self.nodata)
+            payload, kind = tilecodec.encode_tile(tile, quality=self.quality, model=None, nodata=self.nodata,
+                                                  lossless=True)
+        else:
+            payload, kind = tilecodec.encode_tile(tile, quality=self.quality, model=self.model_record["name"],
+                                                  nodata=self.nodata, info=info)
+        return payload, kind, info
 
     # -- finishing --
     def header_fields(self) -> dict:
@@ -406,6 +411,7 @@ class Writer:
         return {"fallback_tiles": self.fallback_tiles,
                 "lossless_tiles": self.kinds.get(tilecodec.KIND_LOSSLESS, 0),
                 "learned_tiles": self.kinds.get(tilecodec.KIND_LEARNED, 0),
+                "floor_tiles": self.floor_tiles,
                 "compression_ratio": round(raw / total, 3)}
 
     def close(self) -> None:

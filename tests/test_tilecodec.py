@@ -37,15 +37,21 @@ def cloudy():
 @pytest.mark.parametrize("quality", [1, 4, 8])
 def test_chosen_code_costs_no_more_than_classical(name, quality):
     """The encoder keeps the candidate of least J = SSE + lambda * bits: never above the classical
-    codec (per-tile KLT + JPEG 2000) at the same slope, and the PSNR stays near the nominal one."""
+    codec (per-tile KLT + JPEG 2000) at the same slope, unless that code falls under the quality's
+    PSNR floor: then the tile is recoded to reach the floor."""
     tile = read(name)
-    payload, kind = tc.encode_tile(tile, quality=quality)
+    info = {}
+    payload, kind = tc.encode_tile(tile, quality=quality, info=info)
     out = tc.decode_tile(payload)
     assert out.shape == tile.shape and out.dtype == tile.dtype
     lam = tc.rd_lambda(quality)
-    _, j_classical = tc.encode_classical(tile, None, lam)
-    assert tc.rd_cost(tile, out, None, len(payload), lam) <= j_classical * (1 + 1e-12)
-    assert tc.tile_psnr(tile, out, None) >= tc.QUALITY_NOMINAL_DB[quality] - 8
+    classical, j_classical = tc.encode_classical(tile, None, lam)
+    if info.get("floor_raised"):
+        below = tc.tile_psnr(tile, tc.decode_tile(classical), None)
+        assert below < tc.QUALITY_FLOOR_DB[quality] <= tc.tile_psnr(tile, out, None)
+    else:
+        assert tc.rd_cost(tile, out, None, len(payload), lam) <= j_classical * (1 + 1e-12)
+    assert tc.tile_psnr(tile, out, None) >= tc.QUALITY_FLOOR_DB[quality]
     assert kind in (tc.KIND_LEARNED, tc.KIND_CLASSICAL, tc.KIND_LOSSLESS)
 
 
@@ -219,3 +225,33 @@ def test_classical_side_info_is_compact_and_old_layout_still_decodes(bright):
     raw[7] |= 0x40
     with pytest.raises(TecFormatError, match="param"):
         tc.decode_tile(tc.seal(bytes(raw)))
+
+
+@pytest.mark.parametrize("name", ["bright", "cloudy"])
+def test_every_quality_meets_its_psnr_floor(name, bright, cloudy):
+    """The slope is backed by a per-tile floor (QUALITY_FLOOR_DB): bright (snow-like) and cloudy
+    real crops decode at or above it at every quality."""
+    tile = {"bright": bright, "cloudy": cloudy}[name]
+    floors = [tc.QUALITY_FLOOR_DB[q] for q in range(1, 9)]
+    assert floors == sorted(floors) and floors[0] >= 29 and floors[-1] >= 52
+    for q in range(1, 9):
+        payload, _ = tc.encode_tile(tile, quality=q)
+        assert tc.tile_psnr(tile, tc.decode_tile(payload), None) >= tc.QUALITY_FLOOR_DB[q], q
+
+
+def test_a_tile_below_its_floor_is_recoded(cloudy, monkeypatch):
+    """Raise the floor above what the slope gives: the tile is recoded (classical, least rate that
+    reaches the floor) and the caller is told."""
+    plain, _ = tc.encode_tile(cloudy, quality=2)
+    got = tc.tile_psnr(cloudy, tc.decode_tile(plain), None)
+    monkeypatch.setitem(tc.QUALITY_FLOOR_DB, 2, got + 6)
+    info = {}
+    payload, kind = tc.encode_tile(cloudy, quality=2, info=info)
+    assert info == {"floor_raised": True} and kind in (tc.KIND_CLASSICAL, tc.KIND_LOSSLESS)
+    assert tc.tile_psnr(cloudy, tc.decode_tile(payload), None) >= got + 6
+    assert len(payload) > len(plain)
+    import terracodec
+    from terracodec import api
+
+    with api.TecDataset(terracodec.encode(cloudy, quality=2)) as ds:      # the file counts them
+        assert ds.stats["floor_tiles"] == 1
