@@ -437,8 +437,12 @@ def machine_info(threads: int) -> dict:
                 pass
     except ImportError:
         pass
-    if "torch" in sys.modules:
-        info["torch"] = sys.modules["torch"].__version__
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
     try:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=10).stdout.strip()
@@ -672,6 +676,7 @@ def main(argv=None) -> int:
         return 2
     images = [load_image(data, f) for f in files]
     log.info("%d %s images: %s", len(images), args.split, ", ".join(files))
+    machine = machine_info(args.threads)     # before this run writes its own outputs into the tree
 
     codecs, skipped = select_codecs(args)
     if not codecs:
@@ -762,7 +767,7 @@ def main(argv=None) -> int:
     rep = {
         "command": command_line(argv),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(args.threads),
+        "machine": machine,
         "threads": args.threads,
         "data": str(data),
         "split": args.split,
