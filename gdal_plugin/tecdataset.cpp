@@ -885,9 +885,12 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
             poDS->GDALMajorObject::SetMetadataItem(
                 "COMPRESSION_RATIO", CPLSPrintf("%.3f", oStats.GetDouble("compression_ratio")),
                 "TEC");
-        if (IsInt(oStats.GetObj("fallback_tiles")))
-            poDS->GDALMajorObject::SetMetadataItem(
-                "FALLBACK_TILES", CPLSPrintf("%d", oStats.GetInteger("fallback_tiles")), "TEC");
+        // tile counts: classical (JPEG 2000) tiles, and tiles recoded to reach the PSNR floor
+        for (const char *pszKey : {"fallback_tiles", "floor_tiles"})
+            if (IsInt(oStats.GetObj(pszKey)))
+                poDS->GDALMajorObject::SetMetadataItem(
+                    CPLString(pszKey).toupper().c_str(),
+                    CPLSPrintf("%d", oStats.GetInteger(pszKey)), "TEC");
     }
     if (oRoot.GetObj("created_by").GetType() == CPLJSONObject::Type::String)
         poDS->GDALMajorObject::SetMetadataItem("CREATED_BY",

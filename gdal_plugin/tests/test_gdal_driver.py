@@ -70,6 +70,12 @@ def api_read(path) -> np.ndarray:
     return np.asarray(terracodec.open(str(path)).read())
 
 
+def api_stats(path) -> dict:
+    import terracodec
+
+    return terracodec.open(str(path)).stats
+
+
 def gtiff_read(path) -> np.ndarray:
     """Read a GeoTIFF written by gdal_translate without GDAL in this process (fresh interpreter)."""
     out = Path(str(path) + ".npy")
@@ -154,6 +160,8 @@ def test_gdalinfo_metadata_without_python(source, encoded):
     assert info["coordinateSystem"]["wkt"].split("\n")[-1] == src["coordinateSystem"]["wkt"].split("\n")[-1]
     tec = info["metadata"]["TEC"]
     assert tec["QUALITY"] == "6" and tec["MODEL"] and float(tec["COMPRESSION_RATIO"]) > 1
+    stats = api_stats(encoded)
+    assert (int(tec["FALLBACK_TILES"]), int(tec["FLOOR_TILES"])) == (stats["fallback_tiles"], stats["floor_tiles"])
     assert len(info["bands"][0]["overviews"]) >= 1
     # the human-readable form shows the same
     text = run("gdalinfo", encoded).stdout
