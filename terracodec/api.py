@@ -278,6 +278,7 @@ class Writer:
         self._buf_start = 0            # first image row held in self._pending
         self.fallback_tiles = 0
         self.floor_tiles = 0           # tiles recoded to reach the quality's PSNR floor
+        self._hints = [None] * self.tiles_x
         self.kinds: dict[int, int] = {}
         self.payload_bytes = 0
         self._pending: list[np.ndarray] = []
@@ -358,10 +359,12 @@ class Writer:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tec-encode")
-            coded = self._pool.map(self._encode_tile, tiles)
+            coded = self._pool.map(self._encode_tile, tiles, self._hints)
         else:
-            coded = map(self._encode_tile, tiles)
+            coded = map(self._encode_tile, tiles, self._hints)
+        levels = []
         for payload, kind, info in coded:                 # in tile order
+            levels.append(info.get("j2k_level"))
             self._out.add_tile(payload, kind)
             self.floor_tiles += bool(info.get("floor_raised"))
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
@@ -370,9 +373,12 @@ class Writer:
                 self.fallback_tiles += 1
             if self._bar is not None:
                 self._bar.update(1)
+        # the tile above is a good first guess of a tile's JPEG 2000 level (same scene, same
+        # slope); taken from the finished row, so the bytes do not depend on the thread count
+        self._hints = levels
 
-    def _encode_tile(self, tile: np.ndarray) -> tuple[bytes, int, dict]:
-        info: dict = {}
+    def _encode_tile(self, tile: np.ndarray, hint: int | None) -> tuple[bytes, int, dict]:
+        info: dict = {} if hint is None else {"j2k_hint": hint}
         if self._lossless:
             payload, kind = tilecodec.encode_tile(tile, quality=self.quality, model=None, nodata=self.nodata,
                                                   lossless=True)

@@ -256,8 +256,13 @@ def strip_j2k_comments(stream: bytes) -> bytes:
     return b"".join(out) + stream[pos:]
 
 
-def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float]:
-    """-> (payload, J = SSE + lam * bits) at the OpenJPEG level of least cost."""
+def encode_classical(tile: np.ndarray, nodata, lam: float, *, hint: int | None = None,
+                     info: dict | None = None) -> tuple[bytes, float]:
+    """-> (payload, J = SSE + lam * bits) at the OpenJPEG level of least cost.
+
+    ``hint``: the level chosen for a similar tile (the one above it in the image): the walk starts
+    there with steps of 1, which usually needs 3 codings instead of 5. ``info["j2k_level"]`` gets
+    the level chosen."""
     if min(tile.shape[1:]) < 4:        # a sliver: raw bytes are smaller than any codestream
         p = encode_lossless(tile, nodata)
         return p, lam * 8 * len(p)
@@ -271,9 +276,14 @@ def encode_classical(tile: np.ndarray, nodata, lam: float) -> tuple[bytes, float
 
     # OpenJPEG's level is a PSNR target (peak 65535); on train tiles the best level is about
     # 0.62 * (the slope's equivalent PSNR) + 37.5, a start that saves walking steps
-    slope_db = 10 * np.log10(2 * np.log(2) * 1e8 / lam)
-    start = int(np.clip(round(0.62 * slope_db + 37.5), J2K_LEVEL_MIN, J2K_LEVEL_MAX))
-    best, costs = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=3, max_tries=8)
+    if hint is not None:
+        start, step = int(np.clip(hint, J2K_LEVEL_MIN, J2K_LEVEL_MAX)), 1
+    else:
+        slope_db = 10 * np.log10(2 * np.log(2) * 1e8 / lam)
+        start, step = int(np.clip(round(0.62 * slope_db + 37.5), J2K_LEVEL_MIN, J2K_LEVEL_MAX)), 3
+    best, costs = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=step, max_tries=8)
+    if info is not None:
+        info["j2k_level"] = best
     return payloads[best], costs[best]
 
 
@@ -584,7 +594,9 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     least cost, and lossless. So a tile never costs more (in J) than the classical anchor coded
     per tile at the same slope. A code below the quality's floor (QUALITY_FLOOR_DB) is replaced by
     the least-rate code that reaches it (``info["floor_raised"] = True``, when ``info`` is given).
-    ``lossless=True`` stores the tile exactly.
+    ``info["j2k_hint"]`` (input) starts the JPEG 2000 level walk at a level chosen for a similar
+    tile; ``info["j2k_level"]`` (output) is the level chosen here. ``lossless=True`` stores the
+    tile exactly.
     """
     if lossless:
         return encode_lossless(tile, nodata), KIND_LOSSLESS
@@ -595,7 +607,8 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     mask = nodata_mask(tile, nodata)
     if mask is not None and mask.all():
         return encode_lossless(tile, nodata), KIND_LOSSLESS      # all nodata: a few bytes
-    classical, j_classical = encode_classical(tile, nodata, lam)
+    info = {} if info is None else info
+    classical, j_classical = encode_classical(tile, nodata, lam, hint=info.get("j2k_hint"), info=info)
     candidates = [(j_classical, TileHeader(unseal(classical)).kind, classical)]
     # lossless can only win where its bits undercut the classical cost; zlib level 1 (about 3x
     # faster than the stored level 6, and within a few % of its size on reflectances) screens it
@@ -613,8 +626,7 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     if kind != KIND_LOSSLESS and sse > 0 and 10 * np.log10(1e8 * n_valid / sse) < QUALITY_FLOOR_DB[quality]:
         payload = encode_classical_floor(tile, nodata, QUALITY_FLOOR_DB[quality])
         kind = TileHeader(unseal(payload)).kind
-        if info is not None:
-            info["floor_raised"] = True
+        info["floor_raised"] = True
     return payload, kind
 
 

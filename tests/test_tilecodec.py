@@ -247,7 +247,7 @@ def test_a_tile_below_its_floor_is_recoded(cloudy, monkeypatch):
     monkeypatch.setitem(tc.QUALITY_FLOOR_DB, 2, got + 6)
     info = {}
     payload, kind = tc.encode_tile(cloudy, quality=2, info=info)
-    assert info == {"floor_raised": True} and kind in (tc.KIND_CLASSICAL, tc.KIND_LOSSLESS)
+    assert info["floor_raised"] is True and kind in (tc.KIND_CLASSICAL, tc.KIND_LOSSLESS)
     assert tc.tile_psnr(cloudy, tc.decode_tile(payload), None) >= got + 6
     assert len(payload) > len(plain)
     import terracodec
@@ -255,3 +255,25 @@ def test_a_tile_below_its_floor_is_recoded(cloudy, monkeypatch):
 
     with api.TecDataset(terracodec.encode(cloudy, quality=2)) as ds:      # the file counts them
         assert ds.stats["floor_tiles"] == 1
+
+
+def test_level_hint_walks_fewer_codings(cloudy, monkeypatch):
+    """Writer passes each tile the JPEG 2000 level chosen for the tile above it. Started there, the
+    walk goes by steps of 1: at a level that is already the best it codes only that level and its two
+    neighbours, and never ends at a higher cost than the walk without a hint."""
+    from terracodec import anchors
+
+    lam = tc.rd_lambda(4)
+    calls = []
+    real = anchors._j2k_encode
+    monkeypatch.setattr(anchors, "_j2k_encode", lambda *a: calls.append(a[1]) or real(*a))
+    free_info, hinted_info = {}, {}
+    _, j_free = tc.encode_classical(cloudy, None, lam, info=free_info)
+    n_free = len(calls)
+    calls.clear()
+    _, j_hinted = tc.encode_classical(cloudy, None, lam, hint=free_info["j2k_level"], info=hinted_info)
+    assert j_hinted <= j_free and len(calls) <= n_free
+    best = hinted_info["j2k_level"]
+    calls.clear()
+    again, j_again = tc.encode_classical(cloudy, None, lam, hint=best)
+    assert sorted(calls) == [best - 1, best, best + 1] and j_again == j_hinted
