@@ -92,8 +92,10 @@ def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack
              keyframe_interval, dates_opt):
     """Compress the GeoTIFF SRC to the .tec file DST (PATHS = SRC DST), or with --stack the
     GeoTIFFs A.tif B.tif ... (dates of one place) to one .tec time stack (PATHS = A.tif ... OUT.tec)."""
+    import numpy as np
+
     from . import api
-    from .geotiff import read_geotiff
+    from .geotiff import geotiff_meta, geotiff_strips, read_geotiff
 
     if is_stack:
         _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, temporal,
@@ -102,15 +104,23 @@ def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack
     if len(paths) != 2:
         raise click.UsageError(f"expected SRC DST, got {len(paths)} path(s); use --stack for several dates")
     src, dst = paths
-    array, meta = read_geotiff(src, bands=bands)
+    meta = geotiff_meta(src, bands=bands)
+    if np.dtype(meta["dtype"]) not in api.SUPPORTED_DTYPES:
+        array, _ = read_geotiff(src, bands=bands)     # refused either way; read to name NaN if present
+        api._check_dtype(array.dtype, array)
     if nodata is None:
         nodata = meta["nodata"]
     date = meta["tags"].get("ACQUISITION_DATE")
     date = date if date and _ISO_DATE.match(date) else None
     t0 = time.perf_counter()
-    api.write(dst, array, meta["bands"], quality=quality, model=model, nodata=nodata, tile_size=tile_size,
-              crs_wkt=meta["crs_wkt"], geotransform=meta["geotransform"], metadata=meta["tags"],
-              date=date, progress=_progress_default(progress))
+    count, height, width = meta["shape"]
+    # strip by strip: the GeoTIFF is never held in memory whole
+    with api.Writer(dst, width, height, count, meta["dtype"], meta["bands"], quality=quality, model=model,
+                    nodata=nodata, tile_size=tile_size, crs_wkt=meta["crs_wkt"],
+                    geotransform=meta["geotransform"], metadata=meta["tags"], date=date,
+                    progress=_progress_default(progress)) as w:
+        for strip in geotiff_strips(src, w.tile_size):
+            w.write(strip)
     elapsed = time.perf_counter() - t0
     with api.open(dst) as ds:
         size = os.path.getsize(dst)
@@ -126,22 +136,22 @@ def _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, t
 
     from . import api
     from .errors import TecInputError
-    from .geotiff import read_geotiff
+    from .geotiff import geotiff_meta, geotiff_strips, read_geotiff
+    from .stack import StackWriter, check_dates
 
     if len(paths) < 2:
         raise click.UsageError("--stack needs at least one input GeoTIFF and the output .tec")
     *srcs, dst = paths
-    arrays, metas = [], []
-    for src in srcs:
-        a, m = read_geotiff(src, bands=bands)
-        arrays.append(a)
-        metas.append(m)
+    metas = [geotiff_meta(src, bands=bands) for src in srcs]
     first = metas[0]
-    for src, a, m in zip(srcs[1:], arrays[1:], metas[1:]):
-        if a.shape != arrays[0].shape or a.dtype != arrays[0].dtype or m["bands"] != first["bands"]:
-            raise TecInputError(f"{src}: {a.dtype}{list(a.shape)} bands {','.join(m['bands'])} differs from "
-                                f"{srcs[0]}: {arrays[0].dtype}{list(arrays[0].shape)} bands "
+    for src, m in zip(srcs[1:], metas[1:]):
+        if m["shape"] != first["shape"] or m["dtype"] != first["dtype"] or m["bands"] != first["bands"]:
+            raise TecInputError(f"{src}: {m['dtype']}{list(m['shape'])} bands {','.join(m['bands'])} differs "
+                                f"from {srcs[0]}: {first['dtype']}{list(first['shape'])} bands "
                                 f"{','.join(first['bands'])}; a stack needs one grid")
+    if np.dtype(first["dtype"]) not in api.SUPPORTED_DTYPES:
+        array, _ = read_geotiff(srcs[0], bands=bands)   # refused either way; read to name NaN if present
+        api._check_dtype(array.dtype, array)
     if dates_opt:
         dates = [d.strip() for d in dates_opt.split(",")]
     else:
@@ -158,11 +168,22 @@ def _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, t
     if nodata is None:
         nodata = first["nodata"]
     metadata = {k: v for k, v in first["tags"].items() if k != "ACQUISITION_DATE"}
+    dates = check_dates(dates, len(srcs))
     t0 = time.perf_counter()
-    api.write(dst, np.stack(arrays), first["bands"], quality=quality, model=model, nodata=nodata,
-              tile_size=tile_size, crs_wkt=first["crs_wkt"], geotransform=first["geotransform"],
-              metadata=metadata, progress=_progress_default(progress), dates=dates, temporal=temporal,
-              keyframe_interval=keyframe_interval)
+    count, height, width = first["shape"]
+    writer = StackWriter(dst, width, height, count, first["dtype"], first["bands"], quality, model, nodata,
+                         dates=dates, temporal=temporal, keyframe_interval=keyframe_interval,
+                         tile_size=tile_size, crs_wkt=first["crs_wkt"], geotransform=first["geotransform"],
+                         metadata=metadata, progress=_progress_default(progress),
+                         created_by=f"terracodec {api._version()}")
+    try:
+        # one row of tiles of every date at a time: the dates are never held in memory whole
+        for strips in zip(*(geotiff_strips(src, writer.tile_size) for src in srcs)):
+            writer.write(np.stack(strips))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     elapsed = time.perf_counter() - t0
     with api.open(dst) as ds:
         size = os.path.getsize(dst)

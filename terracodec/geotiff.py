@@ -30,29 +30,31 @@ def read_geotiff(path, bands=None) -> tuple[np.ndarray, dict]:
 
     Band names come from the band descriptions, or from ``bands`` (list or "B02,B03,...") which
     overrides them. ``meta``: ``bands`` (tuple of S2 names), ``crs_wkt``, ``geotransform`` (None
-    when the file has no georeferencing), ``nodata``, ``tags`` (dataset tags, str -> str), ``dtype``.
+    when the file has no georeferencing), ``nodata``, ``tags`` (dataset tags, str -> str), ``dtype``,
+    ``shape`` (count, H, W).
     """
+    meta = geotiff_meta(path, bands)
+    return np.concatenate(list(geotiff_strips(path, meta["shape"][1] or 1))), meta
+
+
+def geotiff_meta(path, bands=None) -> dict:
+    """The ``meta`` of :func:`read_geotiff` without reading pixels."""
     rasterio = _rasterio()
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file: {path!r}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                descriptions = list(ds.descriptions)
-                array = ds.read()
-                crs_wkt = ds.crs.to_wkt() if ds.crs else None
-                gt = ds.transform.to_gdal()
-                georef = ds.crs is not None or not ds.transform.is_identity
-                nodatavals = {repr(v) for v in ds.nodatavals}       # repr: NaN == NaN here
-                nodata = ds.nodata
-                tags = {str(k): str(v) for k, v in ds.tags().items()}
-    except RasterioIOError as exc:
-        raise TecInputError(f"cannot read {path} as a raster: {exc}") from None
-    count = array.shape[0]
+    with _open(rasterio, path) as ds:
+        descriptions = list(ds.descriptions)
+        crs_wkt = ds.crs.to_wkt() if ds.crs else None
+        gt = ds.transform.to_gdal()
+        georef = ds.crs is not None or not ds.transform.is_identity
+        nodatavals = {repr(v) for v in ds.nodatavals}       # repr: NaN == NaN here
+        nodata = ds.nodata
+        tags = {str(k): str(v) for k, v in ds.tags().items()}
+        shape = (ds.count, ds.height, ds.width)
+        dtype = np.dtype(ds.dtypes[0]).name
+    count = shape[0]
     if bands is not None:
         names = resolve_bands(bands, count)
     else:
@@ -71,9 +73,45 @@ def read_geotiff(path, bands=None) -> tuple[np.ndarray, dict]:
                             f"TEC stores one nodata value")
     if nodata is not None and math.isfinite(nodata) and float(nodata).is_integer():
         nodata = int(nodata)
-    meta = {"bands": names, "crs_wkt": crs_wkt, "geotransform": list(gt) if georef else None,
-            "nodata": nodata, "tags": tags, "dtype": array.dtype.name}
-    return array, meta
+    return {"bands": names, "crs_wkt": crs_wkt, "geotransform": list(gt) if georef else None,
+            "nodata": nodata, "tags": tags, "dtype": dtype, "shape": shape}
+
+
+def geotiff_strips(path, rows: int):
+    """Yield the GeoTIFF's pixels as (count, <= rows, W) strips from the top, one window read each,
+    so a raster larger than memory can be encoded strip by strip."""
+    rasterio = _rasterio()
+    from rasterio.errors import RasterioIOError
+    from rasterio.windows import Window
+
+    path = os.fspath(path)
+    with _open(rasterio, path) as ds:
+        for r in range(0, ds.height, rows):
+            try:
+                strip = ds.read(window=Window(0, r, ds.width, min(rows, ds.height - r)))
+            except RasterioIOError as exc:
+                raise TecInputError(f"cannot read rows {r}.. of {path}: {exc}") from None
+            yield strip
+
+
+def _open(rasterio, path):
+    """rasterio.open with its errors as TecInputError and without the ungeoreferenced warning."""
+    from contextlib import contextmanager
+
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    @contextmanager
+    def opened():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            try:
+                ds = rasterio.open(path)
+            except RasterioIOError as exc:
+                raise TecInputError(f"cannot read {path} as a raster: {exc}") from None
+        with ds:
+            yield ds
+
+    return opened()
 
 
 def write_geotiff(path, array: np.ndarray, bands, crs_wkt=None, geotransform=None, nodata=None,

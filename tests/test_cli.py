@@ -53,6 +53,20 @@ def test_compress_decompress_keeps_georeferencing(nodata_pair):
     assert_decoded_matches(b, a, 0)
 
 
+def test_compress_streams_the_same_bytes_as_the_api(nodata_pair, tmp_path):
+    """tec compress reads the GeoTIFF strip by strip (never whole): same file as terracodec.write."""
+    import terracodec
+    from terracodec.geotiff import read_geotiff
+
+    src, tec_path, _ = nodata_pair
+    array, meta = read_geotiff(src)
+    whole = tmp_path / "whole.tec"
+    terracodec.write(whole, array, meta["bands"], quality=5, model=TEST_MODEL, nodata=meta["nodata"],
+                     tile_size=48, crs_wkt=meta["crs_wkt"], geotransform=meta["geotransform"],
+                     metadata=meta["tags"], date=meta["tags"]["ACQUISITION_DATE"])
+    assert tec_path.read_bytes() == whole.read_bytes()
+
+
 def test_decompress_overview_level_is_a_quicklook_of_the_same_extent(nodata_pair, tmp_path):
     import terracodec
 

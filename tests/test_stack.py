@@ -323,6 +323,12 @@ def test_cli_stack_commands(stack10, tmp_path):
     out = tmp_path / "stack.tec"
     r = _cli("compress", "--stack", *srcs, out, "-q", "4", "--tile-size", "32", "--no-progress")
     assert "3 dates" in r.output
+    # the CLI streams the GeoTIFFs one row of tiles at a time: the same bytes as the whole stack
+    # through the Python API
+    whole = tmp_path / "whole.tec"
+    stack.write_stack(whole, arr, bands, 4, None, 0, dates=dates, tile_size=32, geotransform=gt,
+                      created_by=f"terracodec {terracodec.api._version()}")
+    assert out.read_bytes() == whole.read_bytes()
     info = _cli("info", out).output
     assert all(d in info for d in dates) and "keyframe interval 8" in info
     x = tmp_path / "x.tif"
