@@ -158,7 +158,7 @@ class TECDataset final : public GDALPamDataset
     std::string m_osDateLabel;    // that date as in the header (or its index), for messages
     bool m_bWindowDecode = false; // blocks via gdal_bridge.read_window, not tile by tile
 
-    int m_nFactor = 1;                  // overview decimation (1 = full resolution)
+    int m_nLevel = 0;                   // overview level: 1/2**level resolution (0 = full)
     TECDataset *m_poBase = nullptr;     // full-resolution dataset of an overview
     std::vector<std::unique_ptr<TECDataset>> m_apoOverviews;
 
@@ -381,15 +381,12 @@ bool TECDataset::ReadWindow(int nXOff, int nYOff, int nW, int nH, int nLevel,
 // band-sequential, nW x nH (the valid part of the block).
 bool TECDataset::DecodeBlockAllBands(int nBX, int nBY, int nW, int nH, std::vector<GByte> &abyOut)
 {
-    if (m_nFactor == 1)
+    if (m_nLevel == 0)
         return ReadTile(nBX, nBY, abyOut);
-    int nLevel = 0;
-    while ((1 << nLevel) < m_nFactor)
-        ++nLevel;
-    CPLDebug("TEC", "overview 1/%d: block (%d,%d) decoded at reduced resolution", m_nFactor, nBX,
-             nBY);
+    CPLDebug("TEC", "overview 1/%d: block (%d,%d) decoded at reduced resolution", 1 << m_nLevel,
+             nBX, nBY);
     const int T = m_poBase->m_nTileSize;
-    return ReadWindow(nBX * T, nBY * T, nW, nH, nLevel, abyOut);
+    return ReadWindow(nBX * T, nBY * T, nW, nH, m_nLevel, abyOut);
 }
 
 CPLErr TECDataset::ReadBlock(int nBand, int nBX, int nBY, void *pImage)
@@ -440,8 +437,9 @@ void TECDataset::BuildOverviews()
     // Power-of-two levels until the overview fits in one tile.
     if (nBands == 0)
         return;  // time stack: the subdatasets have the bands
-    for (int f = 2;; f *= 2)
+    for (int nLevel = 1;; ++nLevel)
     {
+        const int f = 1 << nLevel;
         const int nW = (nRasterXSize + f - 1) / f;
         const int nH = (nRasterYSize + f - 1) / f;
         if (nW < 1 || nH < 1)
@@ -452,7 +450,7 @@ void TECDataset::BuildOverviews()
             break;
         auto poOv = std::make_unique<TECDataset>();
         poOv->m_poBase = this;
-        poOv->m_nFactor = f;
+        poOv->m_nLevel = nLevel;
         poOv->nRasterXSize = nW;
         poOv->nRasterYSize = nH;
         poOv->m_eDT = m_eDT;

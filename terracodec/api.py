@@ -219,6 +219,13 @@ def _model_record(model: str | None) -> dict:
 
 
 # -- tile grid --------------------------------------------------------------------------------------------
+def _check_dims(width, height, count) -> tuple[int, int, int]:
+    for name, value in (("width", width), ("height", height), ("count", count)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise TecInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(width), int(height), int(count)
+
+
 def _grid(width: int, height: int, tile_size: int) -> tuple[int, int]:
     return -(-width // tile_size), -(-height // tile_size)
 
@@ -246,10 +253,7 @@ class Writer:
                  crs_wkt: str | None = None, geotransform=None, metadata: dict | None = None, *,
                  date: str | None = None, progress: bool = False, tile_overlap: int = DEFAULT_TILE_OVERLAP,
                  workers: int | None = None):
-        for name, value in (("width", width), ("height", height), ("count", count)):
-            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-                raise TecInputError(f"{name} must be a positive integer, got {value!r}")
-        self.width, self.height, self.count = int(width), int(height), int(count)
+        self.width, self.height, self.count = _check_dims(width, height, count)
         if self.count > MAX_BANDS:
             raise TecBandError(f"{self.count} bands given; Sentinel-2 has at most {MAX_BANDS}")
         self.dtype = _check_dtype(dtype)
@@ -571,23 +575,18 @@ class TecDataset:
     def __init__(self, path, tile_cache: int | None = None):
         from .format import ContainerReader
 
-        if isinstance(path, (bytes, bytearray, memoryview)):      # used by decode()
-            self.name, self._size = "<bytes>", len(path)
-        elif hasattr(path, "read") and hasattr(path, "seek"):     # a binary file object
-            self.name = str(getattr(path, "name", None) or f"<{type(path).__name__}>")
-            self._size = path.seek(0, os.SEEK_END)
-        else:
-            self.name = os.fspath(path)
-            if not os.path.exists(self.name):
-                raise FileNotFoundError(f"No such file: {self.name!r}")
-            self._size = os.path.getsize(self.name)
+        # bytes (decode()) and binary file objects are read as they are; a path must exist
+        if not isinstance(path, (bytes, bytearray, memoryview)) and not hasattr(path, "read"):
+            if not os.path.exists(os.fspath(path)):
+                raise FileNotFoundError(f"No such file: {os.fspath(path)!r}")
         if tile_cache is not None and (isinstance(tile_cache, bool) or not isinstance(tile_cache, Integral)
                                        or tile_cache < 0):
             raise TecInputError(f"tile_cache must be a non-negative integer, got {tile_cache!r}")
         self.tile_cache = self.TILE_CACHE_SIZE if tile_cache is None else int(tile_cache)
-        self._decoded_tiles: OrderedDict = OrderedDict()    # (date, ty, tx) -> read-only array, LRU
+        self._decoded_tiles: OrderedDict = OrderedDict()    # (date, ty, tx, reduce) -> read-only array, LRU
         self._decoded_lock = threading.Lock()
         self._reader = ContainerReader(path)
+        self.name, self._size = self._reader.name, self._reader.size
         self._head = self._reader.header
         self.header = _header_dict(self._head)
         h = self.header

@@ -92,10 +92,8 @@ def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack
              keyframe_interval, dates_opt):
     """Compress the GeoTIFF SRC to the .tec file DST (PATHS = SRC DST), or with --stack the
     GeoTIFFs A.tif B.tif ... (dates of one place) to one .tec time stack (PATHS = A.tif ... OUT.tec)."""
-    import numpy as np
-
     from . import api
-    from .geotiff import geotiff_meta, geotiff_strips, read_geotiff
+    from .geotiff import geotiff_meta, geotiff_strips
 
     if is_stack:
         _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, temporal,
@@ -105,9 +103,7 @@ def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack
         raise click.UsageError(f"expected SRC DST, got {len(paths)} path(s); use --stack for several dates")
     src, dst = paths
     meta = geotiff_meta(src, bands=bands)
-    if np.dtype(meta["dtype"]) not in api.SUPPORTED_DTYPES:
-        array, _ = read_geotiff(src, bands=bands)     # refused either way; read to name NaN if present
-        api._check_dtype(array.dtype, array)
+    _refuse_unsupported_dtype(src, meta, bands)
     if nodata is None:
         nodata = meta["nodata"]
     date = meta["tags"].get("ACQUISITION_DATE")
@@ -130,13 +126,25 @@ def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack
                    f"q{ds.quality}, {ds.fallback_tiles} fallback tile(s), {elapsed:.2f} s")
 
 
+def _refuse_unsupported_dtype(src, meta: dict, bands) -> None:
+    """TecInputError for a GeoTIFF TEC cannot code; such a file is read whole, to say if it holds NaN."""
+    import numpy as np
+
+    from . import api
+    from .geotiff import read_geotiff
+
+    if np.dtype(meta["dtype"]) not in api.SUPPORTED_DTYPES:
+        array, _ = read_geotiff(src, bands=bands)
+        api._check_dtype(array.dtype, array)
+
+
 def _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, temporal,
                     keyframe_interval, dates_opt):
     import numpy as np
 
     from . import api
     from .errors import TecInputError
-    from .geotiff import geotiff_meta, geotiff_strips, read_geotiff
+    from .geotiff import geotiff_meta, geotiff_strips
     from .stack import StackWriter, check_dates
 
     if len(paths) < 2:
@@ -149,9 +157,7 @@ def _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, t
             raise TecInputError(f"{src}: {m['dtype']}{list(m['shape'])} bands {','.join(m['bands'])} differs "
                                 f"from {srcs[0]}: {first['dtype']}{list(first['shape'])} bands "
                                 f"{','.join(first['bands'])}; a stack needs one grid")
-    if np.dtype(first["dtype"]) not in api.SUPPORTED_DTYPES:
-        array, _ = read_geotiff(srcs[0], bands=bands)   # refused either way; read to name NaN if present
-        api._check_dtype(array.dtype, array)
+    _refuse_unsupported_dtype(srcs[0], first, bands)
     if dates_opt:
         dates = [d.strip() for d in dates_opt.split(",")]
     else:

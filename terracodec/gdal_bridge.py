@@ -9,7 +9,7 @@ The C++ driver parses the container itself (header, tile index, CRCs) and calls 
   whose temporal tiles need earlier dates, and images whose tiles overlap and are cross-faded);
 * :class:`Encoder` -- CreateCopy: ``Encoder(params_json)``, ``write_rows(buffer, nrows)``,
   ``close()``, ``abort()``; wraps :class:`terracodec.Writer`, or with ``dates`` in the parameters
-  (``-co TEMPORAL=YES``) buffers the whole stack and writes it with :func:`terracodec.write`.
+  (``-co TEMPORAL=YES``) a :class:`terracodec.stack.StackWriter`.
 
 Arguments and results are primitive types only (str, int, bytes-like), so the C++ side needs no
 numpy or Python headers. Everything else here is for the ``tec`` CLI (:func:`gdal_env_lines`,
@@ -50,7 +50,7 @@ def decode_payload(payload, model: str, count: int, height: int, width: int, dty
     return np.ascontiguousarray(arr, dtype=want.newbyteorder("<")).tobytes()
 
 
-_OPEN_CACHE: OrderedDict = OrderedDict()     # abspath -> ((ino, size, mtime_ns), TecDataset)
+_OPEN_CACHE: OrderedDict = OrderedDict()     # abspath or /vsi path -> (_stamp(path), TecDataset)
 _OPEN_CACHE_SIZE = 8
 _OPEN_CACHE_LOCK = threading.Lock()
 

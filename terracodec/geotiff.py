@@ -10,6 +10,7 @@ import math
 import os
 import secrets
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -34,17 +35,15 @@ def read_geotiff(path, bands=None) -> tuple[np.ndarray, dict]:
     ``shape`` (count, H, W).
     """
     meta = geotiff_meta(path, bands)
-    return np.concatenate(list(geotiff_strips(path, meta["shape"][1] or 1))), meta
+    return next(geotiff_strips(path, meta["shape"][1])), meta         # one strip: the whole raster
 
 
 def geotiff_meta(path, bands=None) -> dict:
     """The ``meta`` of :func:`read_geotiff` without reading pixels."""
-    rasterio = _rasterio()
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file: {path!r}")
-    with _open(rasterio, path) as ds:
+    with _open(path) as ds:
         descriptions = list(ds.descriptions)
         crs_wkt = ds.crs.to_wkt() if ds.crs else None
         gt = ds.transform.to_gdal()
@@ -80,12 +79,11 @@ def geotiff_meta(path, bands=None) -> dict:
 def geotiff_strips(path, rows: int):
     """Yield the GeoTIFF's pixels as (count, <= rows, W) strips from the top, one window read each,
     so a raster larger than memory can be encoded strip by strip."""
-    rasterio = _rasterio()
     from rasterio.errors import RasterioIOError
     from rasterio.windows import Window
 
     path = os.fspath(path)
-    with _open(rasterio, path) as ds:
+    with _open(path) as ds:
         for r in range(0, ds.height, rows):
             try:
                 strip = ds.read(window=Window(0, r, ds.width, min(rows, ds.height - r)))
@@ -94,24 +92,20 @@ def geotiff_strips(path, rows: int):
             yield strip
 
 
-def _open(rasterio, path):
+@contextmanager
+def _open(path):
     """rasterio.open with its errors as TecInputError and without the ungeoreferenced warning."""
-    from contextlib import contextmanager
-
+    rasterio = _rasterio()
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-    @contextmanager
-    def opened():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            try:
-                ds = rasterio.open(path)
-            except RasterioIOError as exc:
-                raise TecInputError(f"cannot read {path} as a raster: {exc}") from None
-        with ds:
-            yield ds
-
-    return opened()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            ds = rasterio.open(path)
+        except RasterioIOError as exc:
+            raise TecInputError(f"cannot read {path} as a raster: {exc}") from None
+    with ds:
+        yield ds
 
 
 def write_geotiff(path, array: np.ndarray, bands, crs_wkt=None, geotransform=None, nodata=None,

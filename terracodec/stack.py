@@ -544,13 +544,10 @@ class StackWriter:
         from . import api
         from .bands import resolve_bands
 
-        for name, value in (("width", width), ("height", height), ("count", count)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise TecInputError(f"{name} must be a positive integer, got {value!r}")
+        self.width, self.height, self.count = api._check_dims(width, height, count)
         if dates is None:
             raise TecInputError("a time stack needs dates=[...] (ISO strings, or None per unknown date)")
         self.path = path if hasattr(path, "write") else os.fspath(path)
-        self.width, self.height, self.count = int(width), int(height), int(count)
         self.dtype = api._check_dtype(dtype)
         self.quality = api._check_quality(quality)
         self.tile_size = api._check_tile_size(tile_size)
@@ -575,7 +572,7 @@ class StackWriter:
             ki = 1
         self._ki, self._classical, self._record = ki, classical, record
         self._lam = rd_lambda(self.quality)
-        self.tiles_x, self.tiles_y = -(-self.width // self.tile_size), -(-self.height // self.tile_size)
+        self.tiles_x, self.tiles_y = api._grid(self.width, self.height, self.tile_size)
         self._payloads = [[None] * (self.tiles_x * self.tiles_y) for _ in self.dates]
         self._kinds: dict[int, int] = {}
         self._pending = np.empty((len(self.dates), self.count, 0, self.width), self.dtype)

@@ -7,7 +7,7 @@ Payload layout (little-endian):
     4   1  u8  kind (0 learned, 1 classical fallback, 2 lossless, 3 temporal: see terracodec.stack)
     5   1  u8  dtype code (1 uint8, 2 int16, 3 uint16)
     6   1  u8  band count
-    7   1  u8  param (classical: the KLT components were divided by 2**param; else 0)
+    7   1  u8  param (classical: bits 0-3 the component shift, bit 4 compact side information; else 0)
     8   2  u16 height
     10  2  u16 width
     12  1  u8  nodata mask mode (0 none, 1 one mask for all bands, 2 one mask per band)
@@ -266,8 +266,8 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, hint: int | None =
     if min(tile.shape[1:]) < 4:        # a sliver: raw bytes are smaller than any codestream
         p = encode_lossless(tile, nodata)
         return p, lam * 8 * len(p)
-    code_at = _classical_coder(tile, nodata)
     mask = nodata_mask(tile, nodata)
+    code_at = _classical_coder(tile, nodata, mask)
     payloads: dict[int, bytes] = {}
 
     def cost_at(level):
@@ -292,7 +292,7 @@ def encode_classical_floor(tile: np.ndarray, nodata, floor_db: float) -> bytes:
     the OpenJPEG level), or the lossless code when none does."""
     mask = nodata_mask(tile, nodata)
     if min(tile.shape[1:]) >= 4:
-        code_at = _classical_coder(tile, nodata)
+        code_at = _classical_coder(tile, nodata, mask)
         lo, hi, best = J2K_LEVEL_MIN, J2K_LEVEL_MAX, None
         while lo <= hi:
             mid = (lo + hi) // 2
@@ -306,22 +306,14 @@ def encode_classical_floor(tile: np.ndarray, nodata, floor_db: float) -> bytes:
     return encode_lossless(tile, nodata)
 
 
-def _classical_coder(tile: np.ndarray, nodata):
-    """-> code_at(level): the classical payload of ``tile`` at OpenJPEG level ``level`` (the KLT
-    is fitted once)."""
+def _classical_coder(tile: np.ndarray, nodata, mask: np.ndarray | None):
+    """-> code_at(level): the classical payload of ``tile`` (``mask`` = nodata_mask(tile, nodata))
+    at OpenJPEG level ``level`` (the KLT is fitted once)."""
     from . import spectral
     from .anchors import _j2k_encode
 
-    mask = nodata_mask(tile, nodata)
-    count, h, w = tile.shape
-    x = tile.astype(np.float64)
-    valid = np.ones((h, w), bool) if mask is None else ~mask.any(axis=0)
-    if not valid.any():
-        valid[:] = True
-    means, basis_q = _fit_tile_klt(x, valid, compact=True)
-    if mask is not None:
-        x = np.where(mask, means[:, None, None], x)
-    comps = spectral.forward(x, means, basis_q).astype(np.float64) * spectral.COMPONENT_SCALE
+    comps, means, basis_q = _klt_components(tile, mask, compact=True)
+    comps = comps.astype(np.float64) * spectral.COMPONENT_SCALE
     # components are int16 (16-bit JPEG 2000 is exact through imagecodecs); values far above the
     # reflectance range (e.g. uint16 near 65535) are divided by 2**shift to fit
     peak = float(np.abs(comps).max()) if comps.size else 0.0
@@ -407,21 +399,29 @@ def _fit_tile_klt(x: np.ndarray, valid: np.ndarray, compact: bool = False):
     return means.astype(np.float32).astype(np.float64), spectral.quantize_basis(basis)
 
 
-def _network_input(tile: np.ndarray, mask: np.ndarray | None):
-    """-> (13-channel float32 KLT components, means, quantized basis) of a tile, as the network sees it."""
+def _klt_components(tile: np.ndarray, mask: np.ndarray | None, compact: bool = False):
+    """-> (float32 KLT components / COMPONENT_SCALE, means, quantized basis) of a tile's valid
+    pixels (see _fit_tile_klt); nodata pixels carry no information, so they code the band mean."""
     from . import spectral
-    from .models.tec import IN_CHANNELS
 
     count, h, w = tile.shape
     x = tile.astype(np.float64)
     valid = np.ones((h, w), bool) if mask is None else ~mask.any(axis=0)
     if not valid.any():
         valid = np.ones((h, w), bool)
-    means, basis_q = _fit_tile_klt(x, valid)
+    means, basis_q = _fit_tile_klt(x, valid, compact)
     if mask is not None:
-        x = np.where(mask, means[:, None, None], x)     # nodata carries no information: code the mean
+        x = np.where(mask, means[:, None, None], x)
+    return spectral.forward(x, means, basis_q), means, basis_q
+
+
+def _network_input(tile: np.ndarray, mask: np.ndarray | None):
+    """-> (13-channel float32 KLT components, means, quantized basis) of a tile, as the network sees it."""
+    from .models.tec import IN_CHANNELS
+
+    count, h, w = tile.shape
     comps = np.zeros((IN_CHANNELS, h, w), np.float32)
-    comps[:count] = spectral.forward(x, means, basis_q)
+    comps[:count], means, basis_q = _klt_components(tile, mask)
     return comps, means, basis_q
 
 
