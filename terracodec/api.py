@@ -373,7 +373,7 @@ class Writer:
             self.floor_tiles += bool(info.get("floor_raised"))
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
             self.payload_bytes += len(payload)
-            if kind == tilecodec.KIND_CLASSICAL:
+            if kind in (tilecodec.KIND_CLASSICAL, tilecodec.KIND_MULTIRES):
                 self.fallback_tiles += 1
             if self._bar is not None:
                 self._bar.update(1)
@@ -421,6 +421,7 @@ class Writer:
         return {"fallback_tiles": self.fallback_tiles,
                 "lossless_tiles": self.kinds.get(tilecodec.KIND_LOSSLESS, 0),
                 "learned_tiles": self.kinds.get(tilecodec.KIND_LEARNED, 0),
+                "coarse_grid_tiles": self.kinds.get(tilecodec.KIND_MULTIRES, 0),
                 "floor_tiles": self.floor_tiles,
                 "compression_ratio": round(raw / total, 3)}
 

@@ -317,7 +317,9 @@ def info(path, as_json):
         f"model:        {model.get('name')}" + (f" (sha256 {sha}...)" if sha else ""),
         f"quality:      {d['quality']}",
         f"tiles:        {d['tiles_x']} x {d['tiles_y']} of {d['tile_size']} px (overlap {d['tile_overlap']} px), "
-        f"{d['stats'].get('learned_tiles', 0)} learned, {d['fallback_tiles']} classical, "
+        f"{d['stats'].get('learned_tiles', 0)} learned, {d['fallback_tiles']} classical"
+        + (f" ({d['stats']['coarse_grid_tiles']} with bands on coarser grids)" if d['stats'].get('coarse_grid_tiles') else "")
+        + ", "
         f"{d['stats'].get('lossless_tiles', 0)} lossless"
         + (f"; {d['stats']['floor_tiles']} recoded to reach the quality floor" if d['stats'].get('floor_tiles') else ""),
         f"compression:  ratio {d['compression_ratio']:.2f}, {d['bits_per_pixel_per_band']:.3f} bits/pixel/band",

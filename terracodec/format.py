@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .errors import TecChecksumError, TecFormatError, TecInputError, TecVersionError
-from .tilecodec import KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_TEMPORAL, TILE_MAGIC
+from .tilecodec import KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL, TILE_MAGIC
 
 __all__ = [
     "MAGIC", "VERSION", "PREFIX_SIZE", "INDEX_ENTRY_SIZE", "MAX_HEADER_SIZE", "DTYPES", "KINDS",
@@ -42,7 +42,7 @@ INDEX_ENTRY_SIZE = 24
 MAX_HEADER_SIZE = 64 * 1024 * 1024      # readers reject larger headers (the GDAL driver does too)
 FLAG_HEADER_DEFLATE = 1                  # prefix flags bit 0: the JSON header is zlib-compressed
 DTYPES = ("uint8", "int16", "uint16")
-KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL)
+KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES)
 
 _PREFIX = struct.Struct("<8sHHIQIIQII12x")     # bytes 0..59; bytes 60..63 hold its CRC32
 _CRC = struct.Struct("<I")

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import spectral, tilecodec
 from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
-from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_TEMPORAL, TileHeader,
+from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL, TileHeader,
                         nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal, unseal)
 
 DEFAULT_KEYFRAME_INTERVAL = 8
@@ -650,8 +650,9 @@ class StackWriter:
         if self.rows_written != self.height:
             raise TecInputError(f"{self.rows_written} of {self.height} rows received")
         kinds = self._kinds
-        stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0), "lossless_tiles": kinds.get(KIND_LOSSLESS, 0),
-                 "learned_tiles": kinds.get(KIND_LEARNED, 0), "temporal_tiles": kinds.get(KIND_TEMPORAL, 0),
+        stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0) + kinds.get(KIND_MULTIRES, 0),
+                 "lossless_tiles": kinds.get(KIND_LOSSLESS, 0), "learned_tiles": kinds.get(KIND_LEARNED, 0),
+                 "temporal_tiles": kinds.get(KIND_TEMPORAL, 0), "coarse_grid_tiles": kinds.get(KIND_MULTIRES, 0),
                  "compression_ratio": 0.0}
         fields = dict(self._fields, stats=stats)
         payload_bytes = sum(len(p) for row in self._payloads for p, _ in row)

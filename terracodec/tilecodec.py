@@ -27,7 +27,7 @@ import numpy as np
 from .errors import TecChecksumError, TecDecodeError, TecFormatError, TecInputError
 
 TILE_MAGIC = b"TECT"
-KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL = 0, 1, 2, 3
+KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES = 0, 1, 2, 3, 4
 DTYPE_CODES = {np.dtype("uint8"): 1, np.dtype("int16"): 2, np.dtype("uint16"): 3}
 DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
 _HEAD = struct.Struct("<4sBBBBHHBdI")
@@ -91,7 +91,7 @@ class TileHeader:
         if magic != TILE_MAGIC:
             raise TecFormatError("not a TEC tile payload (bad tile magic)")
         if code not in DTYPES_BY_CODE or self.kind not in (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS,
-                                                                  KIND_TEMPORAL):
+                                                                  KIND_TEMPORAL, KIND_MULTIRES):
             raise TecFormatError(f"bad tile header (kind {self.kind}, dtype code {code})")
         self.dtype = DTYPES_BY_CODE[code]
         end = _HEAD.size + mask_len
@@ -257,8 +257,12 @@ def strip_j2k_comments(stream: bytes) -> bytes:
 
 
 def encode_classical(tile: np.ndarray, nodata, lam: float, *, hint: int | None = None,
-                     info: dict | None = None) -> tuple[bytes, float]:
+                     info: dict | None = None, multires: bool = True) -> tuple[bytes, float]:
     """-> (payload, J = SSE + lam * bits) at the OpenJPEG level of least cost.
+
+    With ``multires`` (and no nodata in the tile), bands that are interpolations of a coarser grid
+    (Sentinel-2's 20 m and 60 m bands on a 10 m grid) are also tried on that grid (kind 4,
+    :mod:`terracodec.multires`), and the code of lower cost is returned.
 
     ``hint``: the level chosen for a similar tile (the one above it in the image): the walk starts
     there with steps of 1, which usually needs 3 codings instead of 5. ``info["j2k_level"]`` gets
@@ -284,7 +288,31 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, hint: int | None =
     best, costs = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=step, max_tries=8)
     if info is not None:
         info["j2k_level"] = best
-    return payloads[best], costs[best]
+    payload, j = payloads[best], costs[best]
+    if multires and mask is None:
+        coarse = encode_multires(tile, nodata, lam, best)
+        if coarse is not None and coarse[1] < j:
+            payload, j = coarse
+    return payload, j
+
+
+def encode_multires(tile: np.ndarray, nodata, lam: float, start_level: int) -> tuple[bytes, float] | None:
+    """-> (kind 4 payload, J) when some band of the tile sits on a coarser grid, else None."""
+    from . import multires
+
+    grids = multires.detect_grids(tile)
+    if all(g[0] == 1 for g in grids):
+        return None
+    body, decoded = multires.encode_groups(tile, grids, lam, start_level)
+    payload = seal(pack_header(KIND_MULTIRES, tile, nodata, None) + body)
+    return payload, rd_cost(tile, decoded, None, len(payload), lam)
+
+
+def decode_multires(payload: bytes, head: TileHeader) -> np.ndarray:
+    from . import multires
+
+    values = multires.decode_groups(payload[head.body:], head.count, head.height, head.width, head.dtype)
+    return values.astype(head.dtype)
 
 
 def encode_classical_floor(tile: np.ndarray, nodata, floor_db: float) -> bytes:
@@ -309,21 +337,33 @@ def encode_classical_floor(tile: np.ndarray, nodata, floor_db: float) -> bytes:
 def _classical_coder(tile: np.ndarray, nodata, mask: np.ndarray | None):
     """-> code_at(level): the classical payload of ``tile`` (``mask`` = nodata_mask(tile, nodata))
     at OpenJPEG level ``level`` (the KLT is fitted once)."""
-    from . import spectral
-    from .anchors import _j2k_encode
-
     comps, means, basis_q = _klt_components(tile, mask, compact=True)
+    comps, shift = j2k_components(comps)
+    prefix = pack_header(KIND_CLASSICAL, tile, nodata, mask, shift | SIDE_COMPACT) \
+        + means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
+    return lambda level: seal(prefix + j2k_stream(comps, level))
+
+
+def j2k_components(comps: np.ndarray) -> tuple[np.ndarray, int]:
+    """KLT components (spectral.forward, reflectance / COMPONENT_SCALE) -> (int16 components, s).
+
+    16-bit JPEG 2000 is exact through imagecodecs; values far above the reflectance range (e.g.
+    uint16 near 65535) are divided by 2**s to fit."""
+    from . import spectral
+
     comps = comps.astype(np.float64) * spectral.COMPONENT_SCALE
-    # components are int16 (16-bit JPEG 2000 is exact through imagecodecs); values far above the
-    # reflectance range (e.g. uint16 near 65535) are divided by 2**shift to fit
     peak = float(np.abs(comps).max()) if comps.size else 0.0
     shift = 0
     while peak / 2 ** shift > 32767 and shift < 8:
         shift += 1
-    comps = np.clip(np.rint(comps / 2 ** shift), -32768, 32767).astype(np.int16)
-    prefix = pack_header(KIND_CLASSICAL, tile, nodata, mask, shift | SIDE_COMPACT) \
-        + means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
-    return lambda level: seal(prefix + strip_j2k_comments(_j2k_encode(comps, level, 1)))
+    return np.clip(np.rint(comps / 2 ** shift), -32768, 32767).astype(np.int16), shift
+
+
+def j2k_stream(comps: np.ndarray, level: int) -> bytes:
+    """The JPEG 2000 codestream of int16 components at OpenJPEG level ``level``, comments dropped."""
+    from .anchors import _j2k_encode
+
+    return strip_j2k_comments(_j2k_encode(comps, level, 1))
 
 
 SIDE_COMPACT = 0x10       # classical param bit 4: f16 means and int8 basis (x127), not f32 / f16
@@ -700,6 +740,8 @@ def decode_tile(payload: bytes, *, model=None) -> np.ndarray:
         out = decode_lossless(payload, head)
     elif head.kind == KIND_CLASSICAL:
         out = decode_classical(payload, head)
+    elif head.kind == KIND_MULTIRES:
+        out = decode_multires(payload, head)
     elif head.kind == KIND_TEMPORAL:
         raise TecDecodeError("a temporal (TEC-TT) tile depends on earlier dates of its stack; "
                              "read it through its .tec file: terracodec.open(path).read(date=...)")

@@ -338,7 +338,8 @@ def test_dataset_properties_and_profile(l2a12, model, tmp_path):
         assert ds.affine == meta["transform"] and isinstance(ds.affine, Affine)
         assert ds.metadata == {"A": "b"}
         stats = ds.header["stats"]
-        assert stats["fallback_tiles"] == sum(e.kind == 1 for e in ds._reader.entries)
+        assert stats["fallback_tiles"] == sum(e.kind in (1, 4) for e in ds._reader.entries)
+        assert stats["coarse_grid_tiles"] == sum(e.kind == 4 for e in ds._reader.entries)
         assert stats["compression_ratio"] == pytest.approx(ds.compression_ratio, rel=1e-3)
         assert ds.compression_ratio == pytest.approx(arr.nbytes / path.stat().st_size)
         data = ds.read()

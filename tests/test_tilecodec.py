@@ -52,7 +52,7 @@ def test_chosen_code_costs_no_more_than_classical(name, quality):
     else:
         assert tc.rd_cost(tile, out, None, len(payload), lam) <= j_classical * (1 + 1e-12)
     assert tc.tile_psnr(tile, out, None) >= tc.QUALITY_FLOOR_DB[quality]
-    assert kind in (tc.KIND_LEARNED, tc.KIND_CLASSICAL, tc.KIND_LOSSLESS)
+    assert kind in (tc.KIND_LEARNED, tc.KIND_CLASSICAL, tc.KIND_LOSSLESS, tc.KIND_MULTIRES)
 
 
 def test_quality_slopes_are_ordered():

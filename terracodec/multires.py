@@ -1,0 +1,276 @@
+"""Kind 4 tiles: bands resampled from a coarser grid are coded on that grid.
+
+Sentinel-2 measures B05-B07, B8A, B11, B12 at 20 m and B01, B09, B10 at 60 m. On a 10 m grid those
+bands are interpolations (bilinear or nearest) of 4x or 36x fewer samples, which a codec of the
+10 m pixels pays for again. The encoder finds, per band, the coarse grid (factor, interpolation,
+phase) that reproduces the band to rounding, groups bands of the same grid, and codes each group on
+its grid: coarse groups are first predicted from the bands decoded before them (a linear map of
+their cell means), and the residual goes through a KLT and one JPEG 2000 codestream, as in kind 1.
+
+Pure numpy + imagecodecs (no torch). Layout in docs/FORMAT.md ("kind 4").
+"""
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import TecFormatError
+
+FACTORS = (6, 2)                     # tried largest first: a 60 m band also fits a 20 m grid roughly
+MODES = {"bilinear": 0, "nearest": 1}
+FIT_RMS = 1.0                        # a band "is" on a coarse grid when the refit is off by < 1 on average
+DETECT_WINDOW = 96                   # phases are searched on a central window of this size
+MIN_CELLS = 4                        # JPEG 2000 and the KLT need a few samples per axis
+NO_STREAM = 0x20                     # group param bit 5: no codestream, the residual is its means
+SHIFT_MASK = 0x0F
+_GROUP = struct.Struct("<BBBBBB")    # factor, mode, phase_y, phase_x, band count, param
+
+
+# -- grids -----------------------------------------------------------------------------------------
+@lru_cache(maxsize=256)
+def upsample_matrix(n: int, factor: int, phase: int, mode: int) -> np.ndarray:
+    """(n, cells) interpolation matrix of one axis of ``n`` pixels from a grid ``factor`` times coarser.
+
+    Cell j (any integer) has its centre at ``phase + factor * j + (factor - 1) / 2`` in pixel
+    units. Bilinear: pixel k sits at u = (k - phase - (factor - 1) / 2) / factor cells and takes
+    (1 - a) of cell floor(u) and a of the next (a = u - floor(u)). Nearest: pixel k takes cell
+    floor((k - phase) / factor). The columns are the cells with a weight in some pixel, lowest first."""
+    if factor == 1:
+        return np.eye(n)
+    k = np.arange(n)
+    if mode == MODES["nearest"]:
+        cells = np.floor_divide(k - phase, factor)
+        lo = int(cells.min())
+        u = np.zeros((n, int(cells.max()) - lo + 1))
+        u[k, cells - lo] = 1.0
+        return u
+    pos = (k - phase - (factor - 1) / 2) / factor
+    i0 = np.floor(pos).astype(int)
+    a = pos - i0
+    lo = int(i0.min())
+    hi = int(np.where(a > 0, i0 + 1, i0).max())
+    u = np.zeros((n, hi - lo + 1))
+    u[k, i0 - lo] += 1 - a
+    nz = a > 0
+    u[k[nz], i0[nz] + 1 - lo] += a[nz]
+    return u
+
+
+@lru_cache(maxsize=256)
+def _fit_matrix(n: int, factor: int, phase: int, mode: int) -> np.ndarray:
+    """Least-squares inverse of upsample_matrix (encoder only)."""
+    return np.linalg.pinv(upsample_matrix(n, factor, phase, mode))
+
+
+@lru_cache(maxsize=256)
+def cell_mean_matrix(n: int, factor: int, phase: int, mode: int) -> np.ndarray:
+    """(cells, n): the mean of the pixels nearest to each cell (the prediction features)."""
+    u = upsample_matrix(n, factor, phase, mode)
+    owner = np.argmax(u, axis=1)                       # the cell of largest weight (first on ties)
+    m = np.zeros((u.shape[1], n))
+    m[owner, np.arange(n)] = 1.0
+    owning = np.flatnonzero(m.sum(axis=1) > 0)
+    m[owning] /= m[owning].sum(axis=1, keepdims=True)
+    for j in np.flatnonzero(m.sum(axis=1) == 0):        # edge cells without pixels: the nearest cell's row
+        m[j] = m[owning[np.argmin(np.abs(owning - j))]]
+    return m
+
+
+def _separable(left: np.ndarray, x: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """left @ x[b] @ right.T for every band."""
+    return np.matmul(np.matmul(left, x), right.T)
+
+
+# -- detection (encoder) -----------------------------------------------------------------------------
+def _fits(x: np.ndarray, factor: int, py: int, px: int, mode: int) -> bool:
+    h, w = x.shape
+    fy, fx = _fit_matrix(h, factor, py, mode), _fit_matrix(w, factor, px, mode)
+    uy, ux = upsample_matrix(h, factor, py, mode), upsample_matrix(w, factor, px, mode)
+    resid = x - uy @ (fy @ x @ fx.T) @ ux.T
+    return float(np.sqrt(np.mean(resid * resid))) < FIT_RMS
+
+
+def detect_grids(tile: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Per band (factor, mode, phase_y, phase_x) of the coarsest grid that reproduces it to within
+    FIT_RMS on the whole tile; (1, 0, 0, 0) for a band at full resolution."""
+    count, h, w = tile.shape
+    x = tile.astype(np.float64)
+    win = min(DETECT_WINDOW, h, w)
+    y0, x0 = (h - win) // 2, (w - win) // 2
+    out = []
+    for b in range(count):
+        found = (1, 0, 0, 0)
+        if np.ptp(x[b]) > 0:                 # a constant band fits every grid: keep it at full size
+            sub = x[b, y0:y0 + win, x0:x0 + win]
+            for factor in FACTORS:
+                if min(h, w) < factor * MIN_CELLS:
+                    continue
+                for mode in MODES.values():
+                    for py in range(factor):
+                        for px in range(factor):
+                            if _fits(sub, factor, py, px, mode):
+                                ty, tx = (py + y0) % factor, (px + x0) % factor
+                                if _fits(x[b], factor, ty, tx, mode):
+                                    found = (factor, mode, ty, tx)
+                                break
+                        if found[0] > 1:
+                            break
+                    if found[0] > 1:
+                        break
+                if found[0] > 1:
+                    break
+        out.append(found)
+    return out
+
+
+def groups_of(grids) -> list[tuple[tuple[int, int, int, int], list[int]]]:
+    """Bands of the same grid, full resolution first, then by factor."""
+    by_grid: dict[tuple, list[int]] = {}
+    for b, g in enumerate(grids):
+        by_grid.setdefault(g, []).append(b)
+    return sorted(by_grid.items(), key=lambda item: (item[0][0], item[1][0]))
+
+
+# -- coding ------------------------------------------------------------------------------------------
+def _group_setup(h, w, grid):
+    factor, mode, py, px = grid
+    return (upsample_matrix(h, factor, py, mode), upsample_matrix(w, factor, px, mode),
+            cell_mean_matrix(h, factor, py, mode), cell_mean_matrix(w, factor, px, mode))
+
+
+def _to_values(values: np.ndarray, dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values), info.min, info.max)
+
+
+def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
+    """-> (body bytes, decoded tile) of least J = SSE + lam * bits, chosen group by group: each
+    group's OpenJPEG level is walked from ``start_level`` (the kind 1 level of the tile), and a
+    predicted group may also drop its codestream."""
+    from . import spectral
+    from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend, j2k_components, j2k_stream
+
+    count, h, w = tile.shape
+    x = tile.astype(np.float64)
+    decoded = np.zeros_like(x)
+    done: list[int] = []
+    parts = [bytes([len(groups_of(grids))])]
+    for grid, bands in groups_of(grids):
+        factor, mode, py, px = grid
+        uy, ux, my, mx = _group_setup(h, w, grid)
+        cells = x[bands] if factor == 1 else _separable(_fit_matrix(h, factor, py, mode), x[bands],
+                                                         _fit_matrix(w, factor, px, mode))
+        if done:
+            feats = _separable(my, decoded[done], mx).reshape(len(done), -1)
+            target = cells.reshape(len(bands), -1)
+            gram = feats @ feats.T
+            gram += np.eye(len(done)) * 1e-9 * np.trace(gram)
+            coef = np.linalg.solve(gram, feats @ target.T).T
+            coef = np.clip(coef, -60000, 60000).astype("<f2")
+            pred = (coef.astype(np.float64) @ feats).reshape(cells.shape)
+        else:
+            coef = np.zeros((len(bands), 0), "<f2")
+            pred = np.zeros_like(cells)
+        resid = cells - pred
+        means, basis = spectral.fit_klt(resid.reshape(len(bands), -1))
+        means, basis_q = spectral.quantize_means_f16(means), spectral.quantize_basis_int8(basis)
+        comps, shift = j2k_components(spectral.forward(resid, means, basis_q))
+        side = coef.tobytes() + means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
+        head = bytes(bands)
+        results: dict[int, tuple[int, bytes, np.ndarray]] = {}
+
+        def finish(stream: bytes, comps_hat, param: int):
+            r = spectral.inverse(comps_hat, means, basis_q) if comps_hat is not None \
+                else np.broadcast_to(means[:, None, None], resid.shape)
+            vals = _to_values(_separable(uy, pred + r, ux), tile.dtype)
+            body = _GROUP.pack(factor, mode, py, px, len(bands), param) + head + side \
+                + struct.pack("<I", len(stream)) + stream
+            err = vals - x[bands]
+            return float(np.sum(err * err)) + lam * 8 * len(body), body, vals
+
+        def cost_at(level):
+            stream = j2k_stream(comps, level)
+            comps_hat = decode_stream(stream, len(bands), resid.shape[1:]) * 2.0 ** shift
+            results[level] = finish(stream, comps_hat / spectral.COMPONENT_SCALE, shift)
+            return results[level][0]
+
+        # on Sentinel-2 tiles each group's best level is 0-2 below the kind 1 level
+        level, _ = _descend(cost_at, int(np.clip(start_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX)),
+                            J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=1, max_tries=4)
+        best = results[level]
+        if done:                                         # prediction alone may be cheaper
+            alone = finish(b"", None, NO_STREAM)
+            if alone[0] < best[0]:
+                best = alone
+        parts.append(best[1])
+        decoded[bands] = best[2]
+        done += bands
+    return b"".join(parts), decoded
+
+
+def decode_stream(stream: bytes, n: int, shape) -> np.ndarray:
+    from .anchors import _j2k_decode
+
+    try:
+        comps = _j2k_decode(stream, 1)
+    except Exception as exc:       # imagecodecs raises its own Jpeg2kError
+        raise TecFormatError(f"corrupt JPEG 2000 codestream in kind 4 tile: {exc}") from None
+    if comps.shape != (n, *shape):
+        raise TecFormatError(f"JPEG 2000 codestream has shape {comps.shape}, expected {(n, *shape)}")
+    return comps.astype(np.float64)
+
+
+def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
+    """Body of a kind 4 tile -> (count, h, w) float64 values (rounded and clipped to ``dtype``)."""
+    from . import spectral
+
+    if not body:
+        raise TecFormatError("kind 4 tile truncated")
+    n_groups, pos = body[0], 1
+    decoded = np.zeros((count, h, w))
+    done: list[int] = []
+    for _ in range(n_groups):
+        if len(body) < pos + _GROUP.size:
+            raise TecFormatError("kind 4 tile truncated in a group header")
+        factor, mode, py, px, n, param = _GROUP.unpack_from(body, pos)
+        pos += _GROUP.size
+        bands = list(body[pos:pos + n])
+        pos += n
+        if (not 1 <= factor <= 16 or mode not in MODES.values() or py >= factor or px >= factor
+                or n == 0 or len(bands) != n or any(b >= count or b in done for b in bands)
+                or param & ~(NO_STREAM | SHIFT_MASK) or param & SHIFT_MASK > 8):
+            raise TecFormatError(f"kind 4 tile has a bad group header (factor {factor}, mode {mode}, "
+                                 f"phase {py},{px}, bands {bands}, param {param:#04x})")
+        side = 2 * n * len(done) + 2 * n + n * n + 4
+        if len(body) < pos + side:
+            raise TecFormatError("kind 4 tile truncated in a group's side information")
+        coef = np.frombuffer(body, "<f2", n * len(done), pos).astype(np.float64).reshape(n, len(done))
+        pos += 2 * n * len(done)
+        means = np.frombuffer(body, "<f2", n, pos).astype(np.float64)
+        basis_q = np.frombuffer(body, np.int8, n * n, pos + 2 * n).astype(np.float64).reshape(n, n) / 127
+        pos += 2 * n + n * n
+        (length,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+        if len(body) < pos + length:
+            raise TecFormatError("kind 4 tile truncated in a codestream")
+        uy, ux, my, mx = _group_setup(h, w, (factor, mode, py, px))
+        shape = (n, uy.shape[1], ux.shape[1])
+        if param & NO_STREAM:
+            if length:
+                raise TecFormatError("kind 4 group without codestream has stream bytes")
+            resid = np.broadcast_to(means[:, None, None], shape)
+        else:
+            comps = decode_stream(body[pos:pos + length], n, shape[1:]) * 2.0 ** (param & SHIFT_MASK)
+            resid = spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q)
+        pos += length
+        pred = 0.0
+        if done:
+            feats = _separable(my, decoded[done], mx).reshape(len(done), -1)
+            pred = (coef @ feats).reshape(shape)
+        decoded[bands] = _to_values(_separable(uy, pred + resid, ux), dtype)
+        done += bands
+    if sorted(done) != list(range(count)) or pos != len(body):
+        raise TecFormatError("kind 4 tile does not code every band exactly once")
+    return decoded

@@ -1,0 +1,149 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Kind 4 tiles: bands interpolated from Sentinel-2's 20 m / 60 m grids are coded on those grids."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rasterio = pytest.importorskip("rasterio")
+
+from terracodec import multires as mr  # noqa: E402
+from terracodec import tilecodec as tc  # noqa: E402
+from terracodec.errors import TecFormatError  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+BILINEAR, NEAREST = mr.MODES["bilinear"], mr.MODES["nearest"]
+
+
+def read(name):
+    with rasterio.open(DATA / name) as src:
+        return src.read(), list(src.descriptions)
+
+
+@pytest.fixture(scope="module")
+def bigearthnet():
+    return read("l2a_12band_bigearthnet.tif")
+
+
+def test_upsampling_matrices():
+    u = mr.upsample_matrix(8, 2, 0, BILINEAR)
+    assert np.allclose(u.sum(axis=1), 1)
+    # pixel 2 sits a quarter cell before the centre of cell 1 (its own cell)
+    assert np.allclose(u[2], [0, 0.25, 0.75, 0, 0, 0][:u.shape[1]])
+    n = mr.upsample_matrix(7, 3, 1, NEAREST)
+    assert n.shape == (7, 3) and np.array_equal(n.argmax(axis=1), [0, 1, 1, 1, 2, 2, 2])
+    assert np.array_equal(mr.upsample_matrix(5, 1, 0, BILINEAR), np.eye(5))
+
+
+@pytest.mark.parametrize("factor,mode,phase", [(2, BILINEAR, (1, 0)), (6, BILINEAR, (4, 2)),
+                                               (2, NEAREST, (0, 1)), (6, NEAREST, (3, 5))])
+def test_detects_a_synthetic_coarse_grid(factor, mode, phase):
+    rng = np.random.default_rng(factor + mode)
+    h, w = 70, 90
+    uy = mr.upsample_matrix(h, factor, phase[0], mode)
+    ux = mr.upsample_matrix(w, factor, phase[1], mode)
+    coarse = rng.uniform(200, 6000, (uy.shape[1], ux.shape[1]))
+    band = np.rint(uy @ coarse @ ux.T)
+    sharp = rng.uniform(200, 6000, (h, w))
+    grids = mr.detect_grids(np.stack([sharp, band]).astype(np.int16))
+    assert grids == [(1, 0, 0, 0), (factor, mode, *phase)]
+
+
+def test_sentinel2_native_resolutions_are_found(bigearthnet):
+    """The harmonized data upsampled 20 m and 60 m bands bilinearly (../shared/data/README.md);
+    the crop starts at row 20, column 16 of its source, hence the 60 m phase (4, 2)."""
+    tile, names = bigearthnet
+    grids = dict(zip(names, mr.detect_grids(tile)))
+    assert {b for b, g in grids.items() if g[0] == 1} == {"B02", "B03", "B04", "B08"}
+    assert {b for b, g in grids.items() if g[:2] == (2, BILINEAR)} == {"B05", "B06", "B07", "B8A", "B11", "B12"}
+    assert grids["B01"] == grids["B09"] == (6, BILINEAR, 4, 2)
+
+
+@pytest.mark.parametrize("quality", [3, 8])
+def test_kind4_roundtrip_matches_the_encoder(bigearthnet, quality):
+    tile, _ = bigearthnet
+    lam = tc.rd_lambda(quality)
+    payload, j = tc.encode_multires(tile, None, lam, 60)
+    assert tc.TileHeader(tc.unseal(payload)).kind == tc.KIND_MULTIRES
+    out = tc.decode_tile(payload)
+    assert out.shape == tile.shape and out.dtype == tile.dtype
+    # J is computed by the encoder on its own reconstruction: the decoder must give the same pixels
+    assert tc.rd_cost(tile, out, None, len(payload), lam) == pytest.approx(j, rel=1e-12)
+
+
+def test_kind4_beats_kind1_at_high_quality(bigearthnet):
+    """At quality 8 coding 8 of 12 bands on 4x / 36x fewer samples saves bits at equal slope."""
+    tile, _ = bigearthnet
+    lam = tc.rd_lambda(8)
+    k1, j1 = tc.encode_classical(tile, None, lam, multires=False)
+    best, j = tc.encode_classical(tile, None, lam)
+    assert tc.TileHeader(tc.unseal(best)).kind == tc.KIND_MULTIRES
+    assert j < j1
+    assert len(best) < len(k1)
+    assert tc.tile_psnr(tile, tc.decode_tile(best), None) >= tc.tile_psnr(tile, tc.decode_tile(k1), None) - 0.5
+
+
+def test_full_resolution_bands_stay_kind1():
+    tile, _ = read("l1c_13band_cloudy_s2cloudless.tif")
+    assert tc.encode_multires(tile, None, tc.rd_lambda(5), 60) is None
+
+
+def test_tiles_with_nodata_are_not_coded_on_coarse_grids(bigearthnet):
+    tile, _ = bigearthnet
+    tile = tile.copy()
+    tile[:, :3, :3] = 0
+    payload, _ = tc.encode_classical(tile, 0, tc.rd_lambda(8))
+    assert tc.TileHeader(tc.unseal(payload)).kind == tc.KIND_CLASSICAL
+
+
+def test_same_bytes_twice_and_same_pixels_in_a_fresh_process(tmp_path, bigearthnet):
+    tile, _ = bigearthnet
+    lam = tc.rd_lambda(6)
+    payload = tc.encode_multires(tile, None, lam, 66)[0]
+    assert tc.encode_multires(tile, None, lam, 66)[0] == payload
+    (tmp_path / "tile.bin").write_bytes(payload)
+    code = ("import sys, numpy as np, torch; torch.set_num_threads(1); "
+            "from terracodec import tilecodec as tc; "
+            "np.save(sys.argv[2], tc.decode_tile(open(sys.argv[1], 'rb').read()))")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "tile.bin"), str(tmp_path / "out.npy")],
+                   check=True, env=env)
+    assert np.array_equal(np.load(tmp_path / "out.npy"), tc.decode_tile(payload))
+
+
+def _body_offset(payload):
+    return tc.TileHeader(tc.unseal(payload)).body
+
+
+def test_damaged_kind4_bodies_give_format_errors(bigearthnet):
+    tile, _ = bigearthnet
+    payload = tc.unseal(tc.encode_multires(tile, None, tc.rd_lambda(5), 60)[0])
+    body = _body_offset(tc.seal(payload))
+    cases = {
+        "truncated": payload[:body + 20],
+        "group count": payload[:body] + bytes([payload[body] + 1]) + payload[body + 1:],
+        "factor 0": payload[:body + 1] + b"\x00" + payload[body + 2:],
+        "band out of range": payload[:body + 7] + b"\x63" + payload[body + 8:],
+        "extra bytes": payload + b"\x00",
+    }
+    for what, bad in cases.items():
+        with pytest.raises(TecFormatError):
+            tc.decode_tile(tc.seal(bad))
+
+
+def test_api_files_use_kind4_and_read_back(bigearthnet, tmp_path):
+    import terracodec
+
+    tile, names = bigearthnet
+    path = tmp_path / "x.tec"
+    terracodec.write(path, tile, bands=names, quality=8)
+    ds = terracodec.open(path)
+    kinds = [e.kind for e in ds._reader.entries]
+    assert kinds == [tc.KIND_MULTIRES]
+    out = ds.read()
+    assert out.shape == tile.shape
+    assert 10 * np.log10(1e8 / np.mean((out.astype(float) - tile) ** 2)) >= tc.QUALITY_FLOOR_DB[8]
+    assert ds.read(level=1).shape == (12, 32, 40)
