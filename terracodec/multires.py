@@ -83,6 +83,29 @@ def _separable(left: np.ndarray, x: np.ndarray, right: np.ndarray) -> np.ndarray
     return np.matmul(np.matmul(left, x), right.T)
 
 
+@lru_cache(maxsize=256)
+def _taps(n: int, factor: int, phase: int, mode: int):
+    """The (at most) two nonzero weights per row of upsample_matrix: (i0, w0, i1, w1)."""
+    u = upsample_matrix(n, factor, phase, mode)
+    i0 = np.argmax(u > 0, axis=1)
+    w0 = u[np.arange(n), i0]
+    i1 = np.minimum(i0 + 1, u.shape[1] - 1)
+    w1 = np.where(i1 > i0, u[np.arange(n), i1], 0.0)
+    return i0, w0, i1, w1
+
+
+def upsample(cells: np.ndarray, h: int, w: int, grid) -> np.ndarray:
+    """U_y @ cells[b] @ U_x.T for every band, from the two taps per row (same sums as the matrices:
+    w0 * c[i0] + w1 * c[i1], in that order, on each axis: rows first, then columns)."""
+    factor, mode, py, px = grid
+    if factor == 1:
+        return cells
+    i0, w0, i1, w1 = _taps(h, factor, py, mode)
+    rows = cells[:, i0, :] * w0[:, None] + cells[:, i1, :] * w1[:, None]
+    i0, w0, i1, w1 = _taps(w, factor, px, mode)
+    return rows[:, :, i0] * w0 + rows[:, :, i1] * w1
+
+
 # -- detection (encoder) -----------------------------------------------------------------------------
 def _fits(x: np.ndarray, factor: int, py: int, px: int, mode: int) -> bool:
     h, w = x.shape
@@ -184,7 +207,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
         def finish(stream: bytes, comps_hat, param: int):
             r = spectral.inverse(comps_hat, means, basis_q) if comps_hat is not None \
                 else np.broadcast_to(means[:, None, None], resid.shape)
-            vals = _to_values(_separable(uy, pred + r, ux), tile.dtype)
+            vals = _to_values(upsample(pred + r, h, w, grid), tile.dtype)
             body = _GROUP.pack(factor, mode, py, px, len(bands), param) + head + side \
                 + struct.pack("<I", len(stream)) + stream
             err = vals - x[bands]
@@ -269,7 +292,7 @@ def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
         if done:
             feats = _separable(my, decoded[done], mx).reshape(len(done), -1)
             pred = (coef @ feats).reshape(shape)
-        decoded[bands] = _to_values(_separable(uy, pred + resid, ux), dtype)
+        decoded[bands] = _to_values(upsample(pred + resid, h, w, (factor, mode, py, px)), dtype)
         done += bands
     if sorted(done) != list(range(count)) or pos != len(body):
         raise TecFormatError("kind 4 tile does not code every band exactly once")
