@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import TecFormatError
+from .tilecodec import SHIFT_MASK, _to_dtype, component_values, j2k_decode_checked
 
 FACTORS = (6, 2)                     # tried largest first: a 60 m band also fits a 20 m grid roughly
 MODES = {"bilinear": 0, "nearest": 1}
@@ -24,7 +25,6 @@ FIT_RMS = 1.0                        # a band "is" on a coarse grid when the ref
 DETECT_WINDOW = 96                   # phases are searched on a central window of this size
 MIN_CELLS = 4                        # JPEG 2000 and the KLT need a few samples per axis
 NO_STREAM = 0x20                     # group param bit 5: no codestream, the residual is its means
-SHIFT_MASK = 0x0F
 _GROUP = struct.Struct("<BBBBBB")    # factor, mode, phase_y, phase_x, band count, param
 
 
@@ -122,30 +122,26 @@ def detect_grids(tile: np.ndarray) -> list[tuple[int, int, int, int]]:
     x = tile.astype(np.float64)
     win = min(DETECT_WINDOW, h, w)
     y0, x0 = (h - win) // 2, (w - win) // 2
-    out = []
-    for b in range(count):
-        found = (1, 0, 0, 0)
-        if np.ptp(x[b]) > 0:                 # a constant band fits every grid: keep it at full size
-            sub = x[b, y0:y0 + win, x0:x0 + win]
-            for factor in FACTORS:
-                if min(h, w) < factor * MIN_CELLS:
+    return [_band_grid(band, band[y0:y0 + win, x0:x0 + win], y0, x0) for band in x]
+
+
+def _band_grid(band: np.ndarray, window: np.ndarray, y0: int, x0: int) -> tuple[int, int, int, int]:
+    """detect_grids for one band; ``window`` = band[y0:, x0:] cropped, where phases are searched
+    (per phase_y the first phase_x that fits the window is verified on the whole band)."""
+    if np.ptp(band) == 0:                    # a constant band fits every grid: keep it at full size
+        return (1, 0, 0, 0)
+    for factor in FACTORS:
+        if min(band.shape) < factor * MIN_CELLS:
+            continue
+        for mode in MODES.values():
+            for py in range(factor):
+                px = next((px for px in range(factor) if _fits(window, factor, py, px, mode)), None)
+                if px is None:
                     continue
-                for mode in MODES.values():
-                    for py in range(factor):
-                        for px in range(factor):
-                            if _fits(sub, factor, py, px, mode):
-                                ty, tx = (py + y0) % factor, (px + x0) % factor
-                                if _fits(x[b], factor, ty, tx, mode):
-                                    found = (factor, mode, ty, tx)
-                                break
-                        if found[0] > 1:
-                            break
-                    if found[0] > 1:
-                        break
-                if found[0] > 1:
-                    break
-        out.append(found)
-    return out
+                grid = (factor, mode, (py + y0) % factor, (px + x0) % factor)
+                if _fits(band, factor, grid[2], grid[3], mode):
+                    return grid
+    return (1, 0, 0, 0)
 
 
 def groups_of(grids) -> list[tuple[tuple[int, int, int, int], list[int]]]:
@@ -157,15 +153,10 @@ def groups_of(grids) -> list[tuple[tuple[int, int, int, int], list[int]]]:
 
 
 # -- coding ------------------------------------------------------------------------------------------
-def _group_setup(h, w, grid):
+def _cell_means(h, w, grid):
+    """The (cells_y, h) and (cells_x, w) cell-mean matrices of a group's grid."""
     factor, mode, py, px = grid
-    return (upsample_matrix(h, factor, py, mode), upsample_matrix(w, factor, px, mode),
-            cell_mean_matrix(h, factor, py, mode), cell_mean_matrix(w, factor, px, mode))
-
-
-def _to_values(values: np.ndarray, dtype) -> np.ndarray:
-    info = np.iinfo(dtype)
-    return np.clip(np.rint(values), info.min, info.max)
+    return cell_mean_matrix(h, factor, py, mode), cell_mean_matrix(w, factor, px, mode)
 
 
 def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
@@ -182,7 +173,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
     parts = [bytes([len(groups_of(grids))])]
     for grid, bands in groups_of(grids):
         factor, mode, py, px = grid
-        uy, ux, my, mx = _group_setup(h, w, grid)
+        my, mx = _cell_means(h, w, grid)
         cells = x[bands] if factor == 1 else _separable(_fit_matrix(h, factor, py, mode), x[bands],
                                                          _fit_matrix(w, factor, px, mode))
         if done:
@@ -202,12 +193,10 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
         comps, shift = j2k_components(spectral.forward(resid, means, basis_q))
         side = coef.tobytes() + means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
         head = bytes(bands)
-        results: dict[int, tuple[int, bytes, np.ndarray]] = {}
+        results: dict[int, tuple[float, bytes, np.ndarray]] = {}
 
-        def finish(stream: bytes, comps_hat, param: int):
-            r = spectral.inverse(comps_hat, means, basis_q) if comps_hat is not None \
-                else np.broadcast_to(means[:, None, None], resid.shape)
-            vals = _to_values(upsample(pred + r, h, w, grid), tile.dtype)
+        def finish(stream: bytes, r: np.ndarray, param: int):
+            vals = _to_dtype(upsample(pred + r, h, w, grid), tile.dtype)
             body = _GROUP.pack(factor, mode, py, px, len(bands), param) + head + side \
                 + struct.pack("<I", len(stream)) + stream
             err = vals - x[bands]
@@ -215,8 +204,8 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
 
         def cost_at(level):
             stream = j2k_stream(comps, level)
-            comps_hat = decode_stream(stream, len(bands), resid.shape[1:]) * 2.0 ** shift
-            results[level] = finish(stream, comps_hat / spectral.COMPONENT_SCALE, shift)
+            r = component_values(j2k_decode_checked(stream, resid.shape, "kind 4 tile"), shift, means, basis_q)
+            results[level] = finish(stream, r, shift)
             return results[level][0]
 
         # on Sentinel-2 tiles each group's best level is 0-2 below the kind 1 level
@@ -224,7 +213,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
                             J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=1, max_tries=4)
         best = results[level]
         if done:                                         # prediction alone may be cheaper
-            alone = finish(b"", None, NO_STREAM)
+            alone = finish(b"", np.broadcast_to(means[:, None, None], resid.shape), NO_STREAM)
             if alone[0] < best[0]:
                 best = alone
         parts.append(best[1])
@@ -233,26 +222,12 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
     return b"".join(parts), decoded
 
 
-def decode_stream(stream: bytes, n: int, shape) -> np.ndarray:
-    from .anchors import _j2k_decode
-
-    try:
-        comps = _j2k_decode(stream, 1)
-    except Exception as exc:       # imagecodecs raises its own Jpeg2kError
-        raise TecFormatError(f"corrupt JPEG 2000 codestream in kind 4 tile: {exc}") from None
-    if comps.shape != (n, *shape):
-        raise TecFormatError(f"JPEG 2000 codestream has shape {comps.shape}, expected {(n, *shape)}")
-    return comps.astype(np.float64)
-
-
 def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
-    """Body of a kind 4 tile -> (count, h, w) float64 values (rounded and clipped to ``dtype``)."""
-    from . import spectral
-
+    """Body of a kind 4 tile -> (count, h, w) array of ``dtype``."""
     if not body:
         raise TecFormatError("kind 4 tile truncated")
     n_groups, pos = body[0], 1
-    decoded = np.zeros((count, h, w))
+    decoded = np.zeros((count, h, w), dtype)
     done: list[int] = []
     for _ in range(n_groups):
         if len(body) < pos + _GROUP.size:
@@ -278,21 +253,21 @@ def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
         pos += 4
         if len(body) < pos + length:
             raise TecFormatError("kind 4 tile truncated in a codestream")
-        uy, ux, my, mx = _group_setup(h, w, (factor, mode, py, px))
-        shape = (n, uy.shape[1], ux.shape[1])
+        my, mx = _cell_means(h, w, (factor, mode, py, px))
+        shape = (n, my.shape[0], mx.shape[0])
         if param & NO_STREAM:
             if length:
                 raise TecFormatError("kind 4 group without codestream has stream bytes")
             resid = np.broadcast_to(means[:, None, None], shape)
         else:
-            comps = decode_stream(body[pos:pos + length], n, shape[1:]) * 2.0 ** (param & SHIFT_MASK)
-            resid = spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q)
+            comps = j2k_decode_checked(body[pos:pos + length], shape, "kind 4 tile")
+            resid = component_values(comps, param & SHIFT_MASK, means, basis_q)
         pos += length
         pred = 0.0
         if done:
             feats = _separable(my, decoded[done], mx).reshape(len(done), -1)
             pred = (coef @ feats).reshape(shape)
-        decoded[bands] = _to_values(upsample(pred + resid, h, w, (factor, mode, py, px)), dtype)
+        decoded[bands] = _to_dtype(upsample(pred + resid, h, w, (factor, mode, py, px)), dtype)
         done += bands
     if sorted(done) != list(range(count)) or pos != len(body):
         raise TecFormatError("kind 4 tile does not code every band exactly once")

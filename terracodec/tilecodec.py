@@ -311,8 +311,7 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, start_level: int) -> t
 def decode_multires(payload: bytes, head: TileHeader) -> np.ndarray:
     from . import multires
 
-    values = multires.decode_groups(payload[head.body:], head.count, head.height, head.width, head.dtype)
-    return values.astype(head.dtype)
+    return multires.decode_groups(payload[head.body:], head.count, head.height, head.width, head.dtype)
 
 
 def encode_classical_floor(tile: np.ndarray, nodata, floor_db: float) -> bytes:
@@ -392,22 +391,35 @@ def _classical_parts(payload: bytes, head: TileHeader):
 
 def _classical_values(comps: np.ndarray, head: TileHeader, means, basis_q) -> np.ndarray:
     """Decoded KLT components -> band values (float64)."""
+    return component_values(comps, head.param & SHIFT_MASK, means, basis_q)
+
+
+def component_values(comps: np.ndarray, shift: int, means, basis_q) -> np.ndarray:
+    """Decoded int16 KLT components (stored divided by 2**shift) -> values (float64), the inverse of
+    j2k_components followed by the KLT."""
     from . import spectral
 
-    comps = comps.astype(np.float64) * 2 ** (head.param & SHIFT_MASK)
+    comps = comps.astype(np.float64) * 2 ** shift
     return spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q)
 
 
-def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
+def j2k_decode_checked(stream: bytes, shape: tuple, what: str) -> np.ndarray:
+    """The components of a tile's JPEG 2000 codestream, which must have ``shape``; TecFormatError
+    naming ``what`` otherwise."""
     from .anchors import _j2k_decode
 
-    means, basis_q, stream = _classical_parts(payload, head)
     try:
         comps = _j2k_decode(stream, 1)
     except Exception as exc:       # imagecodecs raises its own Jpeg2kError
-        raise TecFormatError(f"corrupt JPEG 2000 codestream in classical tile: {exc}") from None
-    if comps.shape != head.shape:
-        raise TecFormatError(f"JPEG 2000 codestream has shape {comps.shape}, tile is {head.shape}")
+        raise TecFormatError(f"corrupt JPEG 2000 codestream in {what}: {exc}") from None
+    if comps.shape != tuple(shape):
+        raise TecFormatError(f"JPEG 2000 codestream in {what} has shape {comps.shape}, expected {tuple(shape)}")
+    return comps
+
+
+def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
+    means, basis_q, stream = _classical_parts(payload, head)
+    comps = j2k_decode_checked(stream, head.shape, "classical tile")
     return _to_dtype(_classical_values(comps, head, means, basis_q), head.dtype)
 
 
