@@ -26,7 +26,7 @@ import math
 import os
 import threading
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from numbers import Integral
 
 import numpy as np
@@ -263,10 +263,11 @@ class Writer:
         self.tile_overlap = _check_tile_overlap(tile_overlap, self.tile_size)
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1):
             raise TecInputError(f"workers must be a positive integer or None, got {workers!r}")
-        # tiles of a row are coded in parallel threads (OpenJPEG, zlib and torch release the GIL);
-        # each tile's bytes do not depend on it
+        # tiles are coded in parallel threads (OpenJPEG, zlib and torch release the GIL), across
+        # rows too; a tile's bytes depend on its pixels only, so the file does not depend on it
         self.workers = int(workers) if workers is not None else min(4, os.cpu_count() or 1)
         self._pool = None
+        self._inflight: deque = deque()    # futures of submitted tiles, in tile order
         if max(self.width, self.height) > 0xFFFFFFFF:
             raise TecInputError("raster too large")
         self.nodata = _check_nodata(nodata, self.dtype)
@@ -282,7 +283,6 @@ class Writer:
         self._buf_start = 0            # first image row held in self._pending
         self.fallback_tiles = 0
         self.floor_tiles = 0           # tiles recoded to reach the quality's PSNR floor
-        self._hints = [None] * self.tiles_x
         self.kinds: dict[int, int] = {}
         self.payload_bytes = 0
         self._pending: list[np.ndarray] = []
@@ -354,35 +354,39 @@ class Writer:
             self._buf_start = max(self._buf_start, keep)
 
     def _encode_tile_row(self, strip: np.ndarray) -> None:
-        tiles = []
         for tx in range(self.tiles_x):
             x0, x1 = coded_extent(tx, self.tile_size, self.tile_overlap, self.width)
-            tiles.append(np.ascontiguousarray(strip[:, :, x0:x1]))
-        if self.workers > 1 and len(tiles) > 1:
+            tile = np.ascontiguousarray(strip[:, :, x0:x1])
+            if self.workers == 1:
+                self._add_tile(*self._encode_tile(tile))
+                continue
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tec-encode")
-            coded = self._pool.map(self._encode_tile, tiles, self._hints)
-        else:
-            coded = map(self._encode_tile, tiles, self._hints)
-        levels = []
-        for payload, kind, info in coded:                 # in tile order
-            levels.append(info.get("j2k_level"))
-            self._out.add_tile(payload, kind)
-            self.floor_tiles += bool(info.get("floor_raised"))
-            self.kinds[kind] = self.kinds.get(kind, 0) + 1
-            self.payload_bytes += len(payload)
-            if kind in (tilecodec.KIND_CLASSICAL, tilecodec.KIND_MULTIRES):
-                self.fallback_tiles += 1
-            if self._bar is not None:
-                self._bar.update(1)
-        # the tile above is a good first guess of a tile's JPEG 2000 level (same scene, same
-        # slope); taken from the finished row, so the bytes do not depend on the thread count
-        self._hints = levels
+            self._inflight.append(self._pool.submit(self._encode_tile, tile))
+            # a bounded queue: the next row's tiles start while this row's last ones finish, and
+            # at most 2 * workers tiles are held
+            while len(self._inflight) > 2 * self.workers:
+                self._add_tile(*self._inflight.popleft().result())
 
-    def _encode_tile(self, tile: np.ndarray, hint: int | None) -> tuple[bytes, int, dict]:
-        info: dict = {} if hint is None else {"j2k_hint": hint}
+    def _drain(self) -> None:
+        while self._inflight:
+            self._add_tile(*self._inflight.popleft().result())
+
+    def _add_tile(self, payload: bytes, kind: int, info: dict) -> None:
+        """Append the next tile (in tile order) and count it."""
+        self._out.add_tile(payload, kind)
+        self.floor_tiles += bool(info.get("floor_raised"))
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        self.payload_bytes += len(payload)
+        if kind in (tilecodec.KIND_CLASSICAL, tilecodec.KIND_MULTIRES):
+            self.fallback_tiles += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _encode_tile(self, tile: np.ndarray) -> tuple[bytes, int, dict]:
+        info: dict = {}
         if self._lossless:
             payload, kind = tilecodec.encode_tile(tile, quality=self.quality, model=None, nodata=self.nodata,
                                                   lossless=True)
@@ -434,6 +438,7 @@ class Writer:
             self.abort()
             raise TecInputError(f"writer closed with {missing} of {self.height} rows not written")
         try:
+            self._drain()
             self._out.finish(self._header())
             self._closed = True
         except BaseException:
@@ -460,8 +465,9 @@ class Writer:
             self._bar.close()
             self._bar = None
         if getattr(self, "_pool", None) is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            self._inflight.clear()
 
     def _check_open(self) -> None:
         if self._closed:

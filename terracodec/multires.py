@@ -159,25 +159,50 @@ def _cell_means(h, w, grid):
     return cell_mean_matrix(h, factor, py, mode), cell_mean_matrix(w, factor, px, mode)
 
 
+@lru_cache(maxsize=256)
+def _runs(n: int, factor: int, phase: int, mode: int):
+    """Each row of cell_mean_matrix averages one contiguous run of pixels: -> (starts, stops)."""
+    m = cell_mean_matrix(n, factor, phase, mode) > 0
+    starts = np.argmax(m, axis=1)
+    return starts, starts + m.sum(axis=1)
+
+
+def _run_means(x: np.ndarray, axis: int, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    csum = np.concatenate([np.zeros_like(x.take([0], axis=axis)), np.cumsum(x, axis=axis)], axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = len(starts)
+    return (csum.take(stops, axis=axis) - csum.take(starts, axis=axis)) / (stops - starts).reshape(shape)
+
+
+def cell_means(x: np.ndarray, grid) -> np.ndarray:
+    """cell_mean_matrix_y @ x[b] @ cell_mean_matrix_x.T for every band of (bands, h, w) ``x``, from
+    running sums (each cell averages a contiguous run of pixels along each axis)."""
+    factor, mode, py, px = grid
+    _, h, w = x.shape
+    rows = _run_means(x, 1, *_runs(h, factor, py, mode))
+    return _run_means(rows, 2, *_runs(w, factor, px, mode))
+
+
 def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
     """-> (body bytes, decoded tile) of least J = SSE + lam * bits, chosen group by group: each
-    group's OpenJPEG level is walked from ``start_level`` (the kind 1 level of the tile), and a
-    predicted group may also drop its codestream."""
+    group's OpenJPEG level is walked from the one chosen for the group before it (the first from
+    ``start_level - 1``, ``start_level`` being the kind 1 level of the tile), and a predicted group
+    may also drop its codestream."""
     from . import spectral
-    from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend, j2k_components, j2k_stream
+    from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend, j2k_components, j2k_stream, rate_shift
 
     count, h, w = tile.shape
     x = tile.astype(np.float64)
     decoded = np.zeros_like(x)
+    start = int(np.clip(start_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
     done: list[int] = []
     parts = [bytes([len(groups_of(grids))])]
     for grid, bands in groups_of(grids):
         factor, mode, py, px = grid
-        my, mx = _cell_means(h, w, grid)
         cells = x[bands] if factor == 1 else _separable(_fit_matrix(h, factor, py, mode), x[bands],
                                                          _fit_matrix(w, factor, px, mode))
         if done:
-            feats = _separable(my, decoded[done], mx).reshape(len(done), -1)
+            feats = cell_means(decoded[done], grid).reshape(len(done), -1)
             target = cells.reshape(len(bands), -1)
             gram = feats @ feats.T
             gram += np.eye(len(done)) * 1e-9 * np.trace(gram)
@@ -190,7 +215,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
         resid = cells - pred
         means, basis = spectral.fit_klt(resid.reshape(len(bands), -1))
         means, basis_q = spectral.quantize_means_f16(means), spectral.quantize_basis_int8(basis)
-        comps, shift = j2k_components(spectral.forward(resid, means, basis_q))
+        comps, shift = j2k_components(spectral.forward(resid, means, basis_q), rate_shift(lam))
         side = coef.tobytes() + means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
         head = bytes(bands)
         results: dict[int, tuple[float, bytes, np.ndarray]] = {}
@@ -208,9 +233,10 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
             results[level] = finish(stream, r, shift)
             return results[level][0]
 
-        # on Sentinel-2 tiles each group's best level is 0-2 below the kind 1 level
-        level, _ = _descend(cost_at, int(np.clip(start_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX)),
-                            J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=1, max_tries=4)
+        # the first group's best level is usually 0-2 below the kind 1 level, and each group's
+        # near the one before it; the walk goes on while the cost falls
+        level, _ = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=1, max_tries=8)
+        start = level
         best = results[level]
         if done:                                         # prediction alone may be cheaper
             alone = finish(b"", np.broadcast_to(means[:, None, None], resid.shape), NO_STREAM)
@@ -265,7 +291,7 @@ def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
         pos += length
         pred = 0.0
         if done:
-            feats = _separable(my, decoded[done], mx).reshape(len(done), -1)
+            feats = cell_means(decoded[done].astype(np.float64), (factor, mode, py, px)).reshape(len(done), -1)
             pred = (coef @ feats).reshape(shape)
         decoded[bands] = _to_dtype(upsample(pred + resid, h, w, (factor, mode, py, px)), dtype)
         done += bands

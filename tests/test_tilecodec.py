@@ -257,23 +257,45 @@ def test_a_tile_below_its_floor_is_recoded(cloudy, monkeypatch):
         assert ds.stats["floor_tiles"] == 1
 
 
-def test_level_hint_walks_fewer_codings(cloudy, monkeypatch):
-    """Writer passes each tile the JPEG 2000 level chosen for the tile above it. Started there, the
-    walk goes by steps of 1: at a level that is already the best it codes only that level and its two
-    neighbours, and never ends at a higher cost than the walk without a hint."""
+def _mirrored(tile: np.ndarray, size: int) -> np.ndarray:
+    """A real crop tiled with mirrored copies to size x size (continuous at the seams)."""
+    row = np.concatenate([tile, tile[:, :, ::-1]] * (size // (2 * tile.shape[2]) + 1), axis=2)
+    full = np.concatenate([row, row[:, ::-1]] * (size // (2 * tile.shape[1]) + 1), axis=1)
+    return np.ascontiguousarray(full[:, :size, :size])
+
+
+def test_level_walk_starts_at_the_central_crops_best_level(cloudy, monkeypatch):
+    """A tile of 256 or more a side starts its JPEG 2000 level walk at the best level of its central
+    128 x 128 crop and walks by 1: it codes the full tile at few levels, and ends at the least cost
+    of an exhaustive search around it."""
     from terracodec import anchors
 
+    tile = _mirrored(cloudy, 256)
     lam = tc.rd_lambda(4)
+    start, step, crop_j = tc.start_level(tile, None, None, lam)
+    assert step == 1 and crop_j > 0
     calls = []
     real = anchors._j2k_encode
-    monkeypatch.setattr(anchors, "_j2k_encode", lambda *a: calls.append(a[1]) or real(*a))
-    free_info, hinted_info = {}, {}
-    _, j_free = tc.encode_classical(cloudy, None, lam, info=free_info)
-    n_free = len(calls)
-    calls.clear()
-    _, j_hinted = tc.encode_classical(cloudy, None, lam, hint=free_info["j2k_level"], info=hinted_info)
-    assert j_hinted <= j_free and len(calls) <= n_free
-    best = hinted_info["j2k_level"]
-    calls.clear()
-    again, j_again = tc.encode_classical(cloudy, None, lam, hint=best)
-    assert sorted(calls) == [best - 1, best, best + 1] and j_again == j_hinted
+    monkeypatch.setattr(anchors, "_j2k_encode", lambda *a: calls.append((a[0].shape, a[1])) or real(*a))
+    info = {}
+    payload, j = tc.encode_classical(tile, None, lam, multires=False, info=info)
+    assert info["j2k_level"] == start
+    full = [level for shape, level in calls if shape[1:] == (256, 256)]
+    assert start in full and len(full) == len(set(full)) <= 5
+    code_at = tc._classical_coder(tile, None, None, tc.rate_shift(lam))
+    exhaustive = []
+    for level in range(start - 4, start + 5):
+        p = code_at(level)
+        exhaustive.append(tc.rd_cost(tile, tc.decode_tile(p), None, len(p), lam))
+    assert j == pytest.approx(min(exhaustive), rel=1e-12)
+    # small tiles have no probe: they start at the slope's predicted level and walk by 3
+    assert tc.start_level(cloudy, None, None, lam)[1:] == (3, None)
+
+
+def test_components_are_rounded_coarser_at_low_quality():
+    """Low qualities round the JPEG 2000 components to multiples of 2**s (faster tier-1 coding);
+    the rounding noise stays far under each slope's error."""
+    shifts = [tc.rate_shift(tc.rd_lambda(q)) for q in range(1, 9)]
+    assert shifts == sorted(shifts, reverse=True) and shifts[0] == tc.RATE_SHIFT_MAX and shifts[-1] == 0
+    for q, s in zip(range(1, 9), shifts):
+        assert (2 ** s) ** 2 / 12 <= tc.RATE_SHIFT_NOISE * tc.rd_lambda(q) / (2 * np.log(2))
