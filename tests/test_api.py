@@ -580,15 +580,38 @@ def test_parallel_tile_workers_give_the_same_bytes(crops, model):
 
     arr, meta = crops["l2a12"]
     out = []
-    for workers in (1, 2):
+    for workers in (1, 2, 3):
         buf = io.BytesIO()
         with tec.Writer(buf, arr.shape[2], arr.shape[1], arr.shape[0], arr.dtype, meta["bands"], quality=3,
                         model=model, tile_size=32, workers=workers) as w:
             w.write(arr)
         out.append(buf.getvalue())
-    assert out[0] == out[1]
+    assert out[0] == out[1] == out[2]
     with pytest.raises(tec.TecInputError, match="workers"):
         tec.Writer(io.BytesIO(), 8, 8, 1, "int16", ["B02"], workers=0)
+
+
+def test_a_tile_that_fails_in_a_worker_aborts_the_write(crops, model, tmp_path, monkeypatch):
+    """Tiles are coded in worker threads, several rows in flight: an error in one reaches the
+    caller, and no file is left."""
+    from terracodec import tilecodec
+
+    arr, meta = crops["l2a12"]
+    real, calls = tilecodec.encode_tile, []
+
+    def failing(tile, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("simulated")
+        return real(tile, **kw)
+
+    monkeypatch.setattr(tilecodec, "encode_tile", failing)
+    path = tmp_path / "x.tec"
+    with pytest.raises(MemoryError):
+        with tec.Writer(path, arr.shape[2], arr.shape[1], arr.shape[0], arr.dtype, meta["bands"], quality=3,
+                        model=model, tile_size=32, workers=2) as w:
+            w.write(arr)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
 # -- overviews: read(level=k) ---------------------------------------------------------------------
