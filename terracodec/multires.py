@@ -153,12 +153,6 @@ def groups_of(grids) -> list[tuple[tuple[int, int, int, int], list[int]]]:
 
 
 # -- coding ------------------------------------------------------------------------------------------
-def _cell_means(h, w, grid):
-    """The (cells_y, h) and (cells_x, w) cell-mean matrices of a group's grid."""
-    factor, mode, py, px = grid
-    return cell_mean_matrix(h, factor, py, mode), cell_mean_matrix(w, factor, px, mode)
-
-
 @lru_cache(maxsize=256)
 def _runs(n: int, factor: int, phase: int, mode: int):
     """Each row of cell_mean_matrix averages one contiguous run of pixels: -> (starts, stops)."""
@@ -248,12 +242,12 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
     return b"".join(parts), decoded
 
 
-def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
-    """Body of a kind 4 tile -> (count, h, w) array of ``dtype``."""
+def _parse_groups(body: bytes, count: int):
+    """Validate a kind 4 body and yield its groups in coding order:
+    (grid, bands, coef (n, earlier bands), means, basis_q, param, codestream or None)."""
     if not body:
         raise TecFormatError("kind 4 tile truncated")
     n_groups, pos = body[0], 1
-    decoded = np.zeros((count, h, w), dtype)
     done: list[int] = []
     for _ in range(n_groups):
         if len(body) < pos + _GROUP.size:
@@ -279,22 +273,136 @@ def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
         pos += 4
         if len(body) < pos + length:
             raise TecFormatError("kind 4 tile truncated in a codestream")
-        my, mx = _cell_means(h, w, (factor, mode, py, px))
-        shape = (n, my.shape[0], mx.shape[0])
-        if param & NO_STREAM:
-            if length:
-                raise TecFormatError("kind 4 group without codestream has stream bytes")
-            resid = np.broadcast_to(means[:, None, None], shape)
-        else:
-            comps = j2k_decode_checked(body[pos:pos + length], shape, "kind 4 tile")
-            resid = component_values(comps, param & SHIFT_MASK, means, basis_q)
+        if param & NO_STREAM and length:
+            raise TecFormatError("kind 4 group without codestream has stream bytes")
+        stream = None if param & NO_STREAM else body[pos:pos + length]
         pos += length
-        pred = 0.0
-        if done:
-            feats = cell_means(decoded[done].astype(np.float64), (factor, mode, py, px)).reshape(len(done), -1)
-            pred = (coef @ feats).reshape(shape)
-        decoded[bands] = _to_dtype(upsample(pred + resid, h, w, (factor, mode, py, px)), dtype)
+        yield (factor, mode, py, px), bands, coef, means, basis_q, param, stream
         done += bands
     if sorted(done) != list(range(count)) or pos != len(body):
         raise TecFormatError("kind 4 tile does not code every band exactly once")
+
+
+def _cells(grid, h, w, stream, shape, param, means, basis_q) -> np.ndarray:
+    """A group's decoded residual on its grid (``shape`` = (bands, cells_y, cells_x))."""
+    if stream is None:
+        return np.broadcast_to(means[:, None, None], shape)
+    comps = j2k_decode_checked(stream, shape, "kind 4 tile")
+    return component_values(comps, param & SHIFT_MASK, means, basis_q)
+
+
+def _grid_shape(n, h, w, grid) -> tuple[int, int, int]:
+    factor, mode, py, px = grid
+    return n, len(_runs(h, factor, py, mode)[0]), len(_runs(w, factor, px, mode)[0])
+
+
+def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
+    """Body of a kind 4 tile -> (count, h, w) array of ``dtype``."""
+    decoded = np.zeros((count, h, w), dtype)
+    done: list[int] = []
+    for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count):
+        shape = _grid_shape(len(bands), h, w, grid)
+        resid = _cells(grid, h, w, stream, shape, param, means, basis_q)
+        pred = 0.0
+        if done:
+            feats = cell_means(decoded[done].astype(np.float64), grid).reshape(len(done), -1)
+            pred = (coef @ feats).reshape(shape)
+        decoded[bands] = _to_dtype(upsample(pred + resid, h, w, grid), dtype)
+        done += bands
     return decoded
+
+
+@lru_cache(maxsize=256)
+def _block_mean_matrix(n: int, f: int) -> np.ndarray:
+    """(ceil(n / f), n): each row averages one block of f pixels (the last block may be shorter)."""
+    rows = -(-n // f)
+    m = np.zeros((rows, n))
+    k = np.arange(n)
+    m[k // f, k] = 1.0
+    return m / m.sum(axis=1, keepdims=True)
+
+
+@lru_cache(maxsize=256)
+def _repeat_matrix(n: int, f: int) -> np.ndarray:
+    """(n, ceil(n / f)): pixel k takes the value of its block k // f."""
+    m = np.zeros((n, -(-n // f)))
+    m[np.arange(n), np.arange(n) // f] = 1.0
+    return m
+
+
+def _banded(m: np.ndarray):
+    """A matrix with few nonzeros per row -> (index, weight) arrays of shape (K, rows), K the most
+    nonzeros in a row (short rows padded with weight 0)."""
+    nz = m != 0
+    k = int(nz.sum(axis=1).max())
+    order = np.argsort(~nz, axis=1, kind="stable")[:, :k]      # the nonzero columns first, in order
+    return order.T.copy(), np.take_along_axis(m, order, axis=1).T.copy()
+
+
+@lru_cache(maxsize=512)
+def _overview_taps(kind: str, n: int, f: int, grid_axis: tuple, to_axis: tuple | None):
+    """Banded matrices of the reduced decode, along one axis of n pixels:
+    ("out", ...): block means (1/f) of a band interpolated from its grid;
+    ("feat", ...): cell means on grid ``to_axis`` of a band given on ``grid_axis``
+    (grid (factor, phase, mode) per axis; factor 0 = given at 1/f, repeated over its blocks)."""
+    factor, phase, mode = grid_axis
+    source = _repeat_matrix(n, f) if factor == 0 else upsample_matrix(n, factor, phase, mode)
+    left = _block_mean_matrix(n, f) if kind == "out" else cell_mean_matrix(n, to_axis[0], to_axis[1], to_axis[2])
+    return _banded(left @ source)
+
+
+def _apply_banded(x: np.ndarray, taps_y, taps_x) -> np.ndarray:
+    """M_y @ x[b] @ M_x.T for every band, from the banded forms of M_y and M_x."""
+    iy, wy = taps_y
+    rows = sum(x[:, i, :] * w[:, None] for i, w in zip(iy, wy))
+    ix, wx = taps_x
+    return sum(rows[:, :, i] * w for i, w in zip(ix, wx))
+
+
+def decode_groups_reduced(body: bytes, count: int, h: int, w: int, dtype, reduce: int) -> np.ndarray:
+    """Body of a kind 4 tile -> (count, ceil(h / 2**reduce), ceil(w / 2**reduce)) float64 values,
+    an overview that never works at full resolution.
+
+    The full-resolution group's codestream is decoded at 1/2**reduce (JPEG 2000 low-pass moved to
+    the block centres, as for kind 1 overviews; block means where it has fewer wavelet levels). The coarse groups are decoded
+    on their grids and shown as block means of their interpolation; their predictions use cell
+    means of the earlier bands, with bands known at 1/2**reduce taken as constant over their
+    blocks. So the overview is close to, not equal to, block means of the full decode. Falls back
+    to exactly that where OpenJPEG's reduced decode is missing."""
+    from . import openjpeg
+    from .tilecodec import box_reduce, low_pass_to_blocks, reduced_size
+
+    f = 1 << reduce
+    if not openjpeg.available():
+        return box_reduce(decode_groups(body, count, h, w, dtype).astype(np.float64), f)[0]
+    out = np.zeros((count, reduced_size(h, reduce), reduced_size(w, reduce)))
+    known: list[tuple] = []         # (bands, axis grids y, axis grids x, values) of decoded groups
+    for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count):
+        factor, mode, py, px = grid
+        if factor == 1 and stream is not None and not known:
+            r = min(reduce, openjpeg.resolution_levels(stream))
+            try:
+                comps = openjpeg.decode_reduced(stream, r)
+            except openjpeg.OpenJpegError as exc:
+                raise TecFormatError(f"corrupt JPEG 2000 codestream in kind 4 tile: {exc}") from None
+            want = (len(bands), reduced_size(h, r), reduced_size(w, r))
+            if comps.shape != want:
+                raise TecFormatError(f"JPEG 2000 codestream in kind 4 tile decoded to {comps.shape} "
+                                     f"at 1/{1 << r}, expected {want}")
+            low = low_pass_to_blocks(component_values(comps, param & SHIFT_MASK, means, basis_q), r)
+            if r < reduce:
+                low = box_reduce(low, 1 << (reduce - r))[0]
+            out[bands] = low
+            known.append((bands, (0, 0, 0), (0, 0, 0), low))
+            continue
+        gy, gx = (factor, py, mode), (factor, px, mode)
+        shape = _grid_shape(len(bands), h, w, grid)
+        cells = np.array(_cells(grid, h, w, stream, shape, param, means, basis_q))
+        if known:
+            feats = np.concatenate([
+                _apply_banded(v, _overview_taps("feat", h, f, ky, gy), _overview_taps("feat", w, f, kx, gx))
+                for _, ky, kx, v in known]).reshape(sum(len(b) for b, *_ in known), -1)
+            cells += (coef @ feats).reshape(shape)
+        out[bands] = _apply_banded(cells, _overview_taps("out", h, f, gy, None), _overview_taps("out", w, f, gx, None))
+        known.append((bands, gy, gx, cells))
+    return out

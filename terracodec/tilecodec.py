@@ -866,6 +866,23 @@ def _with_nodata(values: np.ndarray, empty: np.ndarray, nodata, dtype) -> np.nda
     return out
 
 
+def low_pass_to_blocks(values: np.ndarray, reduce: int) -> np.ndarray:
+    """JPEG 2000 low-pass samples at 1/2**reduce -> values at the centres of their blocks.
+
+    Sample i of a low-pass band sits on full-resolution pixel 2**reduce * i, while the overview
+    pixel i covers the block [2**reduce * i, 2**reduce * (i + 1)), centred (2**reduce - 1) / 2
+    pixels further: each axis is interpolated that far towards the next sample (the last keeps its
+    value). On textured val scenes this halves the difference to block means of the full decode."""
+    f = 1 << reduce
+    a = (f - 1) / (2 * f)
+    out = values.astype(np.float64)
+    if a == 0:
+        return out
+    out[:, :-1, :] = (1 - a) * out[:, :-1, :] + a * out[:, 1:, :]
+    out[:, :, :-1] = (1 - a) * out[:, :, :-1] + a * out[:, :, 1:]
+    return out
+
+
 def reduce_pixels(tile: np.ndarray, reduce: int, nodata=None) -> np.ndarray:
     """A decoded (bands, h, w) tile at 1/2**reduce resolution: block means of valid pixels,
     nodata where a block holds only nodata."""
@@ -880,14 +897,21 @@ def decode_tile_reduced(payload: bytes, reduce: int, *, model=None) -> np.ndarra
     """A payload decoded at 1/2**reduce resolution: (bands, ceil(h/2**reduce), ceil(w/2**reduce)).
 
     Classical tiles skip the finer wavelet subbands (JPEG 2000 low-pass, through the system
-    OpenJPEG: :mod:`terracodec.openjpeg`); other tiles, or where OpenJPEG is missing, are decoded
-    in full and averaged over 2**reduce blocks. A pixel is nodata where its whole block is."""
+    OpenJPEG: :mod:`terracodec.openjpeg`), kind 4 tiles those of their full-resolution group
+    (multires.decode_groups_reduced); other tiles, or where OpenJPEG is missing, are decoded in full
+    and averaged over 2**reduce blocks. A pixel is nodata where its whole block is."""
     from . import openjpeg
 
     if reduce == 0:
         return decode_tile(payload, model=model)
     raw = unseal(payload)
     head = TileHeader(raw)
+    if head.kind == KIND_MULTIRES:
+        from . import multires
+
+        values = multires.decode_groups_reduced(raw[head.body:], head.count, head.height, head.width,
+                                                head.dtype, reduce)
+        return _with_nodata(values, np.zeros(values.shape, bool), head.nodata, head.dtype)
     if head.kind != KIND_CLASSICAL or not openjpeg.available():
         return reduce_pixels(decode_tile(payload, model=model), reduce, head.nodata)
     means, basis_q, stream = _classical_parts(raw, head)
@@ -899,7 +923,7 @@ def decode_tile_reduced(payload: bytes, reduce: int, *, model=None) -> np.ndarra
     want = (head.count, reduced_size(head.height, r), reduced_size(head.width, r))
     if comps.shape != want:
         raise TecFormatError(f"JPEG 2000 codestream decoded to {comps.shape} at 1/{1 << r}, expected {want}")
-    values = _classical_values(comps, head, means, basis_q)
+    values = low_pass_to_blocks(_classical_values(comps, head, means, basis_q), r)
     empty = np.zeros(values.shape, bool)
     if head.mask is not None:
         empty = box_reduce(np.zeros(head.shape), 1 << r, head.mask)[1]

@@ -147,3 +147,39 @@ def test_api_files_use_kind4_and_read_back(bigearthnet, tmp_path):
     assert out.shape == tile.shape
     assert 10 * np.log10(1e8 / np.mean((out.astype(float) - tile) ** 2)) >= tc.QUALITY_FLOOR_DB[8]
     assert ds.read(level=1).shape == (12, 32, 40)
+
+
+@pytest.mark.parametrize("reduce", [1, 2])
+def test_kind4_overview_skips_the_full_size_decode(bigearthnet, reduce, monkeypatch):
+    """A reduced decode of a kind 4 tile decodes its 10 m group's codestream at reduced size and
+    never works at full resolution; the result stays close to block means of the full decode (the
+    JPEG 2000 low-pass is a smoother filter than a block mean) and is the same bytes' view twice."""
+    from terracodec import anchors, openjpeg
+
+    if not openjpeg.available():
+        pytest.skip("libopenjp2 not loadable: reduced decodes fall back to full decode + block means")
+    tile, _ = bigearthnet
+    payload, _ = tc.encode_multires(tile, None, tc.rd_lambda(8), 70)
+    ref = tc.reduce_pixels(tc.decode_tile(payload), reduce).astype(float)
+    full_size = []
+    real = anchors._j2k_decode
+    monkeypatch.setattr(anchors, "_j2k_decode",
+                        lambda data, t: (lambda out: full_size.append(out.shape[1:] == tile.shape[1:]) or out)(real(data, t)))
+    got = tc.decode_tile_reduced(payload, reduce)
+    assert got.shape == ref.shape and got.dtype == tile.dtype
+    assert full_size and not any(full_size)          # only the coarse groups, at their own size
+    err = np.sqrt(np.mean((got - ref) ** 2))
+    assert err < 0.25 * ref.std()
+    assert np.array_equal(got, tc.decode_tile_reduced(payload, reduce))
+
+
+def test_low_pass_samples_move_to_block_centres():
+    """A ramp sampled at 2**r * i (JPEG 2000 low-pass positions) lands on the block centres."""
+    x = np.arange(64, dtype=float)
+    ramp = np.broadcast_to(x[None, :, None] + x[None, None, :], (1, 64, 64))
+    for r in (1, 2, 3):
+        f = 1 << r
+        low = ramp[:, ::f, ::f]
+        moved = tc.low_pass_to_blocks(low, r)
+        blocks = tc.box_reduce(ramp, f)[0]
+        assert np.allclose(moved[:, :-1, :-1], blocks[:, :-1, :-1])
