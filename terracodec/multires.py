@@ -107,27 +107,87 @@ def upsample(cells: np.ndarray, h: int, w: int, grid) -> np.ndarray:
 
 
 # -- detection (encoder) -----------------------------------------------------------------------------
-def _fits(x: np.ndarray, factor: int, py: int, px: int, mode: int) -> bool:
+def _shifted_sum(a: np.ndarray) -> np.ndarray:
+    """Sum of each pixel's 4 neighbours in (bands, h, w) ``a`` (zero outside)."""
+    p = np.pad(a, ((0, 0), (1, 1), (1, 1)))
+    return p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:]
+
+
+def fill_nodata(x: np.ndarray, mask: np.ndarray, steps: int = 2 * max(FACTORS)) -> np.ndarray:
+    """(bands, h, w) float64 with nodata pixels (``mask``) filled: grown from the valid pixels
+    around them (mean of the filled 4-neighbours, ``steps`` rings), the rest by the band mean of
+    the valid pixels. Near an edge of nodata the band then looks clamped, which is how nodata-aware
+    resampling treats it, so grid fits there stay close."""
+    x = np.where(mask, 0.0, x)
+    known = ~mask
+    for _ in range(steps):
+        if known.all():
+            break
+        count = _shifted_sum(known.astype(np.float64))
+        grow = ~known & (count > 0)
+        if not grow.any():
+            break
+        total = _shifted_sum(np.where(known, x, 0.0))
+        x[grow] = total[grow] / count[grow]
+        known = known | grow
+    if not known.all():
+        valid = ~mask
+        means = np.array([x[b][valid[b]].mean() if valid[b].any() else 0.0 for b in range(x.shape[0])])
+        x = np.where(known, x, means[:, None, None])
+    return x
+
+
+def _near_nodata(mask: np.ndarray, margin: int) -> np.ndarray:
+    """(bands, h, w): nodata pixels and pixels within ``margin`` 4-neighbour steps of one."""
+    near = mask.copy()
+    for _ in range(margin):
+        near |= _shifted_sum(near.astype(np.float64)) > 0
+    return near
+
+
+def _fits(x: np.ndarray, factor: int, py: int, px: int, mode: int, trusted: np.ndarray | None = None) -> bool:
     h, w = x.shape
     fy, fx = _fit_matrix(h, factor, py, mode), _fit_matrix(w, factor, px, mode)
     uy, ux = upsample_matrix(h, factor, py, mode), upsample_matrix(w, factor, px, mode)
     resid = x - uy @ (fy @ x @ fx.T) @ ux.T
-    return float(np.sqrt(np.mean(resid * resid))) < FIT_RMS
+    if trusted is not None:
+        resid = resid[trusted]
+    return resid.size > 0 and float(np.sqrt(np.mean(resid * resid))) < FIT_RMS
 
 
-def detect_grids(tile: np.ndarray) -> list[tuple[int, int, int, int]]:
+def detect_grids(tile: np.ndarray, mask: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
     """Per band (factor, mode, phase_y, phase_x) of the coarsest grid that reproduces it to within
-    FIT_RMS on the whole tile; (1, 0, 0, 0) for a band at full resolution."""
+    FIT_RMS on the whole tile; (1, 0, 0, 0) for a band at full resolution.
+
+    With nodata (``mask``), ``tile`` holds the filled values (fill_nodata); the fit is judged on
+    valid pixels at least 2 * factor from nodata, and phases are searched on a window without
+    nodata (the central one, else the first of a 3 x 3 grid of windows)."""
     count, h, w = tile.shape
     x = tile.astype(np.float64)
     win = min(DETECT_WINDOW, h, w)
-    y0, x0 = (h - win) // 2, (w - win) // 2
-    return [_band_grid(band, band[y0:y0 + win, x0:x0 + win], y0, x0) for band in x]
+    if mask is None:
+        y0, x0 = (h - win) // 2, (w - win) // 2
+        return [_band_grid(band, band[y0:y0 + win, x0:x0 + win], y0, x0) for band in x]
+    near = {f: _near_nodata(mask, 2 * f) for f in FACTORS}
+    starts = [((h - win) // 2, (w - win) // 2)] + [(int(fy * (h - win)), int(fx * (w - win)))
+                                                   for fy in (0, 0.5, 1) for fx in (0, 0.5, 1)]
+    grids = []
+    for b in range(count):
+        trusted = {f: ~near[f][b] for f in FACTORS}
+        window = next(((y0, x0) for y0, x0 in starts if not mask[b, y0:y0 + win, x0:x0 + win].any()), None)
+        if window is None:              # no clean window (a small tile): search on the whole band
+            grids.append(_band_grid(x[b], x[b], 0, 0, trusted, trusted))
+            continue
+        y0, x0 = window
+        grids.append(_band_grid(x[b], x[b, y0:y0 + win, x0:x0 + win], y0, x0, trusted))
+    return grids
 
 
-def _band_grid(band: np.ndarray, window: np.ndarray, y0: int, x0: int) -> tuple[int, int, int, int]:
+def _band_grid(band: np.ndarray, window: np.ndarray, y0: int, x0: int,
+               trusted: dict | None = None, window_trusted: dict | None = None) -> tuple[int, int, int, int]:
     """detect_grids for one band; ``window`` = band[y0:, x0:] cropped, where phases are searched
-    (per phase_y the first phase_x that fits the window is verified on the whole band)."""
+    (per phase_y the first phase_x that fits the window is verified on the whole band). Fits are
+    judged on the pixels ``trusted[factor]`` (``window_trusted[factor]`` in the window) when given."""
     if np.ptp(band) == 0:                    # a constant band fits every grid: keep it at full size
         return (1, 0, 0, 0)
     for factor in FACTORS:
@@ -135,11 +195,12 @@ def _band_grid(band: np.ndarray, window: np.ndarray, y0: int, x0: int) -> tuple[
             continue
         for mode in MODES.values():
             for py in range(factor):
-                px = next((px for px in range(factor) if _fits(window, factor, py, px, mode)), None)
+                wt = None if window_trusted is None else window_trusted[factor]
+                px = next((px for px in range(factor) if _fits(window, factor, py, px, mode, wt)), None)
                 if px is None:
                     continue
                 grid = (factor, mode, (py + y0) % factor, (px + x0) % factor)
-                if _fits(band, factor, grid[2], grid[3], mode):
+                if _fits(band, factor, grid[2], grid[3], mode, None if trusted is None else trusted[factor]):
                     return grid
     return (1, 0, 0, 0)
 
@@ -177,16 +238,22 @@ def cell_means(x: np.ndarray, grid) -> np.ndarray:
     return _run_means(rows, 2, *_runs(w, factor, px, mode))
 
 
-def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
+def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int, mask: np.ndarray | None = None,
+                  filled: np.ndarray | None = None):
     """-> (body bytes, decoded tile) of least J = SSE + lam * bits, chosen group by group: each
     group's OpenJPEG level is walked from the one chosen for the group before it (the first from
     ``start_level - 1``, ``start_level`` being the kind 1 level of the tile), and a predicted group
-    may also drop its codestream."""
+    may also drop its codestream. With nodata (``mask``), the groups code the tile filled by
+    fill_nodata (``filled``, when already computed) and SSE counts valid pixels only."""
     from . import spectral
     from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend, j2k_components, j2k_stream, rate_shift
 
     count, h, w = tile.shape
-    x = tile.astype(np.float64)
+    dtype = tile.dtype
+    if mask is None:
+        x = tile.astype(np.float64)
+    else:
+        x = fill_nodata(tile.astype(np.float64), mask) if filled is None else filled
     decoded = np.zeros_like(x)
     start = int(np.clip(start_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
     done: list[int] = []
@@ -215,10 +282,10 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int):
         results: dict[int, tuple[float, bytes, np.ndarray]] = {}
 
         def finish(stream: bytes, r: np.ndarray, param: int):
-            vals = _to_dtype(upsample(pred + r, h, w, grid), tile.dtype)
+            vals = _to_dtype(upsample(pred + r, h, w, grid), dtype)
             body = _GROUP.pack(factor, mode, py, px, len(bands), param) + head + side \
                 + struct.pack("<I", len(stream)) + stream
-            err = vals - x[bands]
+            err = vals - x[bands] if mask is None else (vals - x[bands])[~mask[bands]]
             return float(np.sum(err * err)) + lam * 8 * len(body), body, vals
 
         def cost_at(level):

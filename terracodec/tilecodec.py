@@ -266,10 +266,10 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     """-> (payload, J = SSE + lam * bits) at the OpenJPEG level of least cost.
 
     The level walk starts at the best level of the tile's central crop (:func:`start_level`) and
-    goes by steps of 1. With ``multires`` (and no nodata in the tile), bands that are
-    interpolations of a coarser grid (Sentinel-2's 20 m and 60 m bands on a 10 m grid) are also
-    coded on that grid (kind 4, :mod:`terracodec.multires`, its walks starting from kind 1's best
-    level), and the code of lower cost is returned.
+    goes by steps of 1. With ``multires``, bands that are interpolations of a coarser grid
+    (Sentinel-2's 20 m and 60 m bands on a 10 m grid) are also coded on that grid (kind 4,
+    :mod:`terracodec.multires`, its walks starting from kind 1's best level), and the code of lower
+    cost is returned.
     ``info["j2k_level"]`` gets the start level, ``info["crop_j"]`` the probe's cost (start_level)."""
     if min(tile.shape[1:]) < 4:        # a sliver: raw bytes are smaller than any codestream
         p = encode_lossless(tile, nodata)
@@ -289,7 +289,7 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
         return costs[level]
 
     best, _ = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=step, max_tries=8)
-    if multires and mask is None:
+    if multires:
         coarse = encode_multires(tile, nodata, lam, best)
         if coarse is not None and coarse[1] < costs[best]:
             return coarse
@@ -355,15 +355,22 @@ def start_level(tile: np.ndarray, nodata, mask: np.ndarray | None, lam: float) -
 
 
 def encode_multires(tile: np.ndarray, nodata, lam: float, start_level: int) -> tuple[bytes, float] | None:
-    """-> (kind 4 payload, J) when some band of the tile sits on a coarser grid, else None."""
+    """-> (kind 4 payload, J) when some band of the tile sits on a coarser grid, else None.
+    Nodata pixels are filled first (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
 
-    grids = multires.detect_grids(tile)
+    mask = nodata_mask(tile, nodata)
+    if mask is not None and mask.all():
+        return None
+    filled = None if mask is None else multires.fill_nodata(tile.astype(np.float64), mask)
+    grids = multires.detect_grids(tile if mask is None else filled, mask)
     if all(g[0] == 1 for g in grids):
         return None
-    body, decoded = multires.encode_groups(tile, grids, lam, start_level)
-    payload = seal(pack_header(KIND_MULTIRES, tile, nodata, None) + body)
-    return payload, rd_cost(tile, decoded, None, len(payload), lam)
+    body, decoded = multires.encode_groups(tile, grids, lam, start_level, mask, filled)
+    payload = seal(pack_header(KIND_MULTIRES, tile, nodata, mask) + body)
+    if mask is not None:           # the decoder also moves valid pixels off the nodata value
+        decoded = decode_tile(payload)
+    return payload, rd_cost(tile, decoded, mask, len(payload), lam)
 
 
 def decode_multires(payload: bytes, head: TileHeader) -> np.ndarray:
@@ -911,7 +918,10 @@ def decode_tile_reduced(payload: bytes, reduce: int, *, model=None) -> np.ndarra
 
         values = multires.decode_groups_reduced(raw[head.body:], head.count, head.height, head.width,
                                                 head.dtype, reduce)
-        return _with_nodata(values, np.zeros(values.shape, bool), head.nodata, head.dtype)
+        empty = np.zeros(values.shape, bool)
+        if head.mask is not None:
+            empty = box_reduce(np.zeros(head.shape), 1 << reduce, head.mask)[1]
+        return _with_nodata(values, empty, head.nodata, head.dtype)
     if head.kind != KIND_CLASSICAL or not openjpeg.available():
         return reduce_pixels(decode_tile(payload, model=model), reduce, head.nodata)
     means, basis_q, stream = _classical_parts(raw, head)

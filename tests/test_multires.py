@@ -91,12 +91,36 @@ def test_full_resolution_bands_stay_kind1():
     assert tc.encode_multires(tile, None, tc.rd_lambda(5), 60) is None
 
 
-def test_tiles_with_nodata_are_not_coded_on_coarse_grids(bigearthnet):
-    tile, _ = bigearthnet
+def test_tiles_with_nodata_are_coded_on_coarse_grids(bigearthnet):
+    """Nodata pixels are filled before the grids are found and fitted, and come back exactly from
+    the tile's mask: the crop with a nodata corner in every band and a nodata block in one band
+    still finds the Sentinel-2 grids and costs less than kind 1."""
+    tile, names = bigearthnet
     tile = tile.copy()
-    tile[:, :3, :3] = 0
-    payload, _ = tc.encode_classical(tile, 0, tc.rd_lambda(8))
-    assert tc.TileHeader(tc.unseal(payload)).kind == tc.KIND_CLASSICAL
+    tile[:, :20, :24] = 0
+    tile[names.index("B11"), 40:, 56:] = 0
+    mask = tile == 0
+    grids = dict(zip(names, mr.detect_grids(mr.fill_nodata(tile.astype(np.float64), mask), mask)))
+    assert {b for b, g in grids.items() if g[0] == 1} == {"B02", "B03", "B04", "B08"}
+    assert {b for b, g in grids.items() if g[:2] == (2, BILINEAR)} == {"B05", "B06", "B07", "B8A", "B11", "B12"}
+    lam = tc.rd_lambda(8)
+    _, j1 = tc.encode_classical(tile, 0, lam, multires=False)
+    payload, j = tc.encode_classical(tile, 0, lam)
+    assert tc.TileHeader(tc.unseal(payload)).kind == tc.KIND_MULTIRES and j < j1
+    out = tc.decode_tile(payload)
+    assert np.array_equal(out == 0, mask)
+    assert tc.rd_cost(tile, out, mask, len(payload), lam) == pytest.approx(j, rel=1e-12)
+    small = tc.decode_tile_reduced(payload, 2)                # nodata where a whole block is
+    assert np.array_equal(small == 0, tc.reduce_pixels(tile, 2, 0) == 0)
+
+
+def test_fill_grows_valid_pixels_into_nodata():
+    x = np.arange(100, dtype=np.float64).reshape(1, 10, 10)
+    mask = np.zeros_like(x, bool)
+    mask[0, :, 6:] = True
+    filled = mr.fill_nodata(x, mask)
+    assert np.array_equal(filled[~mask], x[~mask])
+    assert np.allclose(filled[0, :, 6:], x[0, :, 5:6])        # clamped: each row's last valid value
 
 
 def test_same_bytes_twice_and_same_pixels_in_a_fresh_process(tmp_path, bigearthnet):
