@@ -238,11 +238,11 @@ def cell_means(x: np.ndarray, grid) -> np.ndarray:
     return _run_means(rows, 2, *_runs(w, factor, px, mode))
 
 
-def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int, mask: np.ndarray | None = None,
+def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: np.ndarray | None = None,
                   filled: np.ndarray | None = None):
     """-> (body bytes, decoded tile) of least J = SSE + lam * bits, chosen group by group: each
     group's OpenJPEG level is walked from the one chosen for the group before it (the first from
-    ``start_level - 1``, ``start_level`` being the kind 1 level of the tile), and a predicted group
+    ``kind1_level - 1``, ``kind1_level`` being the kind 1 level of the tile), and a predicted group
     may also drop its codestream. With nodata (``mask``), the groups code the tile filled by
     fill_nodata (``filled``, when already computed) and SSE counts valid pixels only."""
     from . import spectral
@@ -255,7 +255,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, start_level: int, mask: n
     else:
         x = fill_nodata(tile.astype(np.float64), mask) if filled is None else filled
     decoded = np.zeros_like(x)
-    start = int(np.clip(start_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
+    start = int(np.clip(kind1_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
     done: list[int] = []
     parts = [bytes([len(groups_of(grids))])]
     for grid, bands in groups_of(grids):

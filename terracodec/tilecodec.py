@@ -331,9 +331,9 @@ def start_level(tile: np.ndarray, nodata, mask: np.ndarray | None, lam: float) -
     first step, and the classical cost of the probe (None without a probe).
 
     Tiles with a :func:`central_crop` start at the best level of that crop (within 1 of the tile's
-    own on train and val tiles, found on 1/16 of the pixels of a 512 tile) and walk by 1. Others,
-    and tiles whose crop ends on a plateau of equal costs, start at the level predicted from the
-    slope (or the crop's) and walk by 3. OpenJPEG's level is a PSNR target
+    own on train and val tiles, found on 1/16 of the pixels of a 512 tile) and walk by 1. When the
+    crop's best lies on a plateau of equal costs, the tile walks by 3 from there; tiles without a
+    crop walk by 3 from the level predicted from the slope. OpenJPEG's level is a PSNR target
     (peak 65535) on the components as stored: on train tiles the best level is about
     0.62 * (the slope's equivalent PSNR) + 37.5, plus 6.02 dB per bit of shift."""
     slope_db = 10 * np.log10(2 * np.log(2) * 1e8 / lam)
@@ -354,9 +354,10 @@ def start_level(tile: np.ndarray, nodata, mask: np.ndarray | None, lam: float) -
     return best, 1, costs[best]
 
 
-def encode_multires(tile: np.ndarray, nodata, lam: float, start_level: int) -> tuple[bytes, float] | None:
-    """-> (kind 4 payload, J) when some band of the tile sits on a coarser grid, else None.
-    Nodata pixels are filled first (multires.fill_nodata) and restored from the header's mask."""
+def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int) -> tuple[bytes, float] | None:
+    """-> (kind 4 payload, J) when some band of the tile sits on a coarser grid, else None; the
+    group walks start near ``kind1_level`` (kind 1's best level). Nodata pixels are filled first
+    (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
 
     mask = nodata_mask(tile, nodata)
@@ -366,7 +367,7 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, start_level: int) -> t
     grids = multires.detect_grids(tile if mask is None else filled, mask)
     if all(g[0] == 1 for g in grids):
         return None
-    body, decoded = multires.encode_groups(tile, grids, lam, start_level, mask, filled)
+    body, decoded = multires.encode_groups(tile, grids, lam, kind1_level, mask, filled)
     payload = seal(pack_header(KIND_MULTIRES, tile, nodata, mask) + body)
     if mask is not None:           # the decoder also moves valid pixels off the nodata value
         decoded = decode_tile(payload)
