@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import TecFormatError
-from .tilecodec import SHIFT_MASK, _to_dtype, component_values, j2k_decode_checked
+from .tilecodec import BARE_J2K, SHIFT_MASK, _to_dtype, component_values, j2k_decode_checked, j2k_dress, j2k_store
 
 FACTORS = (6, 2)                     # tried largest first: a 60 m band also fits a 20 m grid roughly
 MODES = {"bilinear": 0, "nearest": 1}
@@ -291,7 +291,8 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         def cost_at(level):
             stream = j2k_stream(comps, level)
             r = component_values(j2k_decode_checked(stream, resid.shape, "kind 4 tile"), shift, means, basis_q)
-            results[level] = finish(stream, r, shift)
+            stored, bare = j2k_store(stream, resid.shape)
+            results[level] = finish(stored, r, shift | bare)
             return results[level][0]
 
         # the first group's best level is usually 0-2 below the kind 1 level, and each group's
@@ -309,7 +310,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     return b"".join(parts), decoded
 
 
-def _parse_groups(body: bytes, count: int):
+def _parse_groups(body: bytes, count: int, h: int, w: int):
     """Validate a kind 4 body and yield its groups in coding order:
     (grid, bands, coef (n, earlier bands), means, basis_q, param, codestream or None)."""
     if not body:
@@ -325,7 +326,8 @@ def _parse_groups(body: bytes, count: int):
         pos += n
         if (not 1 <= factor <= 16 or mode not in MODES.values() or py >= factor or px >= factor
                 or n == 0 or len(bands) != n or any(b >= count or b in done for b in bands)
-                or param & ~(NO_STREAM | SHIFT_MASK) or param & SHIFT_MASK > 8):
+                or param & ~(NO_STREAM | SHIFT_MASK | BARE_J2K) or param & SHIFT_MASK > 8
+                or (param & NO_STREAM and param & BARE_J2K)):
             raise TecFormatError(f"kind 4 tile has a bad group header (factor {factor}, mode {mode}, "
                                  f"phase {py},{px}, bands {bands}, param {param:#04x})")
         side = 2 * n * len(done) + 2 * n + n * n + 4
@@ -343,6 +345,8 @@ def _parse_groups(body: bytes, count: int):
         if param & NO_STREAM and length:
             raise TecFormatError("kind 4 group without codestream has stream bytes")
         stream = None if param & NO_STREAM else body[pos:pos + length]
+        if param & BARE_J2K:
+            stream = j2k_dress(stream, _grid_shape(n, h, w, (factor, mode, py, px)))
         pos += length
         yield (factor, mode, py, px), bands, coef, means, basis_q, param, stream
         done += bands
@@ -367,7 +371,7 @@ def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
     """Body of a kind 4 tile -> (count, h, w) array of ``dtype``."""
     decoded = np.zeros((count, h, w), dtype)
     done: list[int] = []
-    for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count):
+    for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count, h, w):
         shape = _grid_shape(len(bands), h, w, grid)
         resid = _cells(grid, h, w, stream, shape, param, means, basis_q)
         pred = 0.0
@@ -444,7 +448,7 @@ def decode_groups_reduced(body: bytes, count: int, h: int, w: int, dtype, reduce
         return box_reduce(decode_groups(body, count, h, w, dtype).astype(np.float64), f)[0]
     out = np.zeros((count, reduced_size(h, reduce), reduced_size(w, reduce)))
     known: list[tuple] = []         # (bands, axis grids y, axis grids x, values) of decoded groups
-    for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count):
+    for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count, h, w):
         factor, mode, py, px = grid
         if factor == 1 and stream is not None and not known:
             r = min(reduce, openjpeg.resolution_levels(stream))

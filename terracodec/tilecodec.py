@@ -404,9 +404,13 @@ def _classical_coder(tile: np.ndarray, nodata, mask: np.ndarray | None, min_shif
     at OpenJPEG level ``level``, components shifted by at least ``min_shift`` (the KLT is fitted once)."""
     comps, means, basis_q = _klt_components(tile, mask, compact=True)
     comps, shift = j2k_components(comps, min_shift)
-    prefix = pack_header(KIND_CLASSICAL, tile, nodata, mask, shift | SIDE_COMPACT) \
-        + means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
-    return lambda level: seal(prefix + j2k_stream(comps, level))
+    side = means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
+
+    def code_at(level):
+        stored, bare = j2k_store(j2k_stream(comps, level), comps.shape)
+        return seal(pack_header(KIND_CLASSICAL, tile, nodata, mask, shift | SIDE_COMPACT | bare) + side + stored)
+
+    return code_at
 
 
 def j2k_components(comps: np.ndarray, min_shift: int = 0) -> tuple[np.ndarray, int]:
@@ -432,6 +436,63 @@ def j2k_stream(comps: np.ndarray, level: int) -> bytes:
     return strip_j2k_comments(_j2k_encode(comps, level, 1))
 
 
+# -- bare codestreams: the headers are rebuilt, not stored ----------------------------------------
+# Every codestream the encoder writes has the same markers, set by (bands, h, w) alone: SIZ (one
+# tile, signed 16-bit components), COD (one layer, 64 x 64 code-blocks, irreversible 9/7,
+# precincts 2**15, clip(floor(log2(min(h, w))) - 3, 0, 5) decomposition levels), QCD (OpenJPEG's
+# step sizes for that many levels), one tile-part and EOC. A tile stores only the packet data
+# between SOD and EOC (~100-150 bytes less per codestream) when the encoder's codestream equals
+# the rebuilt one around it, and the full codestream otherwise. Layout in docs/FORMAT.md.
+BARE_J2K = 0x40           # param bit 6 (kinds 1 and 4): the codestream is stored bare
+_QCD_STEPS = {            # SPqcd of QCD (after Sqcd 0x42), by number of decomposition levels
+    0: "8000",
+    1: "882497d397d39762",
+    2: "9f5290059005904797d397d39762",
+    3: "a738a750a750a76890059005904797d397d39762",
+    4: "af20af00af00aee0a750a750a76890059005904797d397d39762",
+    5: "b720b6f0b6f0b6c0af00af00aee0a750a750a76890059005904797d397d39762",
+}
+
+
+def _j2k_levels(h: int, w: int) -> int:
+    return int(np.clip(int(np.floor(np.log2(max(min(h, w), 1)))) - 3, 0, 5))
+
+
+def _j2k_frame(shape: tuple, body_len: int) -> tuple[bytes, bytes]:
+    """(head, tail) of the codestream around ``body_len`` bytes of packet data, for (bands, h, w)."""
+    n, h, w = shape
+    levels = _j2k_levels(h, w)
+    siz = struct.pack(">HHHIIIIIIIIH", 0xFF51, 38 + 3 * n, 0, w, h, 0, 0, w, h, 0, 0, n) + b"\x8f\x01\x01" * n
+    cod = struct.pack(">HHBBHBBBBBB", 0xFF52, 13 + levels, 1, 2, 1, 0, levels, 4, 4, 0, 0) + b"\x88" * (levels + 1)
+    steps = bytes.fromhex(_QCD_STEPS[levels])
+    qcd = struct.pack(">HHB", 0xFF5C, 3 + len(steps), 0x42) + steps
+    sot = struct.pack(">HHHIBB", 0xFF90, 10, 0, 14 + body_len, 0, 1)
+    return b"\xff\x4f" + siz + cod + qcd + sot + b"\xff\x93", b"\xff\xd9"
+
+
+def j2k_bare(stream: bytes, shape: tuple) -> bytes | None:
+    """The packet data of ``stream`` when its headers are the rebuilt ones (j2k_dress restores it),
+    else None."""
+    if max(shape[0], 1) > 16384 or min(shape[1:]) < 1:
+        return None
+    head, tail = _j2k_frame(shape, len(stream) - len(_j2k_frame(shape, 0)[0]) - 2)
+    if stream.startswith(head) and stream.endswith(tail) and len(stream) >= len(head) + len(tail):
+        return stream[len(head):len(stream) - len(tail)]
+    return None
+
+
+def j2k_dress(body: bytes, shape: tuple) -> bytes:
+    """The full codestream of bare packet data ``body`` for (bands, h, w)."""
+    head, tail = _j2k_frame(shape, len(body))
+    return head + body + tail
+
+
+def j2k_store(stream: bytes, shape: tuple) -> tuple[bytes, int]:
+    """-> (bytes to store, BARE_J2K or 0)."""
+    bare = j2k_bare(stream, shape)
+    return (stream, 0) if bare is None else (bare, BARE_J2K)
+
+
 SIDE_COMPACT = 0x10       # classical param bit 4: f16 means and int8 basis (x127), not f32 / f16
 SHIFT_MASK = 0x0F         # classical param bits 0-3: the component shift s
 
@@ -440,9 +501,9 @@ def _classical_parts(payload: bytes, head: TileHeader):
     """-> (means, basis_q, J2K codestream) of a classical tile."""
     n = head.count
     off = head.body
-    if head.param & ~(SIDE_COMPACT | SHIFT_MASK) or head.param & SHIFT_MASK > 8:
+    if head.param & ~(SIDE_COMPACT | SHIFT_MASK | BARE_J2K) or head.param & SHIFT_MASK > 8:
         raise TecFormatError(f"classical tile has a bad param byte {head.param:#04x} "
-                             f"(component shift at most 8, flags 0x10)")
+                             f"(component shift at most 8, flags 0x10 and 0x40)")
     compact = bool(head.param & SIDE_COMPACT)
     side = (2 * n + n * n) if compact else (4 * n + 2 * n * n)
     if len(payload) < off + side:
@@ -453,7 +514,10 @@ def _classical_parts(payload: bytes, head: TileHeader):
     else:
         means = np.frombuffer(payload, "<f4", n, off).astype(np.float64)
         basis_q = np.frombuffer(payload, "<f2", n * n, off + 4 * n).astype(np.float64).reshape(n, n)
-    return means, basis_q, payload[off + side:]
+    stream = payload[off + side:]
+    if head.param & BARE_J2K:
+        stream = j2k_dress(stream, head.shape)
+    return means, basis_q, stream
 
 
 def _classical_values(comps: np.ndarray, head: TileHeader, means, basis_q) -> np.ndarray:

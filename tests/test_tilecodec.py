@@ -209,8 +209,9 @@ def test_classical_side_info_is_compact_and_old_layout_still_decodes(bright):
     payload, kind = tc.encode_tile(bright, quality=3)
     head = tc.TileHeader(tc.unseal(payload))
     assert kind == tc.KIND_CLASSICAL and head.param & tc.SIDE_COMPACT
-    stream = tc._classical_parts(tc.unseal(payload), head)[2]
-    assert len(tc.unseal(payload)) - head.body - len(stream) == 2 * n + n * n     # side information
+    stored = tc.unseal(payload)[head.body + 2 * n + n * n:]                       # after the side information
+    assert head.param & tc.BARE_J2K
+    assert tc._classical_parts(tc.unseal(payload), head)[2] == tc.j2k_dress(stored, bright.shape)
     # the old layout, built by hand
     x = bright.astype(np.float64)
     means, basis_q = tc._fit_tile_klt(x, np.ones(bright.shape[1:], bool))
@@ -222,7 +223,7 @@ def test_classical_side_info_is_compact_and_old_layout_still_decodes(bright):
     np.testing.assert_array_equal(tc.decode_tile(old), tc._to_dtype(want, bright.dtype))
     # unknown flag bits are refused, not guessed
     raw = bytearray(tc.unseal(payload))
-    raw[7] |= 0x40
+    raw[7] |= 0x80
     with pytest.raises(TecFormatError, match="param"):
         tc.decode_tile(tc.seal(bytes(raw)))
 
@@ -299,3 +300,33 @@ def test_components_are_rounded_coarser_at_low_quality():
     assert shifts == sorted(shifts, reverse=True) and shifts[0] == tc.RATE_SHIFT_MAX and shifts[-1] == 0
     for q, s in zip(range(1, 9), shifts):
         assert (2 ** s) ** 2 / 12 <= tc.RATE_SHIFT_NOISE * tc.rd_lambda(q) / (2 * np.log(2))
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 16, 9), (2, 17, 40), (12, 64, 64), (4, 70, 300), (6, 262, 262)])
+def test_bare_codestreams_rebuild_openjpegs_headers_exactly(shape):
+    """Tiles store only a codestream's packet data when its headers (SIZ, COD, QCD, SOT, SOD, EOC)
+    are the ones rebuilt from (bands, h, w): true of every codestream OpenJPEG writes here."""
+    rng = np.random.default_rng(shape[1])
+    comps = rng.integers(-3000, 3000, size=shape).astype(np.int16)
+    for level in (30, 70):
+        stream = tc.j2k_stream(comps, level)
+        bare = tc.j2k_bare(stream, shape)
+        assert bare is not None and len(stream) - len(bare) >= 60
+        assert tc.j2k_dress(bare, shape) == stream
+    assert tc.j2k_bare(stream, (shape[0], shape[1] + 1, shape[2])) is None       # other headers: kept whole
+
+
+def test_full_codestreams_still_decode(cloudy):
+    """A classical tile with the whole codestream stored (param bit 6 clear, as before bare
+    codestreams) decodes to the same pixels."""
+    payload = tc.unseal(tc.encode_tile(cloudy, quality=5)[0])
+    head = tc.TileHeader(payload)
+    if head.kind != tc.KIND_CLASSICAL:
+        pytest.skip("the crop was not coded classical")
+    n = cloudy.shape[0]
+    side_end = head.body + 2 * n + n * n
+    full = tc.j2k_dress(payload[side_end:], cloudy.shape)
+    raw = bytearray(payload[:side_end])
+    raw[7] &= ~tc.BARE_J2K
+    old = tc.seal(bytes(raw) + full)
+    np.testing.assert_array_equal(tc.decode_tile(old), tc.decode_tile(tc.seal(payload)))
