@@ -29,7 +29,7 @@ install: $(STAMP) plugin
 system-deps:
 	@if ! command -v gdal-config >/dev/null 2>&1; then \
 	    echo "gdal-config not found: installing gdal-bin libgdal-dev"; \
-	    $(SUDO) apt-get update && $(SUDO) apt-get install -y gdal-bin libgdal-dev; \
+	    $(SUDO) apt-get update && $(SUDO) apt-get install -y gdal-bin libgdal-dev zlib1g-dev; \
 	fi
 
 $(STAMP): pyproject.toml setup.py | system-deps

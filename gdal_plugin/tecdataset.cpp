@@ -40,6 +40,8 @@
 
 #include "tec_python.h"
 
+#include <zlib.h>
+
 #define TEC_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace
@@ -48,6 +50,33 @@ namespace
 constexpr GByte kMagic[8] = {0x89, 'T', 'E', 'C', '\r', '\n', 0x1a, '\n'};
 constexpr int kPrefixSize = 64;
 constexpr uint32_t kFlagHeaderDeflate = 1;  // prefix flags bit 0: the JSON header is zlib-compressed
+constexpr uint32_t kFlagHeaderDictionary = 2;  // bit 1: ... with kHeaderDictionary as preset dictionary
+
+// zlib preset dictionary of deflated headers: byte for byte terracodec.format.HEADER_DICTIONARY
+// (docs/FORMAT.md; tests/test_format.py checks that the two agree).
+const char kHeaderDictionary[] =
+    R"TECDICT("crs_wkt":"GEOGCS[\"WGS 84\",DATUM[\"WGS_1984\",SPHEROID[\"WGS 84\",6378137,298.257223563,AUTHOR)TECDICT"
+    R"TECDICT(ITY[\"EPSG\",\"7030\"]],AUTHORITY[\"EPSG\",\"6326\"]],PRIMEM[\"Greenwich\",0,AUTHORITY[\"EPSG\",)TECDICT"
+    R"TECDICT(\"8901\"]],UNIT[\"degree\",0.0174532925199433,AUTHORITY[\"EPSG\",\"9122\"]],AXIS[\"Latitude\",NO)TECDICT"
+    R"TECDICT(RTH],AXIS[\"Longitude\",EAST],AUTHORITY[\"EPSG\",\"4326\"]]","dates":["2021-06-01","2021-06-11",)TECDICT"
+    R"TECDICT("2021-06-21"],"keyframe_interval":8,"temporal_tiles":0,"model":{"name":"tec-tt-v1","sha256":"bfd)TECDICT"
+    R"TECDICT(ba5c5488bd4518626ffceebd7d274bbfd4034a5671541e208edb6cd7e2b46"},"model":{"name":"lossless","sha2)TECDICT"
+    R"TECDICT(56":null},"dtype":"uint16","nodata":0,{"width":1068,"height":1068,"count":12,"dtype":"int16","ba)TECDICT"
+    R"TECDICT(nds":["B01","B02","B03","B04","B05","B06","B07","B08","B8A","B09","B10","B11","B12"],"tile_size")TECDICT"
+    R"TECDICT(:512,"tile_overlap":4,"nodata":null,"crs_wkt":"PROJCS[\"WGS 84 / UTM zone 32N\",GEOGCS[\"WGS 84\)TECDICT"
+    R"TECDICT(",DATUM[\"WGS_1984\",SPHEROID[\"WGS 84\",6378137,298.257223563,AUTHORITY[\"EPSG\",\"7030\"]],AUT)TECDICT"
+    R"TECDICT(HORITY[\"EPSG\",\"6326\"]],PRIMEM[\"Greenwich\",0,AUTHORITY[\"EPSG\",\"8901\"]],UNIT[\"degree\",)TECDICT"
+    R"TECDICT(0.0174532925199433,AUTHORITY[\"EPSG\",\"9122\"]],AUTHORITY[\"EPSG\",\"4326\"]],PROJECTION[\"Tran)TECDICT"
+    R"TECDICT(sverse_Mercator\"],PARAMETER[\"latitude_of_origin\",0],PARAMETER[\"central_meridian\",9],PARAMET)TECDICT"
+    R"TECDICT(ER[\"scale_factor\",0.9996],PARAMETER[\"false_easting\",500000],PARAMETER[\"false_northing\",100)TECDICT"
+    R"TECDICT(00000],PARAMETER[\"false_northing\",0],UNIT[\"metre\",1,AUTHORITY[\"EPSG\",\"9001\"]],AXIS[\"Eas)TECDICT"
+    R"TECDICT(ting\",EAST],AXIS[\"Northing\",NORTH],AUTHORITY[\"EPSG\",\"32632\"]]","geotransform":[600000.0,1)TECDICT"
+    R"TECDICT(0.0,0.0,5000000.0,0.0,-10.0],"tiles_x":1,"tiles_y":1,"dates":[null],"levels":1,"keyframe_interva)TECDICT"
+    R"TECDICT(l":null,"model":{"name":"tec-hp-v1","sha256":"b0b0e93c9cbea97ef442665b8bb99253ab9d56a8d485eb94db)TECDICT"
+    R"TECDICT(1a829f49796836"},"quality":5,"stats":{"fallback_tiles":1,"lossless_tiles":0,"learned_tiles":0,"c)TECDICT"
+    R"TECDICT(oarse_grid_tiles":1,"floor_tiles":0,"compression_ratio":100.0},"metadata":{},"created_by":"terra)TECDICT"
+    R"TECDICT(codec 0.1.0"})TECDICT";
+
 constexpr size_t kMaxHeaderSize = 64 * 1024 * 1024;
 constexpr int kIndexEntrySize = 24;
 constexpr int kMaxBands = 13;
@@ -680,26 +709,62 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
         return nullptr;
     }
     size_t nJSONLen = nHeaderLen;
+    if ((nFlags & ~(kFlagHeaderDeflate | kFlagHeaderDictionary)) != 0 ||
+        ((nFlags & kFlagHeaderDictionary) && !(nFlags & kFlagHeaderDeflate)))
+    {
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: unknown prefix flags 0x%x (a newer format?)",
+                 pszName, static_cast<unsigned>(nFlags));
+        return nullptr;
+    }
     if (nFlags & kFlagHeaderDeflate)
     {
-        // inflate in steps: the JSON of a header is a few KB, a WKT-heavy one tens of KB
-        std::vector<GByte> abyJSON;
-        size_t nOut = 0;
-        for (size_t nCap = 16384;; nCap *= 4)
+        // zlib inflate, with the preset dictionary when flag bit 1 says so; the JSON of a header is
+        // a few KB, a WKT-heavy one tens of KB, never more than kMaxHeaderSize
+        std::vector<GByte> abyJSON(65536);
+        z_stream zs;
+        memset(&zs, 0, sizeof(zs));
+        bool bOK = inflateInit(&zs) == Z_OK;
+        if (bOK)
         {
-            abyJSON.assign(nCap + 1, 0);
-            if (CPLZLibInflate(abyHeader.data(), nHeaderLen, abyJSON.data(), nCap, &nOut) != nullptr)
-                break;
-            if (nCap >= kMaxHeaderSize)
+            zs.next_in = abyHeader.data();
+            zs.avail_in = static_cast<uInt>(nHeaderLen);
+            zs.next_out = abyJSON.data();
+            zs.avail_out = static_cast<uInt>(abyJSON.size());
+            int nRet = Z_OK;
+            for (;;)
             {
-                CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: corrupt deflated header", pszName);
-                return nullptr;
+                nRet = inflate(&zs, Z_NO_FLUSH);
+                if (nRet == Z_NEED_DICT && (nFlags & kFlagHeaderDictionary) &&
+                    inflateSetDictionary(&zs, reinterpret_cast<const Bytef *>(kHeaderDictionary),
+                                         static_cast<uInt>(sizeof(kHeaderDictionary) - 1)) == Z_OK)
+                    continue;
+                if (nRet == Z_OK && zs.avail_out == 0 && abyJSON.size() <= kMaxHeaderSize)
+                {   // grow the output (by 4x, up to one byte over the limit) and go on
+                    const size_t nDone = zs.total_out;
+                    abyJSON.resize(std::min(abyJSON.size() * 4, kMaxHeaderSize + 1));
+                    zs.next_out = abyJSON.data() + nDone;
+                    zs.avail_out = static_cast<uInt>(abyJSON.size() - nDone);
+                    continue;
+                }
+                if (nRet != Z_OK)
+                    break;                   // Z_STREAM_END, or an error / truncated input
+            }
+            bOK = bOK && nRet == Z_STREAM_END && zs.total_out <= kMaxHeaderSize;
+            const size_t nOut = zs.total_out;
+            inflateEnd(&zs);
+            if (bOK)
+            {
+                abyJSON.resize(nOut + 1);
+                abyJSON[nOut] = 0;
+                abyHeader.swap(abyJSON);
+                nJSONLen = nOut;
             }
         }
-        abyJSON.resize(nOut + 1);
-        abyJSON[nOut] = 0;
-        abyHeader.swap(abyJSON);
-        nJSONLen = nOut;
+        if (!bOK)
+        {
+            CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: corrupt deflated header", pszName);
+            return nullptr;
+        }
     }
     CPLJSONDocument oDoc;
     {

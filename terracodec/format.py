@@ -41,6 +41,36 @@ PREFIX_SIZE = 64
 INDEX_ENTRY_SIZE = 24
 MAX_HEADER_SIZE = 64 * 1024 * 1024      # readers reject larger headers (the GDAL driver does too)
 FLAG_HEADER_DEFLATE = 1                  # prefix flags bit 0: the JSON header is zlib-compressed
+FLAG_HEADER_DICTIONARY = 2               # prefix flags bit 1: ... with HEADER_DICTIONARY as preset dictionary
+
+# zlib preset dictionary of deflated headers (flag bit 1; frozen: docs/FORMAT.md lists it). A typical
+# header, with the WKT GDAL writes for a UTM zone and the shipped models, so that a small file pays
+# only for what differs from it (a 120 x 120 chip's header: about 360 -> 100 bytes without CRS,
+# 700 -> 140 with one).
+HEADER_DICTIONARY = (
+    '"crs_wkt":"GEOGCS[\\"WGS 84\\",DATUM[\\"WGS_1984\\",SPHEROID[\\"WGS 84\\",6378137,298.257223563,'
+    'AUTHORITY[\\"EPSG\\",\\"7030\\"]],AUTHORITY[\\"EPSG\\",\\"6326\\"]],PRIMEM[\\"Greenwich\\",0,'
+    'AUTHORITY[\\"EPSG\\",\\"8901\\"]],UNIT[\\"degree\\",0.0174532925199433,AUTHORITY[\\"EPSG\\",\\"9122\\"]],'
+    'AXIS[\\"Latitude\\",NORTH],AXIS[\\"Longitude\\",EAST],AUTHORITY[\\"EPSG\\",\\"4326\\"]]",'
+    '"dates":["2021-06-01","2021-06-11","2021-06-21"],"keyframe_interval":8,"temporal_tiles":0,'
+    '"model":{"name":"tec-tt-v1","sha256":"bfdba5c5488bd4518626ffceebd7d274bbfd4034a5671541e208edb6cd7e2b46"},'
+    '"model":{"name":"lossless","sha256":null},"dtype":"uint16","nodata":0,'
+    '{"width":1068,"height":1068,"count":12,"dtype":"int16",'
+    '"bands":["B01","B02","B03","B04","B05","B06","B07","B08","B8A","B09","B10","B11","B12"],'
+    '"tile_size":512,"tile_overlap":4,"nodata":null,'
+    '"crs_wkt":"PROJCS[\\"WGS 84 / UTM zone 32N\\",GEOGCS[\\"WGS 84\\",DATUM[\\"WGS_1984\\",'
+    'SPHEROID[\\"WGS 84\\",6378137,298.257223563,AUTHORITY[\\"EPSG\\",\\"7030\\"]],AUTHORITY[\\"EPSG\\",\\"6326\\"]],'
+    'PRIMEM[\\"Greenwich\\",0,AUTHORITY[\\"EPSG\\",\\"8901\\"]],UNIT[\\"degree\\",0.0174532925199433,'
+    'AUTHORITY[\\"EPSG\\",\\"9122\\"]],AUTHORITY[\\"EPSG\\",\\"4326\\"]],PROJECTION[\\"Transverse_Mercator\\"],'
+    'PARAMETER[\\"latitude_of_origin\\",0],PARAMETER[\\"central_meridian\\",9],PARAMETER[\\"scale_factor\\",0.9996],'
+    'PARAMETER[\\"false_easting\\",500000],PARAMETER[\\"false_northing\\",10000000],PARAMETER[\\"false_northing\\",0],'
+    'UNIT[\\"metre\\",1,AUTHORITY[\\"EPSG\\",\\"9001\\"]],AXIS[\\"Easting\\",EAST],AXIS[\\"Northing\\",NORTH],'
+    'AUTHORITY[\\"EPSG\\",\\"32632\\"]]","geotransform":[600000.0,10.0,0.0,5000000.0,0.0,-10.0],'
+    '"tiles_x":1,"tiles_y":1,"dates":[null],"levels":1,"keyframe_interval":null,'
+    '"model":{"name":"tec-hp-v1","sha256":"b0b0e93c9cbea97ef442665b8bb99253ab9d56a8d485eb94db1a829f49796836"},'
+    '"quality":5,"stats":{"fallback_tiles":1,"lossless_tiles":0,"learned_tiles":0,"coarse_grid_tiles":1,'
+    '"floor_tiles":0,"compression_ratio":100.0},"metadata":{},"created_by":"terracodec 0.1.0"}'
+).encode("ascii")
 DTYPES = ("uint8", "int16", "uint16")
 KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES)
 
@@ -400,8 +430,10 @@ class ContainerWriter:
                 head = header.to_json().encode("utf-8")
                 if len(head) > MAX_HEADER_SIZE:
                     raise TecInputError(f"header is {len(head)} bytes; at most {MAX_HEADER_SIZE} allowed")
-                # deflated: a small chip's header (band names, CRS WKT, model sha256) is ~40 % of its file
-                head = zlib.compress(head, 9)
+                # deflated against a preset dictionary: a small chip's header (band names, CRS WKT,
+                # model sha256) was ~40 % of its file with plain deflate
+                deflater = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=HEADER_DICTIONARY)
+                head = deflater.compress(head) + deflater.flush()
                 if len(self._entries) != header.index_count:
                     raise TecInputError(f"{len(self._entries)} tiles were added but the header's grid "
                                         f"needs {header.index_count}")
@@ -410,7 +442,8 @@ class ContainerWriter:
                 index_offset = header_offset + len(head)
                 self._write(head)
                 self._write(index)
-                prefix = _PREFIX.pack(MAGIC, VERSION[0], VERSION[1], FLAG_HEADER_DEFLATE, header_offset, len(head),
+                prefix = _PREFIX.pack(MAGIC, VERSION[0], VERSION[1], FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY,
+                                      header_offset, len(head),
                                       _crc(head), index_offset, len(self._entries), _crc(index))
                 prefix += _CRC.pack(_crc(prefix))
                 self._f.seek(self._base)
@@ -609,8 +642,12 @@ class ContainerReader:
         raw_index = self._read(index_off, index_len)
         if _crc(raw_index) != index_crc:
             raise TecChecksumError(f"{name}: tile index CRC32 mismatch (corrupt file)")
+        if self.flags & ~(FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY) or (
+                self.flags & FLAG_HEADER_DICTIONARY and not self.flags & FLAG_HEADER_DEFLATE):
+            raise TecFormatError(f"{name}: unknown prefix flags {self.flags:#x} (a newer format?)")
         if self.flags & FLAG_HEADER_DEFLATE:
-            inflater = zlib.decompressobj()
+            inflater = (zlib.decompressobj(zdict=HEADER_DICTIONARY) if self.flags & FLAG_HEADER_DICTIONARY
+                        else zlib.decompressobj())
             try:
                 raw_header = inflater.decompress(raw_header, MAX_HEADER_SIZE + 1)
             except zlib.error as exc:

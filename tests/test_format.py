@@ -90,7 +90,7 @@ def test_round_trip_bytes_and_decode(sample):
     header, image, data = sample
     assert data[:8] == MAGIC and PREFIX_SIZE == 64 and VERSION == (1, 0)
     r = ContainerReader(data)
-    assert r.header == header and r.version == (1, 0) and r.flags == FLAG_HEADER_DEFLATE
+    assert r.header == header and r.version == (1, 0) and r.flags == FLAG_HEADER_DEFLATE | 2
     assert len(r.entries) == header.index_count == 6
     assert all(isinstance(e, TileEntry) and e.kind == KIND_LOSSLESS for e in r.entries)
     out = np.zeros_like(image)
@@ -503,3 +503,46 @@ def test_import_does_not_pull_in_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_headers_deflate_against_the_preset_dictionary(sample):
+    """Writers deflate the header with HEADER_DICTIONARY (prefix flags 3): a georeferenced chip's
+    header takes about 100 bytes. Plain-deflate headers (flags 1) still read; unknown flags do not."""
+    import re
+
+    from terracodec import format as fmt
+
+    header, _, data = sample
+    r = ContainerReader(data)
+    assert r.flags == fmt.FLAG_HEADER_DEFLATE | fmt.FLAG_HEADER_DICTIONARY
+    plain = replace_header(data, json.loads(header.to_json()))
+    assert ContainerReader(plain).flags == fmt.FLAG_HEADER_DEFLATE and ContainerReader(plain).header == header
+    bad = bytearray(data)
+    struct.pack_into("<I", bad, 12, 4 | fmt.FLAG_HEADER_DEFLATE)
+    with pytest.raises(TecFormatError, match="prefix flags"):
+        ContainerReader(bytes(refresh_crcs(bad)))
+    # a UTM chip (WKT as GDAL writes it, model record, stats) compresses to a small header
+    wkt = ('PROJCS["WGS 84 / UTM zone 35N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,'
+           '298.257223563,AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY['
+           '"EPSG","8901"]],UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],AUTHORITY["EPSG","4326"]],'
+           'PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",27],'
+           'PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],'
+           'UNIT["metre",1,AUTHORITY["EPSG","9001"]],AXIS["Easting",EAST],AXIS["Northing",NORTH],'
+           'AUTHORITY["EPSG","32635"]]')
+    text = json.dumps({**json.loads(header.to_json()), "crs_wkt": wkt}, separators=(",", ":")).encode()
+    deflater = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=fmt.HEADER_DICTIONARY)
+    assert len(deflater.compress(text) + deflater.flush()) < 0.3 * len(zlib.compress(text, 9))
+    # the GDAL plugin (C++) holds the same dictionary, byte for byte
+    cpp = (Path(__file__).resolve().parent.parent / "gdal_plugin" / "tecdataset.cpp").read_text()
+    block = cpp[cpp.index("kHeaderDictionary[] ="):cpp.index(";", cpp.index("kHeaderDictionary[] ="))]
+    assert "".join(re.findall(r'R"TECDICT\((.*?)\)TECDICT"', block)).encode("ascii") == fmt.HEADER_DICTIONARY
+
+
+def test_format_spec_lists_the_header_dictionary():
+    """docs/FORMAT.md gives the preset dictionary byte for byte (its code block, lines joined)."""
+    from terracodec.format import HEADER_DICTIONARY
+
+    spec = (REPO / "docs" / "FORMAT.md").read_text()
+    start = spec.index("```\n", spec.index("preset dictionary")) + 4
+    block = spec[start:spec.index("\n```", start)]
+    assert "".join(block.split("\n")).encode("ascii") == HEADER_DICTIONARY
