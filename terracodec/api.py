@@ -25,7 +25,6 @@ import io
 import math
 import os
 import threading
-import zlib
 from collections import OrderedDict, deque
 from numbers import Integral
 
@@ -409,13 +408,13 @@ class Writer:
         }
 
     def _header(self):
-        from .format import TecHeader
+        from .format import TecHeader, deflate_header
 
         fields = self.header_fields()
         # the header holds the compression ratio of the whole file, its own length included
         for _ in range(4):
             header = TecHeader(**fields)
-            fields["stats"] = self._stats(len(zlib.compress(header.to_json().encode("utf-8"), 9)))
+            fields["stats"] = self._stats(len(deflate_header(header.to_json().encode("utf-8"))))
         return TecHeader(**fields)
 
     def _stats(self, header_len: int = 0) -> dict:

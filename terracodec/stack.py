@@ -29,7 +29,6 @@ import math
 import os
 import struct
 import threading
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -640,7 +639,7 @@ class StackWriter:
 
     def close(self) -> dict:
         """Write the file (atomically). Returns the header fields written."""
-        from .format import ContainerWriter, TecHeader
+        from .format import ContainerWriter, TecHeader, deflate_header
 
         if self._closed:
             raise TecInputError("the stack writer is closed")
@@ -659,7 +658,7 @@ class StackWriter:
         raw = len(self.dates) * self.count * self.height * self.width * self.dtype.itemsize
         n_tiles = len(self.dates) * self.tiles_x * self.tiles_y
         for _ in range(3):                    # the ratio counts the whole file, header included
-            head_len = len(zlib.compress(TecHeader(**fields).to_json().encode("utf-8"), 9))   # stored deflated
+            head_len = len(deflate_header(TecHeader(**fields).to_json().encode("utf-8")))   # as stored
             stats["compression_ratio"] = round(raw / (64 + payload_bytes + head_len + 24 * n_tiles), 3)
         with ContainerWriter(self.path) as w:
             for row in self._payloads:
