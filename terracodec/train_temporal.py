@@ -19,7 +19,6 @@ import csv
 import datetime as dt
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path

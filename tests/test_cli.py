@@ -4,7 +4,6 @@ models; pass-through commands; one-line errors with exit status 1."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

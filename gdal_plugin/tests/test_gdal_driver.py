@@ -7,7 +7,6 @@ GDAL_DRIVER_PATH set, so a crash would show as a failed test, not a dead pytest.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
