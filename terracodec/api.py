@@ -280,7 +280,6 @@ class Writer:
         self.rows_written = 0          # rows received
         self._next_tile_row = 0
         self._buf_start = 0            # first image row held in self._pending
-        self.fallback_tiles = 0
         self.floor_tiles = 0           # tiles recoded to reach the quality's PSNR floor
         self.kinds: dict[int, int] = {}
         self.payload_bytes = 0
@@ -379,8 +378,6 @@ class Writer:
         self.floor_tiles += bool(info.get("floor_raised"))
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         self.payload_bytes += len(payload)
-        if kind in (tilecodec.KIND_CLASSICAL, tilecodec.KIND_MULTIRES):
-            self.fallback_tiles += 1
         if self._bar is not None:
             self._bar.update(1)
 
@@ -418,13 +415,16 @@ class Writer:
         return TecHeader(**fields)
 
     def _stats(self, header_len: int = 0) -> dict:
+        from .format import INDEX_ENTRY_SIZE, PREFIX_SIZE
+
         n = self.tiles_x * self.tiles_y
-        total = 64 + self.payload_bytes + header_len + 24 * n
+        total = PREFIX_SIZE + self.payload_bytes + header_len + INDEX_ENTRY_SIZE * n
         raw = self.count * self.width * self.height * self.dtype.itemsize
-        return {"fallback_tiles": self.fallback_tiles,
-                "lossless_tiles": self.kinds.get(tilecodec.KIND_LOSSLESS, 0),
-                "learned_tiles": self.kinds.get(tilecodec.KIND_LEARNED, 0),
-                "coarse_grid_tiles": self.kinds.get(tilecodec.KIND_MULTIRES, 0),
+        kinds = self.kinds
+        return {"fallback_tiles": kinds.get(tilecodec.KIND_CLASSICAL, 0) + kinds.get(tilecodec.KIND_MULTIRES, 0),
+                "lossless_tiles": kinds.get(tilecodec.KIND_LOSSLESS, 0),
+                "learned_tiles": kinds.get(tilecodec.KIND_LEARNED, 0),
+                "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
                 "floor_tiles": self.floor_tiles,
                 "compression_ratio": round(raw / total, 3)}
 

@@ -257,8 +257,9 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     decoded = np.zeros_like(x)
     start = int(np.clip(kind1_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
     done: list[int] = []
-    parts = [bytes([len(groups_of(grids))])]
-    for grid, bands in groups_of(grids):
+    groups = groups_of(grids)
+    parts = [bytes([len(groups)])]
+    for grid, bands in groups:
         factor, mode, py, px = grid
         cells = x[bands] if factor == 1 else _separable(_fit_matrix(h, factor, py, mode), x[bands],
                                                          _fit_matrix(w, factor, px, mode))
@@ -354,7 +355,7 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
         raise TecFormatError("kind 4 tile does not code every band exactly once")
 
 
-def _cells(grid, h, w, stream, shape, param, means, basis_q) -> np.ndarray:
+def _cells(stream, shape, param, means, basis_q) -> np.ndarray:
     """A group's decoded residual on its grid (``shape`` = (bands, cells_y, cells_x))."""
     if stream is None:
         return np.broadcast_to(means[:, None, None], shape)
@@ -373,7 +374,7 @@ def decode_groups(body: bytes, count: int, h: int, w: int, dtype) -> np.ndarray:
     done: list[int] = []
     for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count, h, w):
         shape = _grid_shape(len(bands), h, w, grid)
-        resid = _cells(grid, h, w, stream, shape, param, means, basis_q)
+        resid = _cells(stream, shape, param, means, basis_q)
         pred = 0.0
         if done:
             feats = cell_means(decoded[done].astype(np.float64), grid).reshape(len(done), -1)
@@ -435,13 +436,13 @@ def decode_groups_reduced(body: bytes, count: int, h: int, w: int, dtype, reduce
     an overview that never works at full resolution.
 
     The full-resolution group's codestream is decoded at 1/2**reduce (JPEG 2000 low-pass moved to
-    the block centres, as for kind 1 overviews; block means where it has fewer wavelet levels). The coarse groups are decoded
-    on their grids and shown as block means of their interpolation; their predictions use cell
-    means of the earlier bands, with bands known at 1/2**reduce taken as constant over their
-    blocks. So the overview is close to, not equal to, block means of the full decode. Falls back
+    the block centres, as for kind 1 overviews; block means where it has fewer wavelet levels). The
+    coarse groups are decoded on their grids and shown as block means of their interpolation; their
+    predictions use cell means of the earlier bands, with bands known at 1/2**reduce taken as
+    constant over their blocks. So the overview is close to, not equal to, block means of the full decode. Falls back
     to exactly that where OpenJPEG's reduced decode is missing."""
     from . import openjpeg
-    from .tilecodec import box_reduce, low_pass_to_blocks, reduced_size
+    from .tilecodec import box_reduce, j2k_decode_reduced_checked, low_pass_to_blocks, reduced_size
 
     f = 1 << reduce
     if not openjpeg.available():
@@ -451,15 +452,7 @@ def decode_groups_reduced(body: bytes, count: int, h: int, w: int, dtype, reduce
     for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count, h, w):
         factor, mode, py, px = grid
         if factor == 1 and stream is not None and not known:
-            r = min(reduce, openjpeg.resolution_levels(stream))
-            try:
-                comps = openjpeg.decode_reduced(stream, r)
-            except openjpeg.OpenJpegError as exc:
-                raise TecFormatError(f"corrupt JPEG 2000 codestream in kind 4 tile: {exc}") from None
-            want = (len(bands), reduced_size(h, r), reduced_size(w, r))
-            if comps.shape != want:
-                raise TecFormatError(f"JPEG 2000 codestream in kind 4 tile decoded to {comps.shape} "
-                                     f"at 1/{1 << r}, expected {want}")
+            comps, r = j2k_decode_reduced_checked(stream, (len(bands), h, w), reduce, "kind 4 tile")
             low = low_pass_to_blocks(component_values(comps, param & SHIFT_MASK, means, basis_q), r)
             if r < reduce:
                 low = box_reduce(low, 1 << (reduce - r))[0]
@@ -468,7 +461,7 @@ def decode_groups_reduced(body: bytes, count: int, h: int, w: int, dtype, reduce
             continue
         gy, gx = (factor, py, mode), (factor, px, mode)
         shape = _grid_shape(len(bands), h, w, grid)
-        cells = np.array(_cells(grid, h, w, stream, shape, param, means, basis_q))
+        cells = np.array(_cells(stream, shape, param, means, basis_q))
         if known:
             feats = np.concatenate([
                 _apply_banded(v, _overview_taps("feat", h, f, ky, gy), _overview_taps("feat", w, f, kx, gx))

@@ -639,7 +639,7 @@ class StackWriter:
 
     def close(self) -> dict:
         """Write the file (atomically). Returns the header fields written."""
-        from .format import ContainerWriter, TecHeader, deflate_header
+        from .format import INDEX_ENTRY_SIZE, PREFIX_SIZE, ContainerWriter, TecHeader, deflate_header
 
         if self._closed:
             raise TecInputError("the stack writer is closed")
@@ -659,7 +659,8 @@ class StackWriter:
         n_tiles = len(self.dates) * self.tiles_x * self.tiles_y
         for _ in range(3):                    # the ratio counts the whole file, header included
             head_len = len(deflate_header(TecHeader(**fields).to_json().encode("utf-8")))   # as stored
-            stats["compression_ratio"] = round(raw / (64 + payload_bytes + head_len + 24 * n_tiles), 3)
+            stats["compression_ratio"] = round(raw / (PREFIX_SIZE + payload_bytes + head_len
+                                                      + INDEX_ENTRY_SIZE * n_tiles), 3)
         with ContainerWriter(self.path) as w:
             for row in self._payloads:
                 for p, k in row:

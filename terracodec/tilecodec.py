@@ -548,6 +548,24 @@ def j2k_decode_checked(stream: bytes, shape: tuple, what: str) -> np.ndarray:
     return comps
 
 
+def j2k_decode_reduced_checked(stream: bytes, shape: tuple, reduce: int, what: str) -> tuple[np.ndarray, int]:
+    """-> (components, r): a tile's JPEG 2000 codestream of ``shape`` decoded at 1/2**r, r =
+    min(``reduce``, its wavelet levels), through the system OpenJPEG (caller checks
+    openjpeg.available()); TecFormatError naming ``what`` otherwise."""
+    from . import openjpeg
+
+    r = min(reduce, openjpeg.resolution_levels(stream))
+    try:
+        comps = openjpeg.decode_reduced(stream, r)
+    except openjpeg.OpenJpegError as exc:
+        raise TecFormatError(f"corrupt JPEG 2000 codestream in {what}: {exc}") from None
+    want = (shape[0], reduced_size(shape[1], r), reduced_size(shape[2], r))
+    if comps.shape != want:
+        raise TecFormatError(f"JPEG 2000 codestream in {what} decoded to {comps.shape} at 1/{1 << r}, "
+                             f"expected {want}")
+    return comps, r
+
+
 def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
     means, basis_q, stream = _classical_parts(payload, head)
     comps = j2k_decode_checked(stream, head.shape, "classical tile")
@@ -990,14 +1008,7 @@ def decode_tile_reduced(payload: bytes, reduce: int, *, model=None) -> np.ndarra
     if head.kind != KIND_CLASSICAL or not openjpeg.available():
         return reduce_pixels(decode_tile(payload, model=model), reduce, head.nodata)
     means, basis_q, stream = _classical_parts(raw, head)
-    r = min(reduce, openjpeg.resolution_levels(stream))
-    try:
-        comps = openjpeg.decode_reduced(stream, r)
-    except openjpeg.OpenJpegError as exc:
-        raise TecFormatError(f"corrupt JPEG 2000 codestream in classical tile: {exc}") from None
-    want = (head.count, reduced_size(head.height, r), reduced_size(head.width, r))
-    if comps.shape != want:
-        raise TecFormatError(f"JPEG 2000 codestream decoded to {comps.shape} at 1/{1 << r}, expected {want}")
+    comps, r = j2k_decode_reduced_checked(stream, head.shape, reduce, "classical tile")
     values = low_pass_to_blocks(_classical_values(comps, head, means, basis_q), r)
     empty = np.zeros(values.shape, bool)
     if head.mask is not None:
