@@ -1123,6 +1123,18 @@ bool GroupBandsByDate(GDALDataset *poSrcDS, std::vector<std::string> &aosDates,
 
 }  // namespace
 
+// The tile size when BLOCKSIZE is not given, as terracodec.api.default_tile_size: each axis of n
+// pixels gets round(n / 512) tiles (at least 1), and the larger of the two resulting sizes is used.
+static int DefaultTileSize(int nW, int nH)
+{
+    const auto axis = [](int n)
+    {
+        const int nTiles = std::max(1, (n + 256) / 512);
+        return (n + nTiles - 1) / nTiles;
+    };
+    return std::min(4096, std::max({16, axis(nW), axis(nH)}));
+}
+
 GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcDS, int /*bStrict*/,
                                     char **papszOptions, GDALProgressFunc pfnProgress,
                                     void *pProgressData)
@@ -1203,7 +1215,7 @@ GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcD
         }
         pszBlock = pszBX ? pszBX : pszBY;
     }
-    const int nTile = pszBlock ? atoi(pszBlock) : 512;  // terracodec.api.DEFAULT_TILE_SIZE
+    const int nTile = pszBlock ? atoi(pszBlock) : DefaultTileSize(nW, nH);
     if (nTile < 16 || nTile > 4096)
     {
         CPLError(CE_Failure, CPLE_IllegalArg, "TEC: BLOCKSIZE=%s: expected 16..4096",
@@ -1399,8 +1411,9 @@ TEC_EXPORT void GDALRegister_TEC()
         "description='Quality level, 1 (smallest) to 8 (best)'/>"
         "  <Option name='MODEL' type='string' "
         "description='Codec model name (default: the package default model)'/>"
-        "  <Option name='BLOCKSIZE' type='int' min='16' max='4096' default='512' "
-        "description='Tile width and height in pixels'/>"
+        "  <Option name='BLOCKSIZE' type='int' min='16' max='4096' "
+        "description='Tile width and height in pixels (default: about 512, splitting the raster "
+        "evenly)'/>"
         "  <Option name='BLOCKXSIZE' type='int' description='Alias of BLOCKSIZE (must equal "
         "BLOCKYSIZE)'/>"
         "  <Option name='BLOCKYSIZE' type='int' description='Alias of BLOCKSIZE (must equal "

@@ -75,8 +75,8 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
               help="Model name (`tec models`; default: the default model). 'lossless' stores tiles exactly.")
 @click.option("-b", "--bands", default=None,
               help="Comma-separated Sentinel-2 band names, overriding the GeoTIFF band descriptions.")
-@click.option("--tile-size", type=int, default=512, show_default=True,      # api.DEFAULT_TILE_SIZE
-              help="Tile width and height in pixels.")
+@click.option("--tile-size", type=int, default=None,
+              help="Tile width and height in pixels (default: about 512, splitting the image evenly).")
 @click.option("--nodata", type=float, default=None, help="Nodata value (default: the GeoTIFF's).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--stack", "is_stack", is_flag=True,

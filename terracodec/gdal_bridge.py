@@ -205,7 +205,7 @@ class Encoder:
             nodata = int(nodata)
         _set_threads(p.get("num_threads"))
         kwargs = dict(quality=int(p.get("quality", 5)), model=p.get("model"), nodata=nodata,
-                      tile_size=int(p.get("tile_size", api.DEFAULT_TILE_SIZE)), crs_wkt=p.get("crs_wkt"),
+                      tile_size=p.get("tile_size"), crs_wkt=p.get("crs_wkt"),
                       geotransform=p.get("geotransform"), metadata=p.get("metadata") or None)
         self.dates = p.get("dates")
         if self.dates is not None:

@@ -537,7 +537,7 @@ class StackWriter:
 
     def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
                  model: str | None = None, nodata=None, *, dates, temporal: bool = True,
-                 keyframe_interval: int | None = None, tile_size: int = 512, crs_wkt=None,
+                 keyframe_interval: int | None = None, tile_size: int | None = None, crs_wkt=None,
                  geotransform=None, metadata=None, progress: bool = False,
                  created_by: str = "terracodec", classical: bool = True):
         from . import api
@@ -549,7 +549,8 @@ class StackWriter:
         self.path = path if hasattr(path, "write") else os.fspath(path)
         self.dtype = api._check_dtype(dtype)
         self.quality = api._check_quality(quality)
-        self.tile_size = api._check_tile_size(tile_size)
+        self.tile_size = api._check_tile_size(api.default_tile_size(self.width, self.height)
+                                              if tile_size is None else tile_size)
         self.nodata = api._check_nodata(nodata, self.dtype)
         crs_wkt, geotransform = api._check_georef(crs_wkt, geotransform)
         metadata = api._check_metadata(metadata)

@@ -717,3 +717,21 @@ def test_open_a_binary_file_object(overview_files):
     np.testing.assert_array_equal(ds.read(level=2), ref.read(level=2))
     with pytest.raises(tec.TecFormatError):
         tec.open(io.BytesIO(data[:100]))
+
+
+@pytest.mark.parametrize("width, height, expected", [
+    (1, 1, 16), (17, 300, 300), (600, 600, 600), (767, 10, 767), (768, 768, 384),
+    (1068, 1068, 534), (1068, 600, 600), (10980, 10980, 523)])
+def test_default_tile_size_splits_evenly(width, height, expected):
+    assert api.default_tile_size(width, height) == expected
+
+
+def test_default_tile_size_is_used(crops):
+    arr, meta = crops["l2a4"]
+    wide = np.concatenate([arr] * (800 // arr.shape[2] + 1), axis=2)[:, :20, :800]
+    import io
+
+    data = tec.encode(wide, meta["bands"], model=LL)
+    with tec.open(io.BytesIO(data)) as ds:
+        assert ds.tile_size == 400 and (ds.tiles_x, ds.tiles_y) == (2, 1)
+    np.testing.assert_array_equal(tec.decode(data), wide)

@@ -422,6 +422,18 @@ def test_createcopy_rejects_unsupported_input(source, tmp_path):
     assert "Description = B04" in run("gdalinfo", out2).stdout
 
 
+@pytest.mark.parametrize("width, height", [(1100, 20), (20, 800), (300, 17)])
+def test_createcopy_default_blocksize_equals_python_default(source, tmp_path, width, height):
+    from terracodec import api
+
+    src = tmp_path / f"{width}x{height}.tif"
+    run("gdal_translate", "-q", "-outsize", width, height, source, src)
+    out = src.with_suffix(".tec")
+    run("gdal_translate", "-q", "-of", "TEC", "-co", "MODEL=lossless", src, out)
+    assert f"TILE_SIZE={api.default_tile_size(width, height)}" in run("gdalinfo", "-mdd", "TEC", out).stdout
+    np.testing.assert_array_equal(api_read(out), gtiff_read(src))
+
+
 # -- QGIS (headless PyQGIS under Debian's python3, the plugin attached to QGIS' interpreter) --------------
 QGIS_PYTHON = "/usr/bin/python3"
 
