@@ -192,7 +192,6 @@ class Encoder:
     it arrives and writes the file at :meth:`close`."""
 
     def __init__(self, params_json: str):
-        from . import api
         from .bands import resolve_bands
 
         p = json.loads(params_json)

@@ -223,7 +223,7 @@ def test_classical_side_info_is_compact_and_old_layout_still_decodes(bright):
     np.testing.assert_array_equal(tc.decode_tile(old), tc._to_dtype(want, bright.dtype))
     # unknown flag bits are refused, not guessed
     raw = bytearray(tc.unseal(payload))
-    raw[7] |= 0x80
+    raw[7] |= 0x20
     with pytest.raises(TecFormatError, match="param"):
         tc.decode_tile(tc.seal(bytes(raw)))
 
@@ -279,7 +279,7 @@ def test_level_walk_starts_at_the_central_crops_best_level(cloudy, monkeypatch):
     real = anchors._j2k_encode
     monkeypatch.setattr(anchors, "_j2k_encode", lambda *a: calls.append((a[0].shape, a[1])) or real(*a))
     info = {}
-    payload, j = tc.encode_classical(tile, None, lam, multires=False, info=info)
+    payload, j = tc.encode_classical(tile, None, lam, multires=False, restoration=False, info=info)
     assert info["j2k_level"] == start
     full = [level for shape, level in calls if shape[1:] == (256, 256)]
     assert start in full and len(full) == len(set(full)) <= 5
@@ -321,6 +321,7 @@ def test_full_codestreams_still_decode(cloudy):
     codestreams) decodes to the same pixels."""
     payload = tc.unseal(tc.encode_tile(cloudy, quality=5)[0])
     head = tc.TileHeader(payload)
+    payload, head, _ = tc.split_restoration(payload, head)       # compare the codestream's pixels only
     if head.kind != tc.KIND_CLASSICAL:
         pytest.skip("the crop was not coded classical")
     n = cloudy.shape[0]
@@ -330,3 +331,43 @@ def test_full_codestreams_still_decode(cloudy):
     raw[7] &= ~tc.BARE_J2K
     old = tc.seal(bytes(raw) + full)
     np.testing.assert_array_equal(tc.decode_tile(old), tc.decode_tile(tc.seal(payload)))
+
+
+def test_restoration_filter_integer_rule():
+    """x + floor((sum_k w_k D_k(x) + 2**(s-1)) / 2**s), D_k the differences with replicated edges."""
+    x = np.array([[[100, 140, 90], [120, 60, 200]]], np.int16)
+    coefs = np.array([[3, 5, 0, 0, 0, 0xFE, 0]], np.uint8)        # s = 3, w_0 = 5, w_4 = -2
+    p = np.pad(x[0].astype(np.int64), 1, mode="edge")
+    d0 = p[1:-1, :-2] + p[1:-1, 2:] - 2 * x[0]
+    d4 = p[1:-1, 2:] - p[1:-1, :-2]
+    want = x[0] + np.floor((5 * d0 - 2 * d4 + 4) / 8).astype(np.int64)
+    np.testing.assert_array_equal(tc.apply_restoration(x, coefs)[0], want)
+    np.testing.assert_array_equal(tc.apply_restoration(x, np.zeros((1, tc.RESTORE_BAND), np.uint8)), x)
+    big = np.array([[[32767, 0, 32767]]], np.int16)
+    assert tc.apply_restoration(big, np.array([[0, 0x81, 0, 0, 0, 0, 0]], np.uint8)).max() == 32767
+
+
+def test_restoration_filter_lowers_cost_and_decodes_as_the_encoder_measured(cloudy):
+    """The encoder adds the fitted filter only when J falls, and its J is the decoder's."""
+    lam = tc.rd_lambda(5)
+    plain, j_plain = tc.encode_classical(cloudy, None, lam, restoration=False)
+    restored, j = tc.encode_classical(cloudy, None, lam)
+    head = tc.TileHeader(tc.unseal(restored))
+    assert head.param & tc.RESTORE, "the filter pays on this crop at quality 5"
+    assert j < j_plain and len(restored) == len(plain) + cloudy.shape[0] * tc.RESTORE_BAND
+    assert j == pytest.approx(tc.rd_cost(cloudy, tc.decode_tile(restored), None, len(restored), lam), rel=1e-12)
+    # reduced-resolution reads skip it (a full-resolution correction) and still decode
+    assert tc.decode_tile_reduced(restored, 1).shape == (cloudy.shape[0], 32, 32)
+
+
+def test_bad_restoration_blocks_are_format_errors(cloudy):
+    restored = tc.unseal(tc.encode_classical(cloudy, None, tc.rd_lambda(5))[0])
+    n = cloudy.shape[0]
+    bad_shift = bytearray(restored)
+    bad_shift[len(restored) - n * tc.RESTORE_BAND] = tc.RESTORE_MAX_SHIFT + 1
+    lossless = bytearray(tc.unseal(tc.encode_lossless(cloudy)))
+    lossless[7] |= tc.RESTORE
+    short = bytearray(restored[:tc.TileHeader(restored).body + 3])
+    for raw, what in ((bad_shift, "shift"), (lossless, "kinds 1 and 4"), (short, "truncated")):
+        with pytest.raises(TecFormatError, match=what):
+            tc.decode_tile(tc.seal(bytes(raw)))
