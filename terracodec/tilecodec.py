@@ -11,7 +11,8 @@ Payload layout (little-endian):
            bare codestream; kinds 1 and 4: bit 7 a restoration filter ends the body; else 0)
     8   2  u16 height
     10  2  u16 width
-    12  1  u8  nodata mask mode (0 none, 1 one mask for all bands, 2 one mask per band)
+    12  1  u8  nodata mask mode (0 none, 1 one mask for all bands, 2 one mask per band, 3 distinct
+           masks + a plane index per band)
     13  8  f64 nodata value (NaN when the raster has none; set in mode 0 too)
     21  4  u32 mask length, then zlib(packbits(mask))
     ..     kind-specific body
@@ -58,7 +59,18 @@ def pack_header(kind: int, tile: np.ndarray, nodata, mask: np.ndarray | None, pa
     elif (mask == mask[:1]).all():
         mode, blob = 1, zlib.compress(np.packbits(mask[0]).tobytes(), 9)
     else:
-        mode, blob = 2, zlib.compress(np.packbits(mask).tobytes(), 9)
+        # Sentinel-2 masks often differ by band resolution only: store each distinct plane once
+        planes: list[np.ndarray] = []
+        index = []
+        for plane in mask:
+            same = next((i for i, p in enumerate(planes) if np.array_equal(p, plane)), None)
+            if same is None:
+                same = len(planes)
+                planes.append(plane)
+            index.append(same)
+        per_band = zlib.compress(np.packbits(mask).tobytes(), 9)
+        distinct = bytes(index) + zlib.compress(np.packbits(np.stack(planes)).tobytes(), 9)
+        mode, blob = (3, distinct) if len(distinct) < len(per_band) else (2, per_band)
     # mode 0 still records the nodata value (NaN = none), so decoders keep valid pixels off it
     value = float(nodata) if nodata is not None else float("nan")
     return _HEAD.pack(TILE_MAGIC, kind, dtype_code(tile.dtype), count, param, height, width,
@@ -101,16 +113,25 @@ class TileHeader:
         self.nodata = None if np.isnan(value) else value
         self.mask = None
         if mode:
+            blob = payload[_HEAD.size:end]
+            index = None
+            if mode == 3:                  # u8 plane index per band, then the distinct planes
+                index = np.frombuffer(blob, np.uint8, min(self.count, len(blob)))
+                if index.size < self.count:
+                    raise TecFormatError("nodata mask truncated inside its plane index")
+                blob = blob[self.count:]
+            elif mode not in (1, 2):
+                raise TecFormatError(f"bad nodata mask mode {mode}")
             try:
-                bits = np.frombuffer(zlib.decompress(payload[_HEAD.size:end]), np.uint8)
+                bits = np.frombuffer(zlib.decompress(blob), np.uint8)
             except zlib.error as exc:
                 raise TecFormatError(f"corrupt nodata mask: {exc}") from None
-            planes = 1 if mode == 1 else self.count
+            planes = {1: 1, 2: self.count}.get(mode) or int(index.max()) + 1
             n = planes * self.height * self.width
             if bits.size * 8 < n:
                 raise TecFormatError("nodata mask too short")
             mask = np.unpackbits(bits, count=n).astype(bool).reshape(planes, self.height, self.width)
-            self.mask = np.broadcast_to(mask, (self.count, self.height, self.width))
+            self.mask = mask[index] if mode == 3 else np.broadcast_to(mask, (self.count, self.height, self.width))
         self.body = end
 
     @property
@@ -299,9 +320,9 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     if multires:
         coarse = encode_multires(tile, nodata, lam, best)
         if coarse is not None and coarse[1] < j:
-            (payload, j), decoded = coarse, decode_tile(coarse[0])
+            payload, j, decoded = coarse
     if restoration:
-        payload, j = with_restoration(tile, payload, j, decoded, mask, lam)
+        payload, j = with_restoration(tile, nodata, payload, j, decoded, mask, lam)
     return payload, j
 
 
@@ -363,8 +384,8 @@ def start_level(tile: np.ndarray, nodata, mask: np.ndarray | None, lam: float) -
     return best, 1, costs[best]
 
 
-def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int) -> tuple[bytes, float] | None:
-    """-> (kind 4 payload, J) when some band of the tile sits on a coarser grid, else None; the
+def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int) -> tuple[bytes, float, np.ndarray] | None:
+    """-> (kind 4 payload, J, decoded tile) when some band of the tile sits on a coarser grid, else None; the
     group walks start near ``kind1_level`` (kind 1's best level). Nodata pixels are filled first
     (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
@@ -380,7 +401,9 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int) -> t
     payload = seal(pack_header(KIND_MULTIRES, tile, nodata, mask) + body)
     if mask is not None:           # the decoder also moves valid pixels off the nodata value
         decoded = decode_tile(payload)
-    return payload, rd_cost(tile, decoded, mask, len(payload), lam)
+    else:                          # rounded and clipped already: exact in the dtype
+        decoded = decoded.astype(tile.dtype)
+    return payload, rd_cost(tile, decoded, mask, len(payload), lam), decoded
 
 
 def decode_multires(payload: bytes, head: TileHeader) -> np.ndarray:
@@ -945,36 +968,56 @@ RESTORE_BAND = 1 + RESTORE_TAPS   # u8 shift s (0..8), int8 weights in units of 
 RESTORE_MAX_SHIFT = 8
 
 
-def _differences(band: np.ndarray) -> list[np.ndarray]:
+def _differences(band: np.ndarray, step: int = 1) -> list[np.ndarray]:
     """The RESTORE_TAPS differences of a 2-D int64 band x (edges replicated), in order:
     x[i, j-1] + x[i, j+1] - 2x, x[i-1, j] + x[i+1, j] - 2x, x[i-1, j-1] + x[i+1, j+1] - 2x,
-    x[i-1, j+1] + x[i+1, j-1] - 2x, x[i, j+1] - x[i, j-1], x[i+1, j] - x[i-1, j]."""
+    x[i-1, j+1] + x[i+1, j-1] - 2x, x[i, j+1] - x[i, j-1], x[i+1, j] - x[i-1, j];
+    at every ``step``-th row and column."""
     p = np.pad(band, 1, mode="edge")
-    c = 2 * band
-    return [p[1:-1, :-2] + p[1:-1, 2:] - c, p[:-2, 1:-1] + p[2:, 1:-1] - c,
-            p[:-2, :-2] + p[2:, 2:] - c, p[:-2, 2:] + p[2:, :-2] - c,
-            p[1:-1, 2:] - p[1:-1, :-2], p[2:, 1:-1] - p[:-2, 1:-1]]
+    h, w = band.shape
+
+    def at(dy, dx):
+        return p[1 + dy:1 + dy + h:step, 1 + dx:1 + dx + w:step]
+
+    c = 2 * at(0, 0)
+    return [at(0, -1) + at(0, 1) - c, at(-1, 0) + at(1, 0) - c, at(-1, -1) + at(1, 1) - c,
+            at(-1, 1) + at(1, -1) - c, at(0, 1) - at(0, -1), at(1, 0) - at(-1, 0)]
 
 
 def apply_restoration(values: np.ndarray, coefs: np.ndarray) -> np.ndarray:
     """Decoded (count, h, w) integer pixels + [count, RESTORE_BAND] uint8 (shift s, then int8
-    weights k of the differences D_k, :func:`_differences`) -> corrected pixels of the same dtype: x + floor((sum_k k * D_k(x) + 2**(s-1)) / 2**s)
-    (x + sum when s = 0), clipped to the dtype."""
+    weights w_k of the differences D_k, :func:`_differences`) -> corrected pixels of the same dtype:
+    x + floor((sum_k w_k D_k(x) + 2**(s-1)) / 2**s) (x + the sum when s = 0), clipped to the dtype.
+
+    The sum is computed as the equal 3x3 kernel on the pixels, in int32 (|sum| <= 20 * 127 * 65535)."""
     info = np.iinfo(values.dtype)
     out = values.copy()
+    h, w = values.shape[1:]
+    acc = np.empty((h, w), np.int32)
+    tmp = np.empty((h, w), np.int32)
     for b in range(values.shape[0]):
         shift, weights = int(coefs[b, 0]), coefs[b, 1:].view(np.int8).tolist()
         if not any(weights):
             continue
-        x = values[b].astype(np.int64)
-        acc = np.zeros_like(x)
-        for k, d in zip(weights, _differences(x)):
+        p = np.pad(values[b].astype(np.int32), 1, mode="edge")
+        acc.fill(0)
+        for (dy, dx), k in _restoration_kernel(weights).items():
             if k:
-                acc += k * d
+                np.multiply(p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w], k, out=tmp)
+                acc += tmp
         if shift:
-            acc = (acc + (1 << (shift - 1))) >> shift
-        out[b] = np.clip(x + acc, info.min, info.max)
+            acc += 1 << (shift - 1)
+            acc >>= shift
+        acc += p[1:-1, 1:-1]
+        out[b] = np.clip(acc, info.min, info.max)
     return out
+
+
+def _restoration_kernel(weights: list[int]) -> dict[tuple[int, int], int]:
+    """The 3x3 kernel {(dy, dx): weight} equal to sum_k weights[k] * D_k."""
+    w0, w1, w2, w3, w4, w5 = weights
+    return {(0, 0): -2 * (w0 + w1 + w2 + w3), (0, -1): w0 - w4, (0, 1): w0 + w4, (-1, 0): w1 - w5,
+            (1, 0): w1 + w5, (-1, -1): w2, (1, 1): w2, (-1, 1): w3, (1, -1): w3}
 
 
 def fit_restoration(tile: np.ndarray, decoded: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -987,7 +1030,7 @@ def fit_restoration(tile: np.ndarray, decoded: np.ndarray, mask: np.ndarray | No
     sub = (slice(None, None, 2), slice(None, None, 2))
     for b in range(count):
         x = decoded[b].astype(np.int64)
-        feats = np.stack([d[sub].ravel() for d in _differences(x)], 1).astype(np.float64)
+        feats = np.stack([d.ravel() for d in _differences(x, 2)], 1).astype(np.float64)
         err = (tile[b].astype(np.float64) - x)[sub].ravel()
         if mask is not None:
             keep = ~mask[b][sub].ravel()
@@ -1024,7 +1067,7 @@ def split_restoration(raw: bytes, head: TileHeader) -> tuple[bytes, TileHeader, 
     return raw, TileHeader(raw), coefs
 
 
-def with_restoration(tile: np.ndarray, payload: bytes, j: float, decoded: np.ndarray,
+def with_restoration(tile: np.ndarray, nodata, payload: bytes, j: float, decoded: np.ndarray,
                      mask: np.ndarray | None, lam: float) -> tuple[bytes, float]:
     """A kind 1 or 4 payload (cost ``j``, decoding to ``decoded``) with a fitted restoration filter
     when that lowers the cost J, else the payload as is."""
@@ -1034,7 +1077,11 @@ def with_restoration(tile: np.ndarray, payload: bytes, j: float, decoded: np.nda
     raw = unseal(payload)
     raw = raw[:7] + bytes([raw[7] | RESTORE]) + raw[8:] + coefs.tobytes()
     restored = seal(raw)
-    j_restored = rd_cost(tile, decode_tile(restored), mask, len(restored), lam)
+    if nodata is None:                 # no nodata to restore: the decoder's pixels are these
+        pixels = apply_restoration(decoded, coefs)
+    else:
+        pixels = decode_tile(restored)
+    j_restored = rd_cost(tile, pixels, mask, len(restored), lam)
     return (restored, j_restored) if j_restored < j else (payload, j)
 
 

@@ -66,7 +66,7 @@ def test_sentinel2_native_resolutions_are_found(bigearthnet):
 def test_kind4_roundtrip_matches_the_encoder(bigearthnet, quality):
     tile, _ = bigearthnet
     lam = tc.rd_lambda(quality)
-    payload, j = tc.encode_multires(tile, None, lam, 60)
+    payload, j, _ = tc.encode_multires(tile, None, lam, 60)
     assert tc.TileHeader(tc.unseal(payload)).kind == tc.KIND_MULTIRES
     out = tc.decode_tile(payload)
     assert out.shape == tile.shape and out.dtype == tile.dtype
@@ -183,7 +183,7 @@ def test_kind4_overview_skips_the_full_size_decode(bigearthnet, reduce, monkeypa
     if not openjpeg.available():
         pytest.skip("libopenjp2 not loadable: reduced decodes fall back to full decode + block means")
     tile, _ = bigearthnet
-    payload, _ = tc.encode_multires(tile, None, tc.rd_lambda(8), 70)
+    payload, _, _ = tc.encode_multires(tile, None, tc.rd_lambda(8), 70)
     ref = tc.reduce_pixels(tc.decode_tile(payload), reduce).astype(float)
     full_size = []
     real = anchors._j2k_decode

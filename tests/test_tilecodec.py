@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,32 @@ def test_nodata_mask_is_exact():
     assert (tile == nodata).any()
     out = tc.decode_tile(tc.encode_tile(tile, quality=3, nodata=nodata)[0])
     np.testing.assert_array_equal(out == nodata, tile == nodata)
+
+
+def test_masks_that_differ_by_band_group_store_each_plane_once(cloudy):
+    """Mask mode 3: distinct planes + a plane index per band (Sentinel-2 masks differ by band
+    resolution); exact, smaller than one plane per band; mode 2 headers still read."""
+    tile = cloudy.copy()
+    mask = np.zeros(tile.shape, bool)
+    yy, xx = np.mgrid[:64, :64]
+    mask[1:4] = (yy + xx < 30)[None]            # 10 m footprint
+    mask[4:9] = (yy + xx < 32)[None]            # 20 m footprint, a little larger
+    tile[mask] = 0
+    raw = tc.unseal(tc.encode_tile(tile, quality=4, nodata=0)[0])
+    assert raw[12] == 3
+    np.testing.assert_array_equal(tc.TileHeader(raw).mask, mask)
+    np.testing.assert_array_equal(tc.decode_tile(tc.seal(raw)) == 0, mask)
+    per_band = zlib.compress(np.packbits(mask).tobytes(), 9)
+    mode3 = raw[:tc.TileHeader(raw).body]
+    assert len(mode3) - 25 < len(per_band)
+    old = bytearray(mode3[:25])
+    old[12] = 2
+    old[21:25] = len(per_band).to_bytes(4, "little")
+    np.testing.assert_array_equal(tc.TileHeader(bytes(old) + per_band).mask, mask)
+    bad = bytearray(mode3)
+    bad[12] = 5
+    with pytest.raises(TecFormatError, match="mask mode"):
+        tc.TileHeader(bytes(bad))
 
 
 def test_same_bytes_twice(cloudy):
@@ -371,3 +398,23 @@ def test_bad_restoration_blocks_are_format_errors(cloudy):
     for raw, what in ((bad_shift, "shift"), (lossless, "kinds 1 and 4"), (short, "truncated")):
         with pytest.raises(TecFormatError, match=what):
             tc.decode_tile(tc.seal(bytes(raw)))
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "uint8"])
+def test_restoration_filter_equals_its_definition_for_any_weights(dtype):
+    """The decoder's 3x3 int32 kernel equals sum_k w_k D_k (int64), extremes of the dtype included."""
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, int(info.max) + 1, size=(5, 9, 11)).astype(dtype)
+    x[0, :3] = info.max
+    x[1, :3] = info.min
+    coefs = np.zeros((5, tc.RESTORE_BAND), np.uint8)
+    coefs[:, 0] = [0, 1, 5, 8, 3]
+    coefs[:, 1:] = rng.integers(-127, 128, size=(5, tc.RESTORE_TAPS)).astype(np.int8).view(np.uint8)
+    coefs[0, 1:] = np.array([127, 127, 127, 127, -127, -127], np.int8).view(np.uint8)
+    for b in range(5):
+        s, w = int(coefs[b, 0]), coefs[b, 1:].view(np.int8).astype(np.int64)
+        band = x[b].astype(np.int64)
+        acc = sum(k * d for k, d in zip(w, tc._differences(band)))
+        want = np.clip(band + ((acc + (1 << s >> 1)) >> s), info.min, info.max)
+        np.testing.assert_array_equal(tc.apply_restoration(x, coefs)[b], want)
