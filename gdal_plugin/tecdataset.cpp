@@ -1124,13 +1124,15 @@ bool GroupBandsByDate(GDALDataset *poSrcDS, std::vector<std::string> &aosDates,
 }  // namespace
 
 // The tile size when BLOCKSIZE is not given, as terracodec.api.default_tile_size: each axis of n
-// pixels gets round(n / 512) tiles (at least 1), and the larger of the two resulting sizes is used.
+// pixels gets round(n / 512) tiles (at least 1) of ceil(n / tiles) pixels, rounded up to a multiple
+// of 16, and the larger of the two axes' sizes is used.
 static int DefaultTileSize(int nW, int nH)
 {
     const auto axis = [](int n)
     {
         const int nTiles = std::max(1, (n + 256) / 512);
-        return (n + nTiles - 1) / nTiles;
+        const int nSize = (n + nTiles - 1) / nTiles;
+        return (nSize + 15) / 16 * 16;
     };
     return std::min(4096, std::max({16, axis(nW), axis(nH)}));
 }

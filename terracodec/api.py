@@ -86,14 +86,16 @@ def _check_quality(quality) -> int:
 def default_tile_size(width: int, height: int) -> int:
     """The tile size used when none is given: about DEFAULT_TILE_SIZE, splitting each axis evenly.
 
-    Thin edge tiles cost bits: a 1068-pixel axis is cut 534 + 534, not 512 + 512 + 44, and a 600 one
+    Thin edge tiles cost bits: a 1068-pixel axis is cut 544 + 524, not 512 + 512 + 44, and a 600 one
     is a single tile (on val: 1-2 % less rate-distortion cost on the 1068² scene, 2-7 % on a 600²
-    one). Each axis of n pixels gets round(n / 512) tiles (at least 1), and the larger of the two
-    resulting sizes is used, so tiles are at most 767 pixels (16 at least). The GDAL plugin computes
-    the same (gdal_plugin/tecdataset.cpp, DefaultTileSize)."""
+    one). Each axis of n pixels gets round(n / 512) tiles (at least 1) of ceil(n / tiles) pixels,
+    rounded up to a multiple of 16 so that overviews down to 1/16 decode from reduced-resolution
+    tiles; the larger of the two axes' sizes is used (16 ... 768). The GDAL plugin computes the same
+    (gdal_plugin/tecdataset.cpp, DefaultTileSize)."""
     def axis(n: int) -> int:
         tiles = max(1, (n + DEFAULT_TILE_SIZE // 2) // DEFAULT_TILE_SIZE)
-        return -(-n // tiles)
+        size = -(-n // tiles)
+        return -(-size // 16) * 16
 
     return min(MAX_TILE_SIZE, max(MIN_TILE_SIZE, axis(int(width)), axis(int(height))))
 

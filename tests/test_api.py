@@ -720,8 +720,8 @@ def test_open_a_binary_file_object(overview_files):
 
 
 @pytest.mark.parametrize("width, height, expected", [
-    (1, 1, 16), (17, 300, 300), (600, 600, 600), (767, 10, 767), (768, 768, 384),
-    (1068, 1068, 534), (1068, 600, 600), (10980, 10980, 523)])
+    (1, 1, 16), (17, 300, 304), (600, 600, 608), (767, 10, 768), (768, 768, 384),
+    (1068, 1068, 544), (1068, 600, 608), (10980, 10980, 528)])
 def test_default_tile_size_splits_evenly(width, height, expected):
     assert api.default_tile_size(width, height) == expected
 
