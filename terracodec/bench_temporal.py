@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """TEC-TT vs TEC-HP on the val time series: real bytes, PSNR_10000, BD-rate, speed, gap and clouds.
 
-    python -m terracodec.bench_temporal [--out docs/temporal_bench.md] [--threads 1] [--quick]
+    tec bench --temporal [--out docs/temporal_bench.md] [--threads 1] [--quick]
+    (the same as python -m terracodec.bench_temporal ...)
 
 Codecs, per date (every number is from real payload bytes that decode to the measured pixels):
 
@@ -368,7 +369,7 @@ def markdown(rep: dict, command: str) -> str:
 def main(argv=None) -> int:
     from .train import DEFAULT_DATA
 
-    p = argparse.ArgumentParser(prog="python -m terracodec.bench_temporal", description=__doc__,
+    p = argparse.ArgumentParser(prog="tec bench --temporal", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--model", default=None)

@@ -382,8 +382,12 @@ def train(args):
 @cli.command(context_settings=_PASS, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args):
-    """Rate-distortion benchmark (terracodec.bench; `tec bench --help`)."""
-    _delegate("bench", args)
+    """Rate-distortion benchmark (terracodec.bench; `tec bench --help`). `tec bench --temporal ...`
+    runs the time-series benchmark instead (terracodec.bench_temporal; `tec bench --temporal --help`)."""
+    if "--temporal" in args:
+        _delegate("bench_temporal", [a for a in args if a != "--temporal"])
+    else:
+        _delegate("bench", args)
 
 
 @cli.command("vrt")

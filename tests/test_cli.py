@@ -223,6 +223,11 @@ def test_bench_passes_arguments_through(monkeypatch):
     assert seen["args"] == ["--quality", "3", "--out", "x", "extra"]
 
 
+def test_bench_temporal_runs_the_time_series_benchmark():
+    r = run("bench", "--temporal", "--help")
+    assert "usage: tec bench --temporal" in r.output and "--seasonal" in r.output
+
+
 @pytest.mark.skipif(LOSSLESS, reason="needs a learned model")
 def test_compress_learned_default_reports(tmp_path):
     r = run("compress", DATA / "l2a_4band_openeo.tif", tmp_path / "d.tec", "-q", "3")
