@@ -294,6 +294,8 @@ class Writer:
         self.model_record = _model_record(model)
         self._lossless = self.model_record["name"] == LOSSLESS_MODEL
         self.tiles_x, self.tiles_y = _grid(self.width, self.height, self.tile_size)
+        # fewer tiles than workers (e.g. a single-tile image): the spare threads go to OpenJPEG
+        self._j2k_threads = max(1, self.workers // (self.tiles_x * self.tiles_y))
         self.path = path if hasattr(path, "write") else os.fspath(path)
         self.rows_written = 0          # rows received
         self._next_tile_row = 0
@@ -404,9 +406,13 @@ class Writer:
         if self._lossless:
             payload, kind = tilecodec.encode_tile(tile, quality=self.quality, model=None, nodata=self.nodata,
                                                   lossless=True)
-        else:
+            return payload, kind, info
+        token = tilecodec.J2K_THREADS.set(self._j2k_threads)
+        try:
             payload, kind = tilecodec.encode_tile(tile, quality=self.quality, model=self.model_record["name"],
                                                   nodata=self.nodata, info=info)
+        finally:
+            tilecodec.J2K_THREADS.reset(token)
         return payload, kind, info
 
     # -- finishing --

@@ -21,6 +21,7 @@ Payload layout (little-endian):
 """
 from __future__ import annotations
 
+import contextvars
 import struct
 import zlib
 
@@ -461,11 +462,16 @@ def j2k_components(comps: np.ndarray, min_shift: int = 0) -> tuple[np.ndarray, i
     return np.clip(np.rint(comps / 2 ** shift), -32768, 32767).astype(np.int16), shift
 
 
+# OpenJPEG threads per coding. Writers set it above 1 when they have fewer tiles than worker
+# threads (a single-tile image would use one core otherwise); the bytes are the same for any count.
+J2K_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("j2k_threads", default=1)
+
+
 def j2k_stream(comps: np.ndarray, level: int) -> bytes:
     """The JPEG 2000 codestream of int16 components at OpenJPEG level ``level``, comments dropped."""
     from .anchors import _j2k_encode
 
-    return strip_j2k_comments(_j2k_encode(comps, level, 1))
+    return strip_j2k_comments(_j2k_encode(comps, level, J2K_THREADS.get()))
 
 
 # -- bare codestreams: the headers are rebuilt, not stored ----------------------------------------

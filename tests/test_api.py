@@ -591,6 +591,26 @@ def test_parallel_tile_workers_give_the_same_bytes(crops, model):
         tec.Writer(io.BytesIO(), 8, 8, 1, "int16", ["B02"], workers=0)
 
 
+@pytest.mark.skipif(LOSSLESS, reason="the lossless model codes no JPEG 2000")
+def test_a_single_tile_gives_openjpeg_the_spare_threads_and_the_same_bytes(crops, model, monkeypatch):
+    import io
+
+    from terracodec import anchors
+
+    arr, meta = crops["l2a12"]
+    threads, real = [], anchors._j2k_encode
+    monkeypatch.setattr(anchors, "_j2k_encode", lambda c, lv, t: threads.append(t) or real(c, lv, t))
+    out = []
+    for workers in (1, 2):
+        buf = io.BytesIO()
+        with tec.Writer(buf, arr.shape[2], arr.shape[1], arr.shape[0], arr.dtype, meta["bands"], quality=5,
+                        model=model, workers=workers) as w:
+            w.write(arr)
+        out.append(buf.getvalue())
+    assert out[0] == out[1]
+    assert set(threads) == {1, 2}
+
+
 def test_a_tile_that_fails_in_a_worker_aborts_the_write(crops, model, tmp_path, monkeypatch):
     """Tiles are coded in worker threads, several rows in flight: an error in one reaches the
     caller, and no file is left."""
