@@ -31,8 +31,9 @@ p.add_argument("--pairs", type=int, default=6)
 args = p.parse_args()
 
 folder = DATA / args.location
-rows = [r for r in csv.DictReader(open(folder / "index.csv"))
-        if (not r["cloud_fraction"] or float(r["cloud_fraction"]) < 0.05) and not float(r["nodata_fraction"] or 0)]
+with open(folder / "index.csv", newline="") as index:
+    rows = [r for r in csv.DictReader(index)
+            if (not r["cloud_fraction"] or float(r["cloud_fraction"]) < 0.05) and not float(r["nodata_fraction"] or 0)]
 dates = [dt.date.fromisoformat(r["date"]) for r in rows]
 pairs = []
 for i in range(len(rows)):                       # the first later date within the gap range

@@ -1121,12 +1121,10 @@ bool GroupBandsByDate(GDALDataset *poSrcDS, std::vector<std::string> &aosDates,
     return true;
 }
 
-}  // namespace
-
 // The tile size when BLOCKSIZE is not given, as terracodec.api.default_tile_size: each axis of n
 // pixels gets round(n / 512) tiles (at least 1) of ceil(n / tiles) pixels, rounded up to a multiple
 // of 16, and the larger of the two axes' sizes is used.
-static int DefaultTileSize(int nW, int nH)
+int DefaultTileSize(int nW, int nH)
 {
     const auto axis = [](int n)
     {
@@ -1136,6 +1134,8 @@ static int DefaultTileSize(int nW, int nH)
     };
     return std::min(4096, std::max({16, axis(nW), axis(nH)}));
 }
+
+}  // namespace
 
 GDALDataset *TECDataset::CreateCopy(const char *pszFilename, GDALDataset *poSrcDS, int /*bStrict*/,
                                     char **papszOptions, GDALProgressFunc pfnProgress,

@@ -127,7 +127,7 @@ class TileHeader:
                 bits = np.frombuffer(zlib.decompress(blob), np.uint8)
             except zlib.error as exc:
                 raise TecFormatError(f"corrupt nodata mask: {exc}") from None
-            planes = {1: 1, 2: self.count}.get(mode) or int(index.max()) + 1
+            planes = int(index.max()) + 1 if mode == 3 else 1 if mode == 1 else self.count
             n = planes * self.height * self.width
             if bits.size * 8 < n:
                 raise TecFormatError("nodata mask too short")
@@ -305,19 +305,21 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     code_at = _classical_coder(tile, nodata, mask, rate_shift(lam))
     payloads: dict[int, bytes] = {}
     costs: dict[int, float] = {}
-    least: list = [np.inf, None]           # [cost, decoded pixels] of the cheapest code so far
+    cheapest: dict[int, np.ndarray] = {}   # {level: decoded pixels} of the cheapest code so far
 
     def cost_at(level):
         if level not in costs:
             payloads[level] = p = code_at(level)
             decoded = decode_tile(p)
             costs[level] = rd_cost(tile, decoded, mask, len(p), lam)
-            if costs[level] < least[0]:
-                least[:] = costs[level], decoded
+            if not cheapest or costs[level] < costs[next(iter(cheapest))]:
+                cheapest.clear()
+                cheapest[level] = decoded
         return costs[level]
 
     best, _ = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=step, max_tries=8)
-    payload, j, decoded = payloads[best], costs[best], least[1]
+    payload, j = payloads[best], costs[best]
+    decoded = cheapest[best] if best in cheapest else decode_tile(payload)
     if multires:
         coarse = encode_multires(tile, nodata, lam, best)
         if coarse is not None and coarse[1] < j:
@@ -1035,9 +1037,8 @@ def fit_restoration(tile: np.ndarray, decoded: np.ndarray, mask: np.ndarray | No
     coefs = np.zeros((count, RESTORE_BAND), np.uint8)
     sub = (slice(None, None, 2), slice(None, None, 2))
     for b in range(count):
-        x = decoded[b].astype(np.int64)
-        feats = np.stack([d.ravel() for d in _differences(x, 2)], 1).astype(np.float64)
-        err = (tile[b].astype(np.float64) - x)[sub].ravel()
+        feats = np.stack([d.ravel() for d in _differences(decoded[b].astype(np.int64), 2)], 1).astype(np.float64)
+        err = (tile[b][sub].astype(np.float64) - decoded[b][sub]).ravel()
         if mask is not None:
             keep = ~mask[b][sub].ravel()
             feats, err = feats[keep], err[keep]
