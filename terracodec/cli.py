@@ -217,38 +217,64 @@ def decompress(src, dst, date, level, progress):
     A time stack needs --date (DST is then a GeoTIFF), or DST is a folder that receives one
     GeoTIFF per date (<date>.tif)."""
     from . import api
-    from .geotiff import write_geotiff
 
     t0 = time.perf_counter()
     with api.open(src) as ds:
         if len(ds.dates) > 1 or date is not None:
             _decompress_stack(ds, dst, date, level, progress, t0)
             return
-        array = ds.read(level=level, progress=_progress_default(progress))
-        write_geotiff(dst, array, ds.bands, crs_wkt=ds.crs, geotransform=ds.level_transform(level),
-                      nodata=ds.nodata, tags=ds.metadata)
-    click.echo(f"{dst}: {array.shape[0]} bands {array.shape[2]}x{array.shape[1]} {array.dtype}, "
-               f"{time.perf_counter() - t0:.2f} s")
+        height, width = _decode_to_geotiff(ds, dst, None, level, progress, ds.metadata)
+    click.echo(f"{dst}: {ds.count} bands {width}x{height} {ds.dtype}, {time.perf_counter() - t0:.2f} s")
+
+
+def _decode_to_geotiff(ds, dst, date, level, progress, tags) -> tuple[int, int]:
+    """Decode one date of ``ds`` at overview ``level`` into the GeoTIFF ``dst`` strip by strip
+    (the raster is never held whole); -> (height, width)."""
+    from .geotiff import geotiff_block, write_geotiff_strips
+
+    height, width = ds.level_shape(level)
+    block = geotiff_block(width, height) or height
+    # whole GeoTIFF blocks per strip, about one row of TEC tiles
+    rows = block * max(1, (ds.tile_size >> level) // block)
+    # a strip also needs the tiles above it (overlap): keep two rows of them decoded
+    ds.tile_cache = max(ds.tile_cache, 2 * ds.tiles_x + 2)
+    starts = range(0, height, rows)
+    bar = None
+    if _progress_default(progress):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=height, unit="row", desc="decode", leave=False)
+
+    def strips():
+        for r in starts:
+            strip = ds.read(window=((r, min(height, r + rows)), (0, width)), date=date, level=level)
+            if bar is not None:
+                bar.update(strip.shape[1])
+            yield r, strip
+
+    try:
+        write_geotiff_strips(dst, (ds.count, height, width), ds.dtype, ds.bands, strips(), crs_wkt=ds.crs,
+                             geotransform=ds.level_transform(level), nodata=ds.nodata, tags=tags)
+    finally:
+        if bar is not None:
+            bar.close()
+    return height, width
 
 
 def _decompress_stack(ds, dst, date, level, progress, t0):
-    from .geotiff import write_geotiff
     from .stack import date_index
 
     def one(d, path):
-        array = ds.read(date=d, level=level, progress=_progress_default(progress))
         tags = dict(ds.metadata)
         if ds.dates[d]:
             tags["ACQUISITION_DATE"] = ds.dates[d]
-        write_geotiff(path, array, ds.bands, crs_wkt=ds.crs, geotransform=ds.level_transform(level),
-                      nodata=ds.nodata, tags=tags)
-        return array
+        return _decode_to_geotiff(ds, path, d, level, progress, tags)
 
     if date is not None:
         d = date_index(ds.dates, date)
-        array = one(d, dst)
-        click.echo(f"{dst}: date {ds.dates[d]}, {array.shape[0]} bands {array.shape[2]}x{array.shape[1]} "
-                   f"{array.dtype}, {time.perf_counter() - t0:.2f} s")
+        height, width = one(d, dst)
+        click.echo(f"{dst}: date {ds.dates[d]}, {ds.count} bands {width}x{height} "
+                   f"{ds.dtype}, {time.perf_counter() - t0:.2f} s")
         return
     if os.path.isfile(dst):
         raise click.UsageError(f"{ds.name} holds {len(ds.dates)} dates: DST must be a folder (or pass --date)")

@@ -82,6 +82,31 @@ def test_decompress_overview_level_is_a_quicklook_of_the_same_extent(nodata_pair
     assert "LEVEL" in run("decompress", "--help").output.upper()
 
 
+@pytest.mark.parametrize("level", [0, 1])
+def test_decompress_writes_strip_by_strip_with_the_same_pixels(tmp_path, monkeypatch, level):
+    """tec decompress decodes and writes the raster in strips of whole GeoTIFF blocks (never the
+    whole raster at once); strips that cut through tile seams give the pixels of a full read."""
+    import terracodec
+    from terracodec import api
+
+    src = DATA / "sref_10band_nodata_rsgislib.tif"
+    run("compress", src, tmp_path / "s.tec", "-q", "4", "--tile-size", "16", "--no-progress", *model_args())
+    windows = []
+    real_read = api.TecDataset.read
+    monkeypatch.setattr(api.TecDataset, "read", lambda self, window=None, **kw: windows.append(window)
+                        or real_read(self, window, **kw))
+    run("decompress", tmp_path / "s.tec", tmp_path / "s.tif", "--level", level, "--no-progress")
+    monkeypatch.undo()
+    out, meta = read_tif(tmp_path / "s.tif")
+    with terracodec.open(tmp_path / "s.tec") as ds:
+        np.testing.assert_array_equal(out, ds.read(level=level))
+        height, width = ds.level_shape(level)
+    assert len(windows) >= 2 and all(w[1] == (0, width) for w in windows)
+    rows = [w[0] for w in windows]
+    assert rows[0][0] == 0 and rows[-1][1] == height and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+    assert meta["bands"] == read_tif(src)[1]["bands"]
+
+
 def test_decompressed_geotiff_is_tiled_deflate(nodata_pair):
     import rasterio
 
