@@ -32,7 +32,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 MAX_REFS = 2
 
