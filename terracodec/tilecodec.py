@@ -301,8 +301,8 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     The level walk starts at the best level of the tile's central crop (:func:`start_level`) and
     goes by steps of 1. With ``multires``, bands that are interpolations of a coarser grid
     (Sentinel-2's 20 m and 60 m bands on a 10 m grid) are also coded on that grid (kind 4,
-    :mod:`terracodec.multires`, its walks starting from kind 1's best level), and the code of lower
-    cost is returned; when the crop shows one kind clearly cheaper (KIND4_ALONE, KIND1_ALONE), only
+    :mod:`terracodec.multires`, its walks starting from kind 1's best level, or the crop's when kind 1
+    is not walked), and the code of lower cost is returned; when the crop shows one kind clearly cheaper (KIND4_ALONE, KIND1_ALONE), only
     that one is walked on the tile. With ``restoration``, a fitted restoration filter is added when
     it lowers J (:func:`with_restoration`).
     ``info["j2k_level"]`` gets the start level, ``info["crop_j"]`` the probe's cost (start_level)."""
