@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -845,12 +846,17 @@ class _GaussianTables:
 
 
 _TABLES: dict = {}
+_TABLES_LOCK = threading.Lock()
 
 
 def _gaussian_tables(model) -> _GaussianTables:
-    if model.sha256 not in _TABLES:
-        _TABLES[model.sha256] = _GaussianTables(model.net.gaussian_conditional)
-    return _TABLES[model.sha256]
+    """The model's Gaussian CDF tables, built on first use from its fixed scale table (the same
+    computation weights.py used to run at load)."""
+    with _TABLES_LOCK:
+        if model.sha256 not in _TABLES:
+            model.net.gaussian_conditional.update()
+            _TABLES[model.sha256] = _GaussianTables(model.net.gaussian_conditional)
+        return _TABLES[model.sha256]
 
 
 # -- public ------------------------------------------------------------------------------------------
