@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Peak memory and wall time of `tec compress` and `tec decompress` on a large raster.
 
-    .venv/bin/python examples/measure_large_raster.py [--repeat 4] [--quality 4] [--keep DIR]
+    .venv/bin/python examples/measure_large_raster.py [--repeat 4] [--quality 4] [--model NAME] [--keep DIR]
 
 The raster is the val scene of `tec bench` (1068 x 1068 x 12) mirrored REPEAT x REPEAT times
 (4: 4272 x 4272 x 12, 438 MB of int16), written as a tiled GeoTIFF into a temporary folder. Each
@@ -37,6 +37,7 @@ cli()
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--repeat", type=int, default=4)
 p.add_argument("--quality", type=int, default=4)
+p.add_argument("--model", help="tec compress --model (default: the default model)")
 p.add_argument("--keep", type=Path, help="write the files here instead of a temporary folder")
 args = p.parse_args()
 
@@ -74,8 +75,9 @@ with tempfile.TemporaryDirectory() as tmp:
     shape = mosaic(tif)
     band_pixels = shape[0] * shape[1] * shape[2]
     print(f"raster {shape[0]} bands x {shape[1]} x {shape[2]} int16 ({2 * band_pixels / 1e6:.0f} MB)")
-    s, mib = measured("compress", tif, tec, "--quality", args.quality, "--no-progress")
-    print(f"tec compress -q {args.quality}: {s:.1f} s ({band_pixels / s / 1e6:.2f} Mpx-band/s), "
+    model = ["--model", args.model] if args.model else []
+    s, mib = measured("compress", tif, tec, "--quality", args.quality, "--no-progress", *model)
+    print(f"tec compress -q {args.quality}{' --model ' + args.model if model else ''}: {s:.1f} s ({band_pixels / s / 1e6:.2f} Mpx-band/s), "
           f"peak RSS {mib:.0f} MiB, {tec.stat().st_size} bytes")
     s, mib = measured("decompress", tec, back, "--no-progress")
     print(f"tec decompress: {s:.1f} s ({band_pixels / s / 1e6:.2f} Mpx-band/s), peak RSS {mib:.0f} MiB")

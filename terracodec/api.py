@@ -12,7 +12,9 @@ pixels with a ``nodata`` value, which comes back exactly.
 
 Models: ``model=None`` is the default learned model (``terracodec.weights``); ``model="lossless"``
 stores every tile exactly (zlib), needs no weights, and is what to use when the decoded pixels
-must equal the input. Quality is an int 1..8 (ignored by ``"lossless"``).
+must equal the input. ``model="classical"`` is the default encoder without its learned candidate:
+no weights or torch are loaded (faster start, less memory), and every tile is one of the classical
+codes the default model also chooses from. Quality is an int 1..8 (ignored by ``"lossless"``).
 
 Errors (all from :mod:`terracodec.errors`): bad arrays or arguments -> TecInputError (band problems
 -> TecBandError), unknown model or missing weights -> TecModelError, corrupt or truncated files ->
@@ -39,6 +41,7 @@ __all__ = ["encode", "decode", "write", "open", "Writer", "TecDataset", "LOSSLES
            "SUPPORTED_DTYPES"]
 
 LOSSLESS_MODEL = "lossless"
+CLASSICAL_MODEL = tilecodec.CLASSICAL_MODEL
 SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("int16"), np.dtype("uint16"))
 MIN_TILE_SIZE, MAX_TILE_SIZE = 16, 4096
 DEFAULT_TILE_SIZE = 512       # nominal (see default_tile_size): 8 % fewer bits than 256 on val
@@ -216,8 +219,8 @@ def _model_record(model: str | None) -> dict:
     """What the header records about ``model``: {"name": ..., "sha256": ...} ("" when no weights).
 
     Raises TecModelError for an unknown model or when no model is installed."""
-    if model == LOSSLESS_MODEL:
-        return {"name": LOSSLESS_MODEL, "sha256": ""}
+    if model in (LOSSLESS_MODEL, CLASSICAL_MODEL):
+        return {"name": model, "sha256": ""}
     if model is not None and not isinstance(model, str):
         raise TecInputError(f"model must be a model name (str) or None, got {type(model).__name__}")
     try:
@@ -707,7 +710,7 @@ class TecDataset:
     # -- pixels --
     def _model_arg(self):
         name = self.model
-        return None if name in (None, LOSSLESS_MODEL) else name
+        return None if name in (None, LOSSLESS_MODEL, CLASSICAL_MODEL) else name
 
     def _tile_index(self, ty: int, tx: int, date: int = 0) -> int:
         return self._head.entry_index(ty, tx, date)       # level 0

@@ -72,7 +72,8 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
 @click.option("-q", "--quality", type=click.IntRange(1, 8), default=5, show_default=True,
               help="Quality 1 (smallest) .. 8 (best).")
 @click.option("-m", "--model", default=None,
-              help="Model name (`tec models`; default: the default model). 'lossless' stores tiles exactly.")
+              help="Model name (`tec models`; default: the default model). 'lossless' stores tiles exactly; "
+                   "'classical' skips the learned candidate (no torch: faster start, less memory).")
 @click.option("-b", "--bands", default=None,
               help="Comma-separated Sentinel-2 band names, overriding the GeoTIFF band descriptions.")
 @click.option("--tile-size", type=int, default=None,
@@ -375,6 +376,7 @@ def models(as_json):
         mark = "*" if m.get("default") else " "
         click.echo(f"{mark} {m['name']:<14} {m.get('entropy', ''):<11} sha256 {str(m.get('sha256', ''))[:12]}  "
                    f"{m.get('description', '')}")
+    click.echo("  classical      (built in)  the default encoder without the learned candidate: no weights, no torch")
     click.echo("  lossless       (built in)  exact storage, no weights needed")
     click.echo("(* = default; qualities 1..8)")
 

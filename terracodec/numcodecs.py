@@ -62,7 +62,8 @@ a terracodec older than TEC-TT refuses a version-2 frame with "upgrade terracode
 
 Config (keyword-only, JSON-serialisable): ``quality`` 1..8 (ignored by ``model="lossless"``),
 ``model`` (a model name from ``weights/manifest.json``, None = the default learned model, and for
-TEC-TT the default temporal model, or ``"lossless"``), ``bands`` (Sentinel-2 band names of the
+TEC-TT the default temporal model, ``"lossless"``, or ``"classical"``: the encoder without its
+learned candidate), ``bands`` (Sentinel-2 band names of the
 chunk's band axis; None = the default for the band count, which exists for 4, 10, 12 and 13 bands),
 ``nodata`` (an integer value restored exactly), ``tile_size`` (None: one tile per chunk/date; else
 tiles of at most that many pixels a side, which bounds the encoder's memory for big chunks; with
@@ -97,6 +98,7 @@ from .errors import (TecBandError, TecChecksumError, TecDecodeError, TecError, T
 __all__ = ["TerraCodec", "LOSSLESS_MODEL", "FRAME_MAGIC"]
 
 LOSSLESS_MODEL = "lossless"
+CLASSICAL_MODEL = "classical"         # tilecodec.CLASSICAL_MODEL
 FRAME_MAGIC = b"TECZ"
 FRAME_VERSION = 2                     # newest frame version; per-date frames are still written as 1
 FRAME_VERSIONS = (1, 2)
@@ -252,7 +254,7 @@ class TerraCodec(Codec):
         """The TEC-TT model that codes a chunk of ``n_dates`` dates, or None to code date by date:
         TEC-TT needs ``temporal=True``, >= 2 dates, a learned model, and a temporal one (the default
         temporal model for ``model=None``, when one is installed)."""
-        if not self.temporal or n_dates < 2 or self.model == LOSSLESS_MODEL:
+        if not self.temporal or n_dates < 2 or self.model in (LOSSLESS_MODEL, CLASSICAL_MODEL):
             return None
         if self.model is None:
             try:
@@ -364,7 +366,7 @@ class TerraCodec(Codec):
         return tilecodec.encode_tile(tile, quality=self.quality, model=self.model, nodata=nodata)[0]
 
     def _decode_tile(self, payload: bytes, desc: str) -> np.ndarray:
-        model = None if self.model == LOSSLESS_MODEL else self.model
+        model = None if self.model in (LOSSLESS_MODEL, CLASSICAL_MODEL) else self.model
         return _named_tile_errors(lambda: tilecodec.decode_tile(payload, model=model), desc,
                                   _payload_shape(payload))
 

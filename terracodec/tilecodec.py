@@ -32,6 +32,8 @@ from .errors import TecChecksumError, TecDecodeError, TecFormatError, TecInputEr
 
 TILE_MAGIC = b"TECT"
 KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES = 0, 1, 2, 3, 4
+# built-in model name: the same encoder without the learned candidate (no weights, torch not loaded)
+CLASSICAL_MODEL = "classical"
 DTYPE_CODES = {np.dtype("uint8"): 1, np.dtype("int16"): 2, np.dtype("uint16"): 3}
 DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
 _HEAD = struct.Struct("<4sBBBBHHBdI")
@@ -875,9 +877,12 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     """
     if lossless:
         return encode_lossless(tile, nodata), KIND_LOSSLESS
-    from .weights import load_model
+    if model == CLASSICAL_MODEL:
+        loaded = None
+    else:
+        from .weights import load_model
 
-    loaded = load_model(model)
+        loaded = load_model(model)
     lam = rd_lambda(quality)
     mask = nodata_mask(tile, nodata)
     if mask is not None and mask.all():
@@ -892,7 +897,8 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     if lam * 8 * quick < LOSSLESS_SCREEN * j_classical:
         raw = encode_lossless(tile, nodata)
         candidates.append((lam * 8 * len(raw), KIND_LOSSLESS, raw))
-    learned = _encode_learned_rd(tile, loaded, nodata, mask, lam, j_classical, info.get("crop_j"))
+    learned = None if loaded is None else _encode_learned_rd(tile, loaded, nodata, mask, lam, j_classical,
+                                                             info.get("crop_j"))
     if learned is not None:
         candidates.append((learned[1], KIND_LEARNED, learned[0]))
     j, kind, payload = min(candidates, key=lambda c: c[0])

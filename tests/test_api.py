@@ -7,6 +7,7 @@ that pass ``model="lossless"`` explicitly test structure (tiling, windows, corru
 """
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -507,6 +508,27 @@ def test_model_record_fallback(monkeypatch):
     monkeypatch.setitem(sys.modules, "terracodec.weights", None)   # as if the module did not exist
     monkeypatch.delattr(terracodec, "weights", raising=False)
     assert api._model_record(None) == {"name": "lossless", "sha256": ""}
+
+
+def test_classical_model_codes_without_torch_and_as_the_default_does(crops, tmp_path):
+    """model="classical": no weights and no torch in the process, a header naming it, no learned
+    tiles, and the default model's pixels where that coded no learned tile."""
+    arr, meta = crops["l2a12"]
+    code = ("import sys, numpy as np, terracodec as tec; a = np.load(sys.argv[1]); "
+            "data = tec.encode(a, quality=3, model='classical'); open(sys.argv[2], 'wb').write(data); "
+            "back = tec.decode(data); print('torch' in sys.modules, back.shape == a.shape)")
+    np.save(tmp_path / "a.npy", arr)
+    out = subprocess.run([sys.executable, "-c", code, tmp_path / "a.npy", tmp_path / "c.tec"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
+    with tec.open(tmp_path / "c.tec") as ds:
+        assert ds.model == "classical" and ds.stats["learned_tiles"] == 0
+        classical = ds.read()
+    default = tec.encode(arr, quality=3)
+    with tec.open(io.BytesIO(default)) as ds:      # the shipped model codes no learned tile here
+        assert ds.stats["learned_tiles"] == 0
+        np.testing.assert_array_equal(ds.read(), classical)
+    assert api._model_record("classical") == {"name": "classical", "sha256": ""}
 
 
 # -- full files from the shared data set -----------------------------------------------------------------

@@ -434,6 +434,20 @@ def test_createcopy_default_blocksize_equals_python_default(source, tmp_path, wi
     np.testing.assert_array_equal(api_read(out), gtiff_read(src))
 
 
+def test_createcopy_with_the_classical_model(source, tmp_path):
+    """-co MODEL=classical writes a file that names it, with the same pixels as the Python API."""
+    import terracodec as tec
+
+    out = tmp_path / "c.tec"
+    run("gdal_translate", "-q", "-of", "TEC", "-co", "MODEL=classical", "-co", "QUALITY=3", source, out)
+    assert "MODEL=classical" in run("gdalinfo", "-mdd", "TEC", out).stdout
+    src = gtiff_read(source)
+    with tec.open(out) as ds:
+        assert ds.model == "classical" and ds.stats["learned_tiles"] == 0
+        np.testing.assert_array_equal(ds.read(), tec.decode(tec.encode(src, bands=ds.bands, quality=3,
+                                                                       model="classical")))
+
+
 # -- QGIS (headless PyQGIS under Debian's python3, the plugin attached to QGIS' interpreter) --------------
 QGIS_PYTHON = "/usr/bin/python3"
 
