@@ -398,6 +398,13 @@ def test_per_date_frames_are_the_old_format_and_still_decode(tchunk, tt_coded, m
     assert lossless[:5] == b"TECZ\x01" and lossless == TerraCodec(model="lossless", temporal=False,
                                                                   nodata=0).encode(tchunk)
     np.testing.assert_array_equal(TerraCodec().decode(lossless), tchunk)
+    # model="classical" codes each date alone too (a version-1 frame of its tile payloads)
+    classical = TerraCodec(model="classical", quality=5, nodata=0).encode(tchunk)
+    mine = [tilecodec.encode_tile(np.ascontiguousarray(d), quality=5, model="classical", nodata=0)[0] for d in tchunk]
+    assert classical == _v1_frame(tchunk.shape, 0, mine)
+    back = TerraCodec(model="classical").decode(classical)
+    for t in range(3):
+        np.testing.assert_array_equal(back[t], tilecodec.decode_tile(mine[t]))
 
 
 @needs_tt
