@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Encode speed per quality and overview read times on one scene, in-process.
 
-    .venv/bin/python examples/measure_speed.py [SCENE.tif] [--qualities 4,5,8]
+    .venv/bin/python examples/measure_speed.py [SCENE.tif] [--qualities 4,5,8] [--model NAME]
 
 Defaults to the throughput scene of `tec bench` (val, 1068 x 1068 x 12). Prints, per quality, the
 file size and the encode time of the whole scene (after a small warm-up encode, so model loading
@@ -22,21 +22,22 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "s2l2a" / \
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("scene", nargs="?", type=Path, default=DEFAULT)
 parser.add_argument("--qualities", default="4,5,8")
+parser.add_argument("--model", default=None, help="model name (default: the default model), e.g. classical")
 args = parser.parse_args()
 
 array, meta = read_geotiff(args.scene)
 bands, nodata = meta["bands"], meta["nodata"]
-tec.encode(array[:, :64, :64], bands=bands, quality=5, nodata=nodata)          # warm-up
+tec.encode(array[:, :64, :64], bands=bands, quality=5, nodata=nodata, model=args.model)   # warm-up
 print(f"{args.scene.name}: {array.shape[0]} bands x {array.shape[1]} x {array.shape[2]}")
 for quality in (int(q) for q in args.qualities.split(",")):
     start = time.perf_counter()
-    data = tec.encode(array, bands=bands, quality=quality, nodata=nodata)
+    data = tec.encode(array, bands=bands, quality=quality, nodata=nodata, model=args.model)
     seconds = time.perf_counter() - start
     print(f"q{quality}: {len(data)} bytes, encode {seconds:.2f} s = {array.size / seconds / 1e6:.2f} Mpx-band/s")
 
 with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "scene.tec"
-    tec.write(path, array, bands=bands, quality=5, nodata=nodata)
+    tec.write(path, array, bands=bands, quality=5, nodata=nodata, model=args.model)
     with tec.open(path, tile_cache=0) as ds:
         for level in range(4):
             times = []
