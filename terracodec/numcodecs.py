@@ -98,7 +98,7 @@ from .errors import (TecBandError, TecChecksumError, TecDecodeError, TecError, T
 __all__ = ["TerraCodec", "LOSSLESS_MODEL", "FRAME_MAGIC"]
 
 LOSSLESS_MODEL = "lossless"
-CLASSICAL_MODEL = "classical"         # tilecodec.CLASSICAL_MODEL
+CLASSICAL_MODEL = tilecodec.CLASSICAL_MODEL
 FRAME_MAGIC = b"TECZ"
 FRAME_VERSION = 2                     # newest frame version; per-date frames are still written as 1
 FRAME_VERSIONS = (1, 2)
