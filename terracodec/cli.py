@@ -124,7 +124,8 @@ def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack
         bpp = 8 * size / (ds.count * ds.width * ds.height)
         click.echo(f"{dst}: {ds.count} bands {ds.width}x{ds.height} {ds.dtype}, {size} bytes "
                    f"(ratio {ds.compression_ratio:.2f}, {bpp:.3f} bits/pixel/band), model {ds.model} "
-                   f"q{ds.quality}, {ds.fallback_tiles} fallback tile(s), {elapsed:.2f} s")
+                   f"q{ds.quality}, tiles: {ds.stats.get('learned_tiles', 0)} learned, {ds.fallback_tiles} classical, "
+                   f"{ds.stats.get('lossless_tiles', 0)} lossless, {elapsed:.2f} s")
 
 
 def _refuse_unsupported_dtype(src, meta: dict, bands) -> None:
