@@ -40,7 +40,7 @@ from .errors import (TecBandError, TecDecodeError, TecError, TecFormatError, Tec
 __all__ = ["encode", "decode", "write", "open", "Writer", "TecDataset", "LOSSLESS_MODEL",
            "SUPPORTED_DTYPES"]
 
-LOSSLESS_MODEL = "lossless"
+LOSSLESS_MODEL = tilecodec.LOSSLESS_MODEL
 CLASSICAL_MODEL = tilecodec.CLASSICAL_MODEL
 SUPPORTED_DTYPES = (np.dtype("uint8"), np.dtype("int16"), np.dtype("uint16"))
 MIN_TILE_SIZE, MAX_TILE_SIZE = 16, 4096
@@ -219,7 +219,7 @@ def _model_record(model: str | None) -> dict:
     """What the header records about ``model``: {"name": ..., "sha256": ...} ("" when no weights).
 
     Raises TecModelError for an unknown model or when no model is installed."""
-    if model in (LOSSLESS_MODEL, CLASSICAL_MODEL):
+    if model in tilecodec.BUILTIN_MODELS:
         return {"name": model, "sha256": ""}
     if model is not None and not isinstance(model, str):
         raise TecInputError(f"model must be a model name (str) or None, got {type(model).__name__}")
@@ -710,7 +710,7 @@ class TecDataset:
     # -- pixels --
     def _model_arg(self):
         name = self.model
-        return None if name in (None, LOSSLESS_MODEL, CLASSICAL_MODEL) else name
+        return None if name is None or name in tilecodec.BUILTIN_MODELS else name
 
     def _tile_index(self, ty: int, tx: int, date: int = 0) -> int:
         return self._head.entry_index(ty, tx, date)       # level 0

@@ -208,14 +208,14 @@ class Encoder:
                       geotransform=p.get("geotransform"), metadata=p.get("metadata") or None)
         self.dates = p.get("dates")
         if self.dates is not None:
-            from .api import LOSSLESS_MODEL
             from .stack import StackWriter, check_dates, is_temporal_model
+            from .tilecodec import BUILTIN_MODELS
 
             self.dates = check_dates(self.dates, len(self.dates))      # ISO, distinct
             ki = p.get("keyframe_interval")
             model = p.get("model")
-            # TEC-TT with the default or a temporal model; an image model codes each date alone
-            temporal = model is None or model == LOSSLESS_MODEL or is_temporal_model(model)
+            # TEC-TT with the default or a temporal model; an image or built-in model codes each date alone
+            temporal = model is None or model in BUILTIN_MODELS or is_temporal_model(model)
             self._writer = StackWriter(p["path"], self.width, self.height, self.count, self.dtype, bands,
                                        dates=self.dates, temporal=temporal,
                                        keyframe_interval=None if ki is None else int(ki), **kwargs)

@@ -97,8 +97,7 @@ from .errors import (TecBandError, TecChecksumError, TecDecodeError, TecError, T
 
 __all__ = ["TerraCodec", "LOSSLESS_MODEL", "FRAME_MAGIC"]
 
-LOSSLESS_MODEL = "lossless"
-CLASSICAL_MODEL = tilecodec.CLASSICAL_MODEL
+LOSSLESS_MODEL = tilecodec.LOSSLESS_MODEL
 FRAME_MAGIC = b"TECZ"
 FRAME_VERSION = 2                     # newest frame version; per-date frames are still written as 1
 FRAME_VERSIONS = (1, 2)
@@ -254,7 +253,7 @@ class TerraCodec(Codec):
         """The TEC-TT model that codes a chunk of ``n_dates`` dates, or None to code date by date:
         TEC-TT needs ``temporal=True``, >= 2 dates, a learned model, and a temporal one (the default
         temporal model for ``model=None``, when one is installed)."""
-        if not self.temporal or n_dates < 2 or self.model in (LOSSLESS_MODEL, CLASSICAL_MODEL):
+        if not self.temporal or n_dates < 2 or self.model in tilecodec.BUILTIN_MODELS:
             return None
         if self.model is None:
             try:
@@ -366,7 +365,7 @@ class TerraCodec(Codec):
         return tilecodec.encode_tile(tile, quality=self.quality, model=self.model, nodata=nodata)[0]
 
     def _decode_tile(self, payload: bytes, desc: str) -> np.ndarray:
-        model = None if self.model in (LOSSLESS_MODEL, CLASSICAL_MODEL) else self.model
+        model = None if self.model in tilecodec.BUILTIN_MODELS else self.model
         return _named_tile_errors(lambda: tilecodec.decode_tile(payload, model=model), desc,
                                   _payload_shape(payload))
 

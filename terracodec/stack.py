@@ -561,7 +561,7 @@ class StackWriter:
             raise TecInputError(f"keyframe_interval must be an integer 1..65535, got {keyframe_interval!r}")
         self._lossless = model == api.LOSSLESS_MODEL
         self._tt = None
-        if temporal and len(self.dates) >= 2 and model not in (api.LOSSLESS_MODEL, api.CLASSICAL_MODEL):
+        if temporal and len(self.dates) >= 2 and model not in tilecodec.BUILTIN_MODELS:
             if model is not None and not is_temporal_model(model):
                 raise TecModelError(f"model {model!r} is not a temporal (TEC-TT) model; pass temporal=False "
                                     f"to code each date with it")

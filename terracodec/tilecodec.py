@@ -32,8 +32,11 @@ from .errors import TecChecksumError, TecDecodeError, TecFormatError, TecInputEr
 
 TILE_MAGIC = b"TECT"
 KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES = 0, 1, 2, 3, 4
-# built-in model name: the same encoder without the learned candidate (no weights, torch not loaded)
+# built-in model names, which need no weights: exact storage, and the same encoder without the
+# learned candidate (torch not loaded)
+LOSSLESS_MODEL = "lossless"
 CLASSICAL_MODEL = "classical"
+BUILTIN_MODELS = (LOSSLESS_MODEL, CLASSICAL_MODEL)
 DTYPE_CODES = {np.dtype("uint8"): 1, np.dtype("int16"): 2, np.dtype("uint16"): 3}
 DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
 _HEAD = struct.Struct("<4sBBBBHHBdI")
@@ -305,9 +308,9 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     goes by steps of 1. With ``multires``, bands that are interpolations of a coarser grid
     (Sentinel-2's 20 m and 60 m bands on a 10 m grid) are also coded on that grid (kind 4,
     :mod:`terracodec.multires`, its walks starting from kind 1's best level, or the crop's when kind 1
-    is not walked), and the code of lower cost is returned; when the crop shows one kind clearly cheaper (KIND4_ALONE, KIND1_ALONE), only
-    that one is walked on the tile. With ``restoration``, a fitted restoration filter is added when
-    it lowers J (:func:`with_restoration`).
+    is not walked), and the code of lower cost is returned; when the crop shows one kind clearly
+    cheaper (KIND4_ALONE, KIND1_ALONE), only that one is walked on the tile. With ``restoration``, a
+    fitted restoration filter is added when it lowers J (:func:`with_restoration`).
     ``info["j2k_level"]`` gets the start level, ``info["crop_j"]`` the probe's cost (start_level)."""
     if min(tile.shape[1:]) < 4:        # a sliver: raw bytes are smaller than any codestream
         p = encode_lossless(tile, nodata)
@@ -1098,6 +1101,14 @@ def fit_restoration(tile: np.ndarray, decoded: np.ndarray, mask: np.ndarray | No
     return coefs
 
 
+_PARAM_OFFSET = struct.calcsize("<4sBBB")   # the param byte follows magic, kind, dtype and count (_HEAD)
+
+
+def _with_param(raw: bytes, param: int) -> bytes:
+    """An unsealed payload with its header's param byte replaced."""
+    return raw[:_PARAM_OFFSET] + bytes([param]) + raw[_PARAM_OFFSET + 1:]
+
+
 def split_restoration(raw: bytes, head: TileHeader) -> tuple[bytes, TileHeader, np.ndarray | None]:
     """An unsealed payload -> (payload without its restoration block and flag, its header, the
     [count, RESTORE_BAND] coefficients or None)."""
@@ -1111,7 +1122,7 @@ def split_restoration(raw: bytes, head: TileHeader) -> tuple[bytes, TileHeader, 
     coefs = np.frombuffer(raw, np.uint8, size, len(raw) - size).reshape(head.count, RESTORE_BAND)
     if (coefs[:, 0] > RESTORE_MAX_SHIFT).any():
         raise TecFormatError(f"restoration filter shift above {RESTORE_MAX_SHIFT}")
-    raw = raw[:7] + bytes([head.param & ~RESTORE]) + raw[8:len(raw) - size]
+    raw = _with_param(raw[:len(raw) - size], head.param & ~RESTORE)
     return raw, TileHeader(raw), coefs
 
 
@@ -1123,7 +1134,7 @@ def with_restoration(tile: np.ndarray, nodata, payload: bytes, j: float, decoded
     if not coefs[:, 1:].any():
         return payload, j
     raw = unseal(payload)
-    raw = raw[:7] + bytes([raw[7] | RESTORE]) + raw[8:] + coefs.tobytes()
+    raw = _with_param(raw, raw[_PARAM_OFFSET] | RESTORE) + coefs.tobytes()
     restored = seal(raw)
     if nodata is None:                 # no nodata to restore: the decoder's pixels are these
         pixels = apply_restoration(decoded, coefs)
