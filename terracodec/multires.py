@@ -145,13 +145,47 @@ def _near_nodata(mask: np.ndarray, margin: int) -> np.ndarray:
     return near
 
 
+@lru_cache(maxsize=256)
+def _grid_basis(n: int, factor: int, phase: int, mode: int) -> np.ndarray:
+    """(n, rank) orthonormal basis of the span of upsample_matrix's columns (pinv's cutoff): the
+    least-squares refit of a signal on the grid, upsampled, is its projection Q @ Q.T."""
+    u, s, _ = np.linalg.svd(upsample_matrix(n, factor, phase, mode), full_matrices=False)
+    return u[:, s > 1e-15 * s.max()]
+
+
+@lru_cache(maxsize=64)
+def _phase_bases(n: int, factor: int, mode: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bases of every phase side by side, and where each phase's columns start (and the last ends)."""
+    bases = [_grid_basis(n, factor, phase, mode) for phase in range(factor)]
+    return np.concatenate(bases, axis=1), np.cumsum([0] + [b.shape[1] for b in bases])
+
+
+def _refit_ms(x: np.ndarray, factor: int, py: int, px: int, mode: int) -> float:
+    """Mean square of x minus its refit on the grid: ||x||^2 - ||Qy.T x Qx||^2 over the pixels
+    (x centred first: constants lie on every grid, and centring keeps the difference accurate)."""
+    xc = x - x.mean()
+    kept = _grid_basis(x.shape[0], factor, py, mode).T @ xc @ _grid_basis(x.shape[1], factor, px, mode)
+    return max(float(np.sum(xc * xc)) - float(np.sum(kept * kept)), 0.0) / x.size
+
+
+def _window_fits(window: np.ndarray, factor: int, mode: int) -> np.ndarray:
+    """(factor, factor) bools: whether the grid of phases (py, px) refits ``window`` within
+    FIT_RMS, all phases from two matrix products."""
+    xc = window - window.mean()
+    qy, ey = _phase_bases(window.shape[0], factor, mode)
+    qx, ex = _phase_bases(window.shape[1], factor, mode)
+    kept = qy.T @ xc @ qx
+    kept = np.add.reduceat(np.add.reduceat(kept * kept, ey[:-1], axis=0), ex[:-1], axis=1)
+    return (float(np.sum(xc * xc)) - kept) / window.size < FIT_RMS ** 2
+
+
 def _fits(x: np.ndarray, factor: int, py: int, px: int, mode: int, trusted: np.ndarray | None = None) -> bool:
+    if trusted is None:
+        return _refit_ms(x, factor, py, px, mode) < FIT_RMS ** 2
     h, w = x.shape
     fy, fx = _fit_matrix(h, factor, py, mode), _fit_matrix(w, factor, px, mode)
     uy, ux = upsample_matrix(h, factor, py, mode), upsample_matrix(w, factor, px, mode)
-    resid = x - uy @ (fy @ x @ fx.T) @ ux.T
-    if trusted is not None:
-        resid = resid[trusted]
+    resid = (x - uy @ (fy @ x @ fx.T) @ ux.T)[trusted]
     return resid.size > 0 and float(np.sqrt(np.mean(resid * resid))) < FIT_RMS
 
 
@@ -194,9 +228,14 @@ def _band_grid(band: np.ndarray, window: np.ndarray, y0: int, x0: int,
         if min(band.shape) < factor * MIN_CELLS:
             continue
         for mode in MODES.values():
+            if window_trusted is None:
+                window_fits = _window_fits(window, factor, mode)
             for py in range(factor):
-                wt = None if window_trusted is None else window_trusted[factor]
-                px = next((px for px in range(factor) if _fits(window, factor, py, px, mode, wt)), None)
+                if window_trusted is None:
+                    px = next((px for px in range(factor) if window_fits[py, px]), None)
+                else:
+                    px = next((px for px in range(factor)
+                               if _fits(window, factor, py, px, mode, window_trusted[factor])), None)
                 if px is None:
                     continue
                 grid = (factor, mode, (py + y0) % factor, (px + x0) % factor)
