@@ -152,10 +152,53 @@ def test_damaged_kind4_bodies_give_format_errors(bigearthnet):
         "factor 0": payload[:body + 1] + b"\x00" + payload[body + 2:],
         "band out of range": payload[:body + 7] + b"\x63" + payload[body + 8:],
         "extra bytes": payload + b"\x00",
+        "neighbour prediction in the first group": payload[:body + 6] + bytes([payload[body + 6] | mr.SPATIAL])
+        + payload[body + 7:],
     }
     for what, bad in cases.items():
         with pytest.raises(TecFormatError):
             tc.decode_tile(tc.seal(bad))
+
+
+def _spatial_groups(payload):
+    raw = tc.unseal(payload)
+    head = tc.TileHeader(raw)
+    raw, head, _ = tc.split_restoration(raw, head)
+    return [g[5] & mr.SPATIAL for g in mr._parse_groups(raw[head.body:], head.count, head.height, head.width)]
+
+
+def test_neighbour_prediction_round_trips():
+    """A coarse group predicted from the earlier bands' 3 x 3 cell neighbourhoods (gparam bit 7)
+    decodes to the encoder's own view, in full and at reduced resolution."""
+    from terracodec import openjpeg
+
+    tile, _ = read("l1c_13band_eurosat.tif")
+    lam = tc.rd_lambda(8)
+    payload, j, _ = tc.encode_multires(tile, None, lam, 60)
+    assert any(_spatial_groups(payload)) and not _spatial_groups(payload)[0]
+    out = tc.decode_tile(payload)
+    assert tc.rd_cost(tile, out, None, len(payload), lam) == pytest.approx(j, rel=1e-12)
+    if openjpeg.available():
+        ref = tc.reduce_pixels(out, 1).astype(float)
+        got = tc.decode_tile_reduced(payload, 1).astype(float)
+        assert np.sqrt(np.mean((got - ref) ** 2)) < 0.25 * ref.std()
+
+
+@pytest.mark.shared_data
+def test_neighbour_prediction_pays_on_a_large_scene(shared_data, monkeypatch):
+    """On a 256 x 256 crop of the val scene of the throughput benchmark, predicting the 20 m and
+    60 m groups from cell neighbourhoods lowers the kind 4 cost at quality 4 (by 4 % here; it halves
+    the 20 m group's bits on the full scene)."""
+    path = shared_data / "s2l2a" / "majortom_T48QUE-199U1099R_2020-02-23.tif"
+    with rasterio.open(path) as src:
+        tile = src.read(window=((400, 656), (400, 656)))
+    lam = tc.rd_lambda(4)
+    payload, j, _ = tc.encode_multires(tile, None, lam, 60)
+    assert any(_spatial_groups(payload))
+    monkeypatch.setattr(mr, "PREDICTIONS", (0,))
+    plain, j_plain, _ = tc.encode_multires(tile, None, lam, 60)
+    assert not any(_spatial_groups(plain))
+    assert j < 0.98 * j_plain and len(payload) < len(plain)
 
 
 def test_api_files_use_kind4_and_read_back(bigearthnet, tmp_path):
