@@ -284,24 +284,20 @@ def cell_means(x: np.ndarray, grid) -> np.ndarray:
     return _run_means(rows, 2, *_runs(w, factor, px, mode))
 
 
-def _shift_cells(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """(bands, cy, cx): x[:, i + dy, j + dx], indexes clipped to the grid (edge cells repeated)."""
-    _, cy, cx = x.shape
-    iy = np.clip(np.arange(cy) + dy, 0, cy - 1)
-    ix = np.clip(np.arange(cx) + dx, 0, cx - 1)
-    return x[:, iy][:, :, ix]
-
-
 def prediction_features(means: np.ndarray, spatial: bool) -> np.ndarray:
     """(features, cells) of a group's prediction from the earlier bands' cell means (bands, cy, cx):
-    the means themselves; with ``spatial`` then the means shifted by each NEIGHBOURS offset, and a
-    constant 1."""
+    the means themselves; with ``spatial`` then the means shifted by each NEIGHBOURS offset (cell
+    (i, j) takes the mean at (i + dy, j + dx), indexes clipped to the grid) and a constant 1."""
     n, cy, cx = means.shape
-    parts = [means]
-    if spatial:
-        parts += [_shift_cells(means, dy, dx) for dy, dx in NEIGHBOURS]
-        parts.append(np.ones((1, cy, cx)))
-    return np.concatenate(parts).reshape(-1, cy * cx)
+    if not spatial:
+        return means.reshape(n, cy * cx)
+    out = np.empty((n * (1 + len(NEIGHBOURS)) + 1, cy, cx))
+    out[:n] = means
+    edged = np.pad(means, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    for k, (dy, dx) in enumerate(NEIGHBOURS, 1):
+        out[k * n:(k + 1) * n] = edged[:, 1 + dy:1 + dy + cy, 1 + dx:1 + dx + cx]
+    out[-1] = 1.0
+    return out.reshape(-1, cy * cx)
 
 
 def feature_count(n_earlier: int, param: int) -> int:
