@@ -308,7 +308,8 @@ def _fit_prediction(feats: np.ndarray, cells: np.ndarray):
     """-> (f16 coefficients (bands, features), prediction (bands, cy, cx)) by least squares."""
     target = cells.reshape(cells.shape[0], -1)
     gram = feats @ feats.T
-    gram += np.eye(len(feats)) * 1e-9 * np.trace(gram)
+    # ridge of 1e-9 of the mean feature energy; the floor keeps all-zero earlier bands solvable
+    gram += np.eye(len(feats)) * max(1e-9 * np.trace(gram), 1e-12)
     coef = np.linalg.solve(gram, feats @ target.T).T
     coef = np.clip(coef, -60000, 60000).astype("<f2")
     return coef, (coef.astype(np.float64) @ feats).reshape(cells.shape)
