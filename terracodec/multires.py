@@ -413,7 +413,7 @@ class _GroupCoder:
 
 def _parse_groups(body: bytes, count: int, h: int, w: int):
     """Validate a kind 4 body and yield its groups in coding order:
-    (grid, bands, coef (n, earlier bands), means, basis_q, param, codestream or None)."""
+    (grid, bands, coef (n, feature_count), means, basis_q, param, codestream or None)."""
     if not body:
         raise TecFormatError("kind 4 tile truncated")
     n_groups, pos = body[0], 1
