@@ -134,11 +134,7 @@ def test_fill_grows_valid_pixels_into_nodata():
     assert np.allclose(filled[0, :, 6:], x[0, :, 5:6])        # clamped: each row's last valid value
 
 
-def test_same_bytes_twice_and_same_pixels_in_a_fresh_process(tmp_path, bigearthnet):
-    tile, _ = bigearthnet
-    lam = tc.rd_lambda(6)
-    payload = tc.encode_multires(tile, None, lam, 66)[0]
-    assert tc.encode_multires(tile, None, lam, 66)[0] == payload
+def _same_pixels_in_a_one_thread_process(tmp_path, payload):
     (tmp_path / "tile.bin").write_bytes(payload)
     code = ("import sys, numpy as np, torch; torch.set_num_threads(1); "
             "from terracodec import tilecodec as tc; "
@@ -147,6 +143,25 @@ def test_same_bytes_twice_and_same_pixels_in_a_fresh_process(tmp_path, bigearthn
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "tile.bin"), str(tmp_path / "out.npy")],
                    check=True, env=env)
     assert np.array_equal(np.load(tmp_path / "out.npy"), tc.decode_tile(payload))
+
+
+def test_same_bytes_twice_and_same_pixels_in_a_fresh_process(tmp_path, bigearthnet):
+    tile, _ = bigearthnet
+    lam = tc.rd_lambda(6)
+    payload = tc.encode_multires(tile, None, lam, 66)[0]
+    assert tc.encode_multires(tile, None, lam, 66)[0] == payload
+    _same_pixels_in_a_one_thread_process(tmp_path, payload)
+
+
+@pytest.mark.shared_data
+def test_neighbour_prediction_decodes_alike_in_one_thread(tmp_path, shared_data):
+    """A 256 x 256 tile whose coarse groups use the neighbourhood prediction (matrix products large
+    enough for OpenBLAS to use threads) decodes to the same pixels in a one-thread process."""
+    with rasterio.open(shared_data / "s2l2a" / "majortom_T48QUE-199U1099R_2020-02-23.tif") as src:
+        tile = src.read(window=((400, 656), (400, 656)))
+    payload = tc.encode_multires(tile, None, tc.rd_lambda(4), 60)[0]
+    assert any(_spatial_groups(payload))
+    _same_pixels_in_a_one_thread_process(tmp_path, payload)
 
 
 def _body_offset(payload):
