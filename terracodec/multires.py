@@ -308,7 +308,7 @@ def _fit_prediction(feats: np.ndarray, cells: np.ndarray):
     """-> (f16 coefficients (bands, features), prediction (bands, cy, cx)) by least squares."""
     target = cells.reshape(cells.shape[0], -1)
     gram = feats @ feats.T
-    # ridge of 1e-9 of the mean feature energy; the floor keeps all-zero earlier bands solvable
+    # ridge of 1e-9 of the features' total energy (the trace); the floor keeps all-zero earlier bands solvable
     gram += np.eye(len(feats)) * max(1e-9 * np.trace(gram), 1e-12)
     coef = np.linalg.solve(gram, feats @ target.T).T
     coef = np.clip(coef, -60000, 60000).astype("<f2")
@@ -338,12 +338,11 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         factor, mode, py, px = grid
         cells = x[bands] if factor == 1 else _separable(_fit_matrix(h, factor, py, mode), x[bands],
                                                          _fit_matrix(w, factor, px, mode))
-        head = bytes(bands)
         earlier = cell_means(decoded[done], grid) if done else None
         # a coarse group's prediction is tried with and without neighbour cells at the start level
         # (the features cost 2 bytes per coefficient); the walk goes on with the cheaper
         options = PREDICTIONS if done and factor > 1 else (0,)
-        coded = {spatial: _GroupCoder(tile, x, mask, grid, bands, cells, earlier, spatial, lam, head)
+        coded = {spatial: _GroupCoder(x, tile.dtype, mask, grid, bands, cells, earlier, spatial, lam)
                  for spatial in options}
         costs = {spatial: coder(start) for spatial, coder in coded.items()}
         coder = coded[min(costs, key=costs.get)]
@@ -366,12 +365,15 @@ class _GroupCoder:
     """cost(level) of one group of a kind 4 tile, prediction fitted once: J = SSE + lam * bits of
     its body at OpenJPEG level ``level``; .results[level] = (J, body, decoded values)."""
 
-    def __init__(self, tile, x, mask, grid, bands, cells, earlier, spatial, lam, head):
+    def __init__(self, x, dtype, mask, grid, bands, cells, earlier, spatial, lam):
         from . import spectral
         from .tilecodec import j2k_components, rate_shift
 
-        self.tile, self.x, self.mask, self.grid, self.bands, self.lam, self.head = \
-            tile, x, mask, grid, bands, lam, head
+        self.dtype, self.grid, self.bands, self.lam = dtype, grid, bands, lam
+        self.size = x.shape[1:]
+        # the group's pixels, and which count in SSE (nodata excluded), taken once for every level
+        self.target = x[bands]
+        self.valid = None if mask is None else ~mask[bands]
         if earlier is None:
             coef = np.zeros((len(bands), 0), "<f2")
             self.pred = np.zeros_like(cells)
@@ -388,11 +390,10 @@ class _GroupCoder:
 
     def _finish(self, stream: bytes, r: np.ndarray, param: int):
         factor, mode, py, px = self.grid
-        _, h, w = self.x.shape
-        vals = _to_dtype(upsample(self.pred + r, h, w, self.grid), self.tile.dtype)
-        body = _GROUP.pack(factor, mode, py, px, len(self.bands), param | self.spatial) + self.head + self.side \
-            + struct.pack("<I", len(stream)) + stream
-        err = vals - self.x[self.bands] if self.mask is None else (vals - self.x[self.bands])[~self.mask[self.bands]]
+        vals = _to_dtype(upsample(self.pred + r, *self.size, self.grid), self.dtype)
+        body = _GROUP.pack(factor, mode, py, px, len(self.bands), param | self.spatial) + bytes(self.bands) \
+            + self.side + struct.pack("<I", len(stream)) + stream
+        err = vals - self.target if self.valid is None else (vals - self.target)[self.valid]
         return float(np.sum(err * err)) + self.lam * 8 * len(body), body, vals
 
     def __call__(self, level: int) -> float:
