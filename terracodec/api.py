@@ -23,6 +23,7 @@ a missing path -> FileNotFoundError.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -32,7 +33,7 @@ from numbers import Integral
 
 import numpy as np
 
-from . import tilecodec
+from . import blas, tilecodec
 from .bands import MAX_BANDS, resolve_bands
 from .errors import (TecBandError, TecDecodeError, TecError, TecFormatError, TecInputError,
                      TecModelError)
@@ -48,6 +49,7 @@ DEFAULT_TILE_SIZE = 512       # nominal (see default_tile_size): 8 % fewer bits 
 # Tiles are coded with this many extra pixels on each inner side and cross-faded over the 2x wide
 # band around every seam, so that seams are not visible (examples/measure_seams.py measures it).
 DEFAULT_TILE_OVERLAP = 4
+READ_WORKERS = min(4, os.cpu_count() or 1)   # threads that decode the tiles of one read()
 
 
 def _version() -> str:
@@ -384,6 +386,8 @@ class Writer:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
+                self._blas_hold = contextlib.ExitStack()
+                self._blas_hold.enter_context(blas.single_threaded())      # released in _release
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tec-encode")
             self._inflight.append(self._pool.submit(self._encode_tile, tile))
             # a bounded queue: the next row's tiles start while this row's last ones finish, and
@@ -494,6 +498,7 @@ class Writer:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
             self._inflight.clear()
+            self._blas_hold.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -910,12 +915,8 @@ class TecDataset:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(tiles), unit="tile", desc="decode", leave=False)
-        decoded = {}
         try:
-            for ty, tx in tiles:
-                decoded[ty, tx] = self._read_tile(ty, tx, d)
-                if bar is not None:
-                    bar.update(1)
+            decoded = self._read_tiles(tiles, d, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -942,6 +943,29 @@ class TecDataset:
                         wsum += w
                 out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = self._blend_result(acc / wsum)
         return out[0] if squeeze else out
+
+    def _read_tiles(self, tiles, date: int, bar=None) -> dict:
+        """{(ty, tx): decoded tile} of ``tiles`` of ``date``. Several tiles of a single-date file
+        are decoded in parallel threads (OpenJPEG and numpy release the GIL), with one BLAS thread
+        (terracodec.blas); a stack's tiles depend on earlier dates' and decode in order."""
+        workers = min(len(tiles), READ_WORKERS) if len(self.dates) == 1 else 1
+        if workers <= 1:
+            decoded = {}
+            for ty, tx in tiles:
+                decoded[ty, tx] = self._read_tile(ty, tx, date)
+                if bar is not None:
+                    bar.update(1)
+            return decoded
+        from concurrent.futures import ThreadPoolExecutor
+
+        with blas.single_threaded(), ThreadPoolExecutor(workers, thread_name_prefix="tec-decode") as pool:
+            futures = {key: pool.submit(self._read_tile, *key, date) for key in tiles}
+            decoded = {}
+            for key, future in futures.items():
+                decoded[key] = future.result()
+                if bar is not None:
+                    bar.update(1)
+            return decoded
 
     def close(self) -> None:
         if not self._closed:

@@ -177,6 +177,24 @@ def test_window_equals_crop_of_full_read(window, small_tiles):
         np.testing.assert_array_equal(part, full[:, r0:r1, c0:c1])    # exact: same tiles decoded
 
 
+def test_tiles_of_one_read_decode_in_parallel_threads_to_the_same_pixels(small_tiles, monkeypatch):
+    """read() decodes the tiles it needs in worker threads; the pixels equal a one-thread read."""
+    import threading
+
+    from terracodec import tilecodec
+
+    real, names = tilecodec.decode_tile_reduced, []
+    monkeypatch.setattr(tilecodec, "decode_tile_reduced",
+                        lambda *a, **k: names.append(threading.current_thread().name) or real(*a, **k))
+    reads = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(api, "READ_WORKERS", workers)
+        with tec.open(small_tiles, tile_cache=0) as ds:
+            reads[workers] = ds.read(progress=True)
+    assert len(names) == 12 and sum(n.startswith("tec-decode") for n in names) == 6
+    np.testing.assert_array_equal(reads[1], reads[3])
+
+
 def test_window_forms_and_band_selection(small_tiles):
     from rasterio.windows import Window
 
@@ -611,6 +629,45 @@ def test_parallel_tile_workers_give_the_same_bytes(crops, model):
     assert out[0] == out[1] == out[2]
     with pytest.raises(tec.TecInputError, match="workers"):
         tec.Writer(io.BytesIO(), 8, 8, 1, "int16", ["B02"], workers=0)
+
+
+def test_parallel_writer_holds_blas_at_one_thread_and_restores_it(crops, model, monkeypatch):
+    """Tiles coded in worker threads run BLAS with one thread (terracodec.blas: two BLAS threads per
+    coding thread oversubscribe the cores); the caller's setting comes back at close and after an
+    aborted write, and the bytes equal a one-worker write, which leaves BLAS alone."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from terracodec import blas, tilecodec
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+
+    if not blas_threads():
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl")
+    arr, meta = crops["l2a12"]
+    real, seen = tilecodec.encode_tile, []
+    monkeypatch.setattr(tilecodec, "encode_tile", lambda tile, **kw: seen.append(blas_threads()) or real(tile, **kw))
+
+    def write(workers, fail=False):
+        buf = io.BytesIO()
+        with tec.Writer(buf, arr.shape[2], arr.shape[1], arr.shape[0], arr.dtype, meta["bands"], quality=3,
+                        model=model, tile_size=32, workers=workers) as w:
+            w.write(arr[:, :40])
+            if fail:
+                raise KeyError("stop")
+            w.write(arr[:, 40:])
+        return buf.getvalue()
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        one = write(1)
+        assert seen and all(s == {2} for s in seen)
+        seen.clear()
+        two = write(2)
+        assert seen and all(s == {1} for s in seen)
+        assert blas_threads() == {2}
+        with pytest.raises(KeyError):
+            write(2, fail=True)
+        assert blas_threads() == {2} and blas._users == 0
+    assert one == two
 
 
 @pytest.mark.skipif(LOSSLESS, reason="the lossless model codes no JPEG 2000")
