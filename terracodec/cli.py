@@ -2,6 +2,7 @@
 """The ``tec`` command line tool.
 
     tec compress IN.tif OUT.tec [--quality Q] [--model NAME] [--bands B02,B03,...] [--tile-size N]
+    tec compress --out-dir DIR A.tif B.tif ...           (each to DIR/<name>.tec, in one process)
     tec compress --stack A.tif B.tif C.tif OUT.tec [--no-temporal] [--keyframe-interval K] [--dates ...]
     tec decompress IN.tec OUT.tif
     tec decompress STACK.tec --date 2021-06-01 OUT.tif    (or STACK.tec FOLDER: every date)
@@ -39,13 +40,15 @@ class _TecGroup(click.Group):
         except _EXPECTED as exc:
             if (ctx.obj or {}).get("verbose"):
                 traceback.print_exc()
-            msg = str(exc) if not isinstance(exc, OSError) or not exc.filename else \
-                f"{exc.strerror or exc}: {exc.filename}"
-            click.echo(f"tec: error: {msg}", err=True)
+            click.echo(f"tec: error: {_error_text(exc)}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("tec: interrupted", err=True)
             ctx.exit(130)
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.strerror or exc}: {exc.filename}"
 
 
 @click.group(cls=_TecGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,20 +92,64 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
 @click.option("--dates", "dates_opt", default=None,
               help="With --stack: comma-separated ISO dates (default: ACQUISITION_DATE tags, else a "
                    "YYYY-MM-DD in the file names).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="PATHS are GeoTIFFs, each compressed to OUT_DIR/<name>.tec in this one process (the "
+                   "start-up and the model load are paid once); a file that fails is reported and the "
+                   "others go on (exit status 1 when any failed).")
 def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack, temporal,
-             keyframe_interval, dates_opt):
-    """Compress the GeoTIFF SRC to the .tec file DST (PATHS = SRC DST), or with --stack the
-    GeoTIFFs A.tif B.tif ... (dates of one place) to one .tec time stack (PATHS = A.tif ... OUT.tec)."""
-    from . import api
-    from .geotiff import geotiff_meta, geotiff_strips
-
+             keyframe_interval, dates_opt, out_dir):
+    """Compress the GeoTIFF SRC to the .tec file DST (PATHS = SRC DST), with --out-dir DIR every
+    GeoTIFF of PATHS to DIR/<name>.tec, or with --stack the GeoTIFFs A.tif B.tif ... (dates of one
+    place) to one .tec time stack (PATHS = A.tif ... OUT.tec)."""
     if is_stack:
+        if out_dir is not None:
+            raise click.UsageError("--out-dir and --stack do not go together (a stack is one output file)")
         _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, temporal,
                         keyframe_interval, dates_opt)
         return
+    options = dict(quality=quality, model=model, bands=bands, tile_size=tile_size, nodata=nodata,
+                   progress=progress)
+    if out_dir is not None:
+        _compress_batch(paths, out_dir, options)
+        return
     if len(paths) != 2:
-        raise click.UsageError(f"expected SRC DST, got {len(paths)} path(s); use --stack for several dates")
-    src, dst = paths
+        raise click.UsageError(f"expected SRC DST, got {len(paths)} path(s); use --out-dir DIR for several "
+                               f"files, --stack for several dates")
+    _compress_file(*paths, **options)
+
+
+def _compress_batch(srcs, out_dir: str, options: dict) -> None:
+    """Every GeoTIFF of ``srcs`` to OUT_DIR/<stem>.tec; failures are reported, the rest still written."""
+    from pathlib import Path
+
+    dsts = [Path(out_dir) / (Path(src).stem + ".tec") for src in srcs]
+    seen: dict = {}
+    for src, dst in zip(srcs, dsts):
+        if dst in seen:
+            raise click.UsageError(f"{seen[dst]} and {src} would both be written to {dst}")
+        seen[dst] = src
+    os.makedirs(out_dir, exist_ok=True)
+    t0, failed, sizes = time.perf_counter(), [], [0, 0]
+    for src, dst in zip(srcs, dsts):
+        try:
+            _compress_file(src, str(dst), **options)
+        except _EXPECTED as exc:
+            failed.append(src)
+            click.echo(f"tec: error: {src}: {_error_text(exc)}", err=True)
+            continue
+        sizes[0] += os.path.getsize(src)
+        sizes[1] += os.path.getsize(dst)
+    done = len(srcs) - len(failed)
+    click.echo(f"{done} of {len(srcs)} files compressed to {out_dir} ({sizes[0]} -> {sizes[1]} bytes on disk), "
+               f"{time.perf_counter() - t0:.1f} s")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def _compress_file(src, dst, *, quality, model, bands, tile_size, nodata, progress) -> None:
+    from . import api
+    from .geotiff import geotiff_meta, geotiff_strips
+
     meta = geotiff_meta(src, bands=bands)
     _refuse_unsupported_dtype(src, meta, bands)
     if nodata is None:

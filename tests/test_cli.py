@@ -67,6 +67,31 @@ def test_compress_streams_the_same_bytes_as_the_api(nodata_pair, tmp_path):
     assert tec_path.read_bytes() == whole.read_bytes()
 
 
+def test_compress_out_dir_writes_each_file_and_reports_the_ones_that_fail(nodata_pair, tmp_path):
+    """tec compress --out-dir: every GeoTIFF in one process, each file the same as a single compress;
+    a file that fails is named, leaves nothing, and the others are still written (exit status 1)."""
+    src, tec_path, _ = nodata_pair
+    bad = tmp_path / "in" / "broken.tif"
+    bad.parent.mkdir()
+    bad.write_bytes(b"II*\x00 not really a tiff")
+    out = tmp_path / "out"
+    r = run("compress", "--out-dir", out, src, bad, DATA / "l2a_4band_openeo.tif", "-q", "5", "--tile-size", "48",
+            "--no-progress", *model_args(), ok=False)
+    assert r.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["l2a_4band_openeo.tec", "sref_10band_nodata_rsgislib.tec"]
+    assert (out / "sref_10band_nodata_rsgislib.tec").read_bytes() == tec_path.read_bytes()
+    assert f"tec: error: {bad}:" in r.output and "2 of 3 files compressed" in r.output
+    single = tmp_path / "single.tec"
+    run("compress", DATA / "l2a_4band_openeo.tif", single, "-q", "5", "--tile-size", "48", "--no-progress",
+        *model_args())
+    assert (out / "l2a_4band_openeo.tec").read_bytes() == single.read_bytes()
+    # two inputs with one name would overwrite each other: refused before anything is written
+    r = run("compress", "--out-dir", tmp_path / "o2", src, tmp_path / "x" / src.name, ok=False)
+    assert r.exit_code == 2 and "would both be written" in r.output and not (tmp_path / "o2").exists()
+    r = run("compress", "--out-dir", tmp_path / "o3", "--stack", src, src, ok=False)
+    assert r.exit_code == 2 and "--out-dir and --stack" in r.output
+
+
 def test_decompress_overview_level_is_a_quicklook_of_the_same_extent(nodata_pair, tmp_path):
     import terracodec
 
