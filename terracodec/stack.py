@@ -23,6 +23,7 @@ count. ``temporal=False`` codes every date alone with the image codec (terracode
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import math
@@ -35,7 +36,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import spectral, tilecodec
+from . import blas, spectral, tilecodec
 from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
 from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL, TileHeader,
                         nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal, unseal)
@@ -533,13 +534,15 @@ class StackWriter:
     (dates, bands, rows, width) strips from the top, a row of tiles is coded (all dates of each
     tile position together) as soon as its rows have arrived, and :meth:`close` writes the file
     atomically. Only the compressed tiles and one row of tiles of pixels are held in memory.
-    ``classical=False`` keeps every tile the models can code learned (see encode_tile_stack)."""
+    ``classical=False`` keeps every tile the models can code learned (see encode_tile_stack).
+    ``workers`` threads (default: up to 4, one per core) code the tile positions of a row with
+    TEC-TT, or every (position, date) pair without it; the bytes do not depend on the count."""
 
     def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
                  model: str | None = None, nodata=None, *, dates, temporal: bool = True,
                  keyframe_interval: int | None = None, tile_size: int | None = None, crs_wkt=None,
                  geotransform=None, metadata=None, progress: bool = False,
-                 created_by: str = "terracodec", classical: bool = True):
+                 created_by: str = "terracodec", classical: bool = True, workers: int | None = None):
         from . import api
         from .bands import resolve_bands
 
@@ -571,6 +574,13 @@ class StackWriter:
             record = api._model_record(model)
             ki = 1
         self._ki, self._classical, self._record = ki, classical, record
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise TecInputError(f"workers must be a positive integer or None, got {workers!r}")
+        # tile positions (with TEC-TT) or (position, date) pairs (without) are coded in parallel
+        # threads, as api.Writer codes tiles; the bytes do not depend on it
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self._pool = None
+        self._blas_hold = contextlib.ExitStack()
         self._lam = rd_lambda(self.quality)
         self.tiles_x, self.tiles_y = api._grid(self.width, self.height, self.tile_size)
         self._payloads = [[None] * (self.tiles_x * self.tiles_y) for _ in self.dates]
@@ -620,23 +630,51 @@ class StackWriter:
             self._next_tile_row += 1
 
     def _encode_tile_row(self, strip: np.ndarray) -> None:
-        ty, T, nd = self._next_tile_row, self.tile_size, self.nodata
-        for tx in range(self.tiles_x):
-            tiles = np.ascontiguousarray(strip[:, :, :, tx * T:(tx + 1) * T])
-            if self._tt is not None:
-                coded = [(p, k) for p, k, _ in encode_tile_stack(tiles, self._tt, dates=self.dates, nodata=nd,
-                                                                 lam=self._lam, keyframe_interval=self._ki,
-                                                                 classical=self._classical)]
-            elif self._lossless:
-                coded = [tilecodec.encode_tile(t, nodata=nd, lossless=True) for t in tiles]
-            else:
-                coded = [tilecodec.encode_tile(t, quality=self.quality, model=self._record["name"], nodata=nd)
-                         for t in tiles]
-            for d, (p, k) in enumerate(coded):
-                self._payloads[d][ty * self.tiles_x + tx] = (p, k)
+        ty, T = self._next_tile_row, self.tile_size
+        positions = [np.ascontiguousarray(strip[:, :, :, tx * T:(tx + 1) * T]) for tx in range(self.tiles_x)]
+        # one job codes all dates of a position with TEC-TT (a date's code depends on earlier dates'),
+        # else one date of a position
+        if self._tt is not None:
+            jobs = [(tx, positions[tx]) for tx in range(self.tiles_x)]
+        else:
+            jobs = [(tx, positions[tx][d]) for tx in range(self.tiles_x) for d in range(len(self.dates))]
+        done = {tx: 0 for tx in range(self.tiles_x)}
+        for (tx, _), coded in zip(jobs, self._map(self._encode_job, [tiles for _, tiles in jobs])):
+            for p, k in coded:
+                self._payloads[done[tx]][ty * self.tiles_x + tx] = (p, k)
                 self._kinds[k] = self._kinds.get(k, 0) + 1
-            if self._bar is not None:
+                done[tx] += 1
+            if self._bar is not None and done[tx] == len(self.dates):
                 self._bar.update(1)
+
+    def _encode_job(self, tiles: np.ndarray) -> list:
+        """-> [(payload, kind)] of a (dates, bands, h, w) position with TEC-TT, else of one (bands, h, w) date."""
+        nd = self.nodata
+        if self._tt is not None:
+            return [(p, k) for p, k, _ in encode_tile_stack(tiles, self._tt, dates=self.dates, nodata=nd,
+                                                            lam=self._lam, keyframe_interval=self._ki,
+                                                            classical=self._classical)]
+        if self._lossless:
+            return [tilecodec.encode_tile(tiles, nodata=nd, lossless=True)]
+        return [tilecodec.encode_tile(tiles, quality=self.quality, model=self._record["name"], nodata=nd)]
+
+    def _map(self, fn, items: list):
+        """fn over items in order: in the writer's threads (one BLAS thread, terracodec.blas) when
+        there are several items and workers."""
+        if self.workers == 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._blas_hold.enter_context(blas.single_threaded())       # released in _release
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tec-encode-stack")
+        return self._pool.map(fn, items)
+
+    def _release(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._blas_hold.close()
 
     def close(self) -> dict:
         """Write the file (atomically). Returns the header fields written."""
@@ -645,6 +683,7 @@ class StackWriter:
         if self._closed:
             raise TecInputError("the stack writer is closed")
         self._closed = True
+        self._release()
         if self._bar is not None:
             self._bar.close()
         if self.rows_written != self.height:
@@ -673,9 +712,17 @@ class StackWriter:
     def abort(self) -> None:
         """Drop everything: no file is written."""
         self._closed = True
+        self._release()
         self._payloads = self._pending = None
         if self._bar is not None:
             self._bar.close()
+
+    def __del__(self):                         # an abandoned writer stops its threads
+        try:
+            if not self._closed:
+                self.abort()
+        except Exception:
+            pass
 
 
 def write_stack(path, array, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,

@@ -379,3 +379,48 @@ def test_stack_writer_takes_strips_and_gives_the_same_bytes(stack12, coded12, tm
     assert not (tmp_path / "short.tec").exists()
     with pytest.raises(TecInputError, match="does not fit"):
         stack.StackWriter(out, W, H, B, arr.dtype, names, dates=dates).write(arr[:2])
+
+
+@needs_tt
+@pytest.mark.parametrize("temporal", [True, False])
+def test_stack_writer_threads_give_the_same_bytes(stack12, tmp_path, temporal):
+    """StackWriter codes tile positions (TEC-TT) or (position, date) pairs (each date alone) in
+    parallel threads with one BLAS thread; the file equals a one-thread write, and the caller's BLAS
+    thread count comes back at close."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threading
+
+    from terracodec import blas
+
+    arr, names, dates = stack12
+    T, B, H, W = arr.shape
+    real = tilecodec.encode_tile
+    seen = []
+
+    def spy(tile, **kw):
+        seen.append((threading.current_thread().name.startswith("tec-encode-stack"),
+                     {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}))
+        return real(tile, **kw)
+
+    out = {}
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        for workers in (1, 2):
+            seen.clear()
+            path = tmp_path / f"w{workers}.tec"
+            tilecodec.encode_tile = spy
+            try:
+                w = stack.StackWriter(path, W, H, B, arr.dtype, names, quality=3, dates=dates, tile_size=48,
+                                      keyframe_interval=2, temporal=temporal, workers=workers)
+                w.write(arr)
+                w.close()
+            finally:
+                tilecodec.encode_tile = real
+            out[workers] = path.read_bytes()
+            if not temporal:                     # each date alone: every tile goes through encode_tile
+                assert len(seen) == T * 4
+                assert all(in_pool == (workers == 2) for in_pool, _ in seen)
+                assert all(b == ({1} if workers == 2 else {2}) for _, b in seen if b)
+            assert {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"} == {2}
+    assert out[1] == out[2] and blas._users == 0
+    with pytest.raises(TecInputError, match="workers"):
+        stack.StackWriter(tmp_path / "x.tec", W, H, B, arr.dtype, names, dates=dates, workers=0)
