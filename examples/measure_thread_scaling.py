@@ -6,7 +6,7 @@
 On a 544 x 544 x 12 tile of the throughput scene of `tec bench`, at quality 4: each step runs 3 times
 in one thread, then 3 times in each of two threads at once. Speedup = 2 x (one-thread time) / (two-
 thread time); 2.0 = the step scales perfectly. Run it on an idle machine with 2 or more cores.
-BLAS is held at one thread, as the writer holds it while its tile threads run (terracodec.blas);
+BLAS is held at one thread, as the writer holds it while its tile threads run (terracodec.workers);
 ``--default-blas`` leaves numpy's BLAS threads as they are, which is how the steps ran before.
 """
 import argparse
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from terracodec import blas, multires
+from terracodec import multires, workers
 from terracodec import tilecodec as tc
 from terracodec.anchors import _j2k_encode
 from terracodec.weights import load_model
@@ -49,7 +49,7 @@ steps = {
 }
 hold = contextlib.ExitStack()
 if not args.default_blas:
-    hold.enter_context(blas.single_threaded())
+    hold.enter_context(workers.single_threaded_blas())
 for name, step in steps.items():
     start = time.perf_counter()
     for _ in range(3):

@@ -23,7 +23,6 @@ a missing path -> FileNotFoundError.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
@@ -33,7 +32,8 @@ from numbers import Integral
 
 import numpy as np
 
-from . import blas, tilecodec
+from . import tilecodec
+from . import workers as workers_module
 from .bands import MAX_BANDS, resolve_bands
 from .errors import (TecBandError, TecDecodeError, TecError, TecFormatError, TecInputError,
                      TecModelError)
@@ -49,7 +49,7 @@ DEFAULT_TILE_SIZE = 512       # nominal (see default_tile_size): 8 % fewer bits 
 # Tiles are coded with this many extra pixels on each inner side and cross-faded over the 2x wide
 # band around every seam, so that seams are not visible (examples/measure_seams.py measures it).
 DEFAULT_TILE_OVERLAP = 4
-READ_WORKERS = min(4, os.cpu_count() or 1)   # threads that decode the tiles of one read()
+READ_WORKERS = workers_module.DEFAULT_WORKERS   # threads that decode the tiles of one read()
 
 
 def _version() -> str:
@@ -283,12 +283,10 @@ class Writer:
         self.tile_size = _check_tile_size(default_tile_size(self.width, self.height) if tile_size is None
                                           else tile_size)
         self.tile_overlap = _check_tile_overlap(tile_overlap, self.tile_size)
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, Integral) or workers < 1):
-            raise TecInputError(f"workers must be a positive integer or None, got {workers!r}")
-        # tiles are coded in parallel threads (OpenJPEG, zlib and torch release the GIL), across
-        # rows too; a tile's bytes depend on its pixels only, so the file does not depend on it
-        self.workers = int(workers) if workers is not None else min(4, os.cpu_count() or 1)
-        self._pool = None
+        # tiles are coded in parallel threads (terracodec.workers), across rows too; a tile's bytes
+        # depend on its pixels only, so the file does not depend on it
+        self.workers = workers_module.check_workers(workers)
+        self._pool = workers_module.CodingPool(self.workers, "tec-encode")
         self._inflight: deque = deque()    # futures of submitted tiles, in tile order
         if max(self.width, self.height) > 0xFFFFFFFF:
             raise TecInputError("raster too large")
@@ -383,12 +381,6 @@ class Writer:
             if self.workers == 1:
                 self._add_tile(*self._encode_tile(tile))
                 continue
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._blas_hold = contextlib.ExitStack()
-                self._blas_hold.enter_context(blas.single_threaded())      # released in _release
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tec-encode")
             self._inflight.append(self._pool.submit(self._encode_tile, tile))
             # a bounded queue: the next row's tiles start while this row's last ones finish, and
             # at most 2 * workers tiles are held
@@ -495,10 +487,8 @@ class Writer:
             self._bar.close()
             self._bar = None
         if getattr(self, "_pool", None) is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            self._pool.close()
             self._inflight.clear()
-            self._blas_hold.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -946,26 +936,18 @@ class TecDataset:
 
     def _read_tiles(self, tiles, date: int, bar=None) -> dict:
         """{(ty, tx): decoded tile} of ``tiles`` of ``date``. Several tiles of a single-date file
-        are decoded in parallel threads (OpenJPEG and numpy release the GIL), with one BLAS thread
-        (terracodec.blas); a stack's tiles depend on earlier dates' and decode in order."""
+        are decoded in parallel threads (terracodec.workers); a stack's tiles depend on earlier
+        dates' and decode in order."""
         workers = min(len(tiles), READ_WORKERS) if len(self.dates) == 1 else 1
-        if workers <= 1:
-            decoded = {}
-            for ty, tx in tiles:
-                decoded[ty, tx] = self._read_tile(ty, tx, date)
-                if bar is not None:
-                    bar.update(1)
-            return decoded
-        from concurrent.futures import ThreadPoolExecutor
 
-        with blas.single_threaded(), ThreadPoolExecutor(workers, thread_name_prefix="tec-decode") as pool:
-            futures = {key: pool.submit(self._read_tile, *key, date) for key in tiles}
-            decoded = {}
-            for key, future in futures.items():
-                decoded[key] = future.result()
-                if bar is not None:
-                    bar.update(1)
-            return decoded
+        def read(key):
+            tile = self._read_tile(*key, date)
+            if bar is not None:
+                bar.update(1)
+            return tile
+
+        with workers_module.CodingPool(workers, "tec-decode") as pool:
+            return dict(zip(tiles, pool.map(read, tiles)))
 
     def close(self) -> None:
         if not self._closed:

@@ -23,7 +23,6 @@ count. ``temporal=False`` codes every date alone with the image codec (terracode
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import io
 import math
@@ -36,7 +35,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import blas, spectral, tilecodec
+from . import spectral, tilecodec, workers as workers_module
 from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
 from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL, TileHeader,
                         nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal, unseal)
@@ -574,13 +573,10 @@ class StackWriter:
             record = api._model_record(model)
             ki = 1
         self._ki, self._classical, self._record = ki, classical, record
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise TecInputError(f"workers must be a positive integer or None, got {workers!r}")
         # tile positions (with TEC-TT) or (position, date) pairs (without) are coded in parallel
-        # threads, as api.Writer codes tiles; the bytes do not depend on it
-        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
-        self._pool = None
-        self._blas_hold = contextlib.ExitStack()
+        # threads (terracodec.workers), as api.Writer codes tiles; the bytes do not depend on it
+        self.workers = workers_module.check_workers(workers)
+        self._pool = workers_module.CodingPool(self.workers, "tec-encode-stack")
         self._lam = rd_lambda(self.quality)
         self.tiles_x, self.tiles_y = api._grid(self.width, self.height, self.tile_size)
         self._payloads = [[None] * (self.tiles_x * self.tiles_y) for _ in self.dates]
@@ -639,7 +635,7 @@ class StackWriter:
         else:
             jobs = [(tx, positions[tx][d]) for tx in range(self.tiles_x) for d in range(len(self.dates))]
         done = {tx: 0 for tx in range(self.tiles_x)}
-        for (tx, _), coded in zip(jobs, self._map(self._encode_job, [tiles for _, tiles in jobs])):
+        for (tx, _), coded in zip(jobs, self._pool.map(self._encode_job, [tiles for _, tiles in jobs])):
             for p, k in coded:
                 self._payloads[done[tx]][ty * self.tiles_x + tx] = (p, k)
                 self._kinds[k] = self._kinds.get(k, 0) + 1
@@ -658,24 +654,6 @@ class StackWriter:
             return [tilecodec.encode_tile(tiles, nodata=nd, lossless=True)]
         return [tilecodec.encode_tile(tiles, quality=self.quality, model=self._record["name"], nodata=nd)]
 
-    def _map(self, fn, items: list):
-        """fn over items in order: in the writer's threads (one BLAS thread, terracodec.blas) when
-        there are several items and workers."""
-        if self.workers == 1 or len(items) < 2:
-            return [fn(x) for x in items]
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._blas_hold.enter_context(blas.single_threaded())       # released in _release
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tec-encode-stack")
-        return self._pool.map(fn, items)
-
-    def _release(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        self._blas_hold.close()
-
     def close(self) -> dict:
         """Write the file (atomically). Returns the header fields written."""
         from .format import INDEX_ENTRY_SIZE, PREFIX_SIZE, ContainerWriter, TecHeader, deflate_header
@@ -683,7 +661,7 @@ class StackWriter:
         if self._closed:
             raise TecInputError("the stack writer is closed")
         self._closed = True
-        self._release()
+        self._pool.close()
         if self._bar is not None:
             self._bar.close()
         if self.rows_written != self.height:
@@ -712,7 +690,7 @@ class StackWriter:
     def abort(self) -> None:
         """Drop everything: no file is written."""
         self._closed = True
-        self._release()
+        self._pool.close()
         self._payloads = self._pending = None
         if self._bar is not None:
             self._bar.close()

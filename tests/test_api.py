@@ -632,11 +632,11 @@ def test_parallel_tile_workers_give_the_same_bytes(crops, model):
 
 
 def test_parallel_writer_holds_blas_at_one_thread_and_restores_it(crops, model, monkeypatch):
-    """Tiles coded in worker threads run BLAS with one thread (terracodec.blas: two BLAS threads per
+    """Tiles coded in worker threads run BLAS with one thread (terracodec.workers: two BLAS threads per
     coding thread oversubscribe the cores); the caller's setting comes back at close and after an
     aborted write, and the bytes equal a one-worker write, which leaves BLAS alone."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from terracodec import blas, tilecodec
+    from terracodec import tilecodec, workers
 
     def blas_threads():
         return {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
@@ -666,7 +666,7 @@ def test_parallel_writer_holds_blas_at_one_thread_and_restores_it(crops, model, 
         assert blas_threads() == {2}
         with pytest.raises(KeyError):
             write(2, fail=True)
-        assert blas_threads() == {2} and blas._users == 0
+        assert blas_threads() == {2} and workers._blas_users == 0
     assert one == two
 
 

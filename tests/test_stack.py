@@ -390,7 +390,7 @@ def test_stack_writer_threads_give_the_same_bytes(stack12, tmp_path, temporal):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     import threading
 
-    from terracodec import blas
+    from terracodec import workers as workers_module
 
     arr, names, dates = stack12
     T, B, H, W = arr.shape
@@ -404,23 +404,23 @@ def test_stack_writer_threads_give_the_same_bytes(stack12, tmp_path, temporal):
 
     out = {}
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-        for workers in (1, 2):
+        for n in (1, 2):
             seen.clear()
-            path = tmp_path / f"w{workers}.tec"
+            path = tmp_path / f"w{n}.tec"
             tilecodec.encode_tile = spy
             try:
                 w = stack.StackWriter(path, W, H, B, arr.dtype, names, quality=3, dates=dates, tile_size=48,
-                                      keyframe_interval=2, temporal=temporal, workers=workers)
+                                      keyframe_interval=2, temporal=temporal, workers=n)
                 w.write(arr)
                 w.close()
             finally:
                 tilecodec.encode_tile = real
-            out[workers] = path.read_bytes()
+            out[n] = path.read_bytes()
             if not temporal:                     # each date alone: every tile goes through encode_tile
                 assert len(seen) == T * 4
-                assert all(in_pool == (workers == 2) for in_pool, _ in seen)
-                assert all(b == ({1} if workers == 2 else {2}) for _, b in seen if b)
+                assert all(in_pool == (n == 2) for in_pool, _ in seen)
+                assert all(b == ({1} if n == 2 else {2}) for _, b in seen if b)
             assert {lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"} == {2}
-    assert out[1] == out[2] and blas._users == 0
+    assert out[1] == out[2] and workers_module._blas_users == 0
     with pytest.raises(TecInputError, match="workers"):
         stack.StackWriter(tmp_path / "x.tec", W, H, B, arr.dtype, names, dates=dates, workers=0)
