@@ -3,6 +3,7 @@
 
     tec compress IN.tif OUT.tec [--quality Q] [--model NAME] [--bands B02,B03,...] [--tile-size N]
     tec compress --out-dir DIR A.tif B.tif ...           (each to DIR/<name>.tec, in one process)
+    tec compress ... --workers N                         (tile threads; default up to 4, one per core)
     tec compress --stack A.tif B.tif C.tif OUT.tec [--no-temporal] [--keyframe-interval K] [--dates ...]
     tec decompress IN.tec OUT.tif
     tec decompress STACK.tec --date 2021-06-01 OUT.tif    (or STACK.tec FOLDER: every date)
@@ -92,12 +93,15 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
 @click.option("--dates", "dates_opt", default=None,
               help="With --stack: comma-separated ISO dates (default: ACQUISITION_DATE tags, else a "
                    "YYYY-MM-DD in the file names).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Threads that code tiles in parallel (default: up to 4, one per core). Each holds "
+                   "about two tiles in flight, so memory grows with it.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="PATHS are GeoTIFFs, each compressed to OUT_DIR/<name>.tec in this one process (the "
                    "start-up and the model load are paid once); a file that fails is reported and the "
                    "others go on (exit status 1 when any failed).")
 def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack, temporal,
-             keyframe_interval, dates_opt, out_dir):
+             keyframe_interval, dates_opt, workers, out_dir):
     """Compress the GeoTIFF SRC to the .tec file DST (PATHS = SRC DST), with --out-dir DIR every
     GeoTIFF of PATHS to DIR/<name>.tec, or with --stack the GeoTIFFs A.tif B.tif ... (dates of one
     place) to one .tec time stack (PATHS = A.tif ... OUT.tec)."""
@@ -105,10 +109,10 @@ def compress(paths, quality, model, bands, tile_size, nodata, progress, is_stack
         if out_dir is not None:
             raise click.UsageError("--out-dir and --stack do not go together (a stack is one output file)")
         _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, temporal,
-                        keyframe_interval, dates_opt)
+                        keyframe_interval, dates_opt, workers)
         return
     options = dict(quality=quality, model=model, bands=bands, tile_size=tile_size, nodata=nodata,
-                   progress=progress)
+                   progress=progress, workers=workers)
     if out_dir is not None:
         _compress_batch(paths, out_dir, options)
         return
@@ -146,7 +150,7 @@ def _compress_batch(srcs, out_dir: str, options: dict) -> None:
         raise click.exceptions.Exit(1)
 
 
-def _compress_file(src, dst, *, quality, model, bands, tile_size, nodata, progress) -> None:
+def _compress_file(src, dst, *, quality, model, bands, tile_size, nodata, progress, workers) -> None:
     from . import api
     from .geotiff import geotiff_meta, geotiff_strips
 
@@ -162,7 +166,7 @@ def _compress_file(src, dst, *, quality, model, bands, tile_size, nodata, progre
     with api.Writer(dst, width, height, count, meta["dtype"], meta["bands"], quality=quality, model=model,
                     nodata=nodata, tile_size=tile_size, crs_wkt=meta["crs_wkt"],
                     geotransform=meta["geotransform"], metadata=meta["tags"], date=date,
-                    progress=_progress_default(progress)) as w:
+                    progress=_progress_default(progress), workers=workers) as w:
         for strip in geotiff_strips(src, w.tile_size):
             w.write(strip)
     elapsed = time.perf_counter() - t0
@@ -188,7 +192,7 @@ def _refuse_unsupported_dtype(src, meta: dict, bands) -> None:
 
 
 def _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, temporal,
-                    keyframe_interval, dates_opt):
+                    keyframe_interval, dates_opt, workers):
     import numpy as np
 
     from . import api
@@ -230,7 +234,7 @@ def _compress_stack(paths, quality, model, bands, tile_size, nodata, progress, t
                          dates=dates, temporal=temporal, keyframe_interval=keyframe_interval,
                          tile_size=tile_size, crs_wkt=first["crs_wkt"], geotransform=first["geotransform"],
                          metadata=metadata, progress=_progress_default(progress),
-                         created_by=f"terracodec {api._version()}")
+                         created_by=f"terracodec {api._version()}", workers=workers)
     try:
         # one row of tiles of every date at a time: the dates are never held in memory whole
         for strips in zip(*(geotiff_strips(src, writer.tile_size) for src in srcs)):

@@ -168,16 +168,16 @@ def _band_names(value, count: int):
     return names
 
 
-def _set_threads(value) -> None:
+def _workers(value) -> int | None:
+    """-co NUM_THREADS (an integer or ALL_CPUS) -> the writer's tile threads (None: its default)."""
     if value is None:
-        return
-    n = (os.cpu_count() or 1) if str(value).upper() == "ALL_CPUS" else int(value)
+        return None
+    if str(value).strip().upper() == "ALL_CPUS":
+        return os.cpu_count() or 1
     try:
-        import torch
-
-        torch.set_num_threads(max(1, n))
-    except ImportError:                                          # pragma: no cover
-        pass
+        return int(value)
+    except ValueError:
+        raise TecInputError(f"NUM_THREADS must be a positive integer or ALL_CPUS, got {value!r}") from None
 
 
 class Encoder:
@@ -202,10 +202,10 @@ class Encoder:
         nodata = p.get("nodata")
         if nodata is not None and float(nodata).is_integer():
             nodata = int(nodata)
-        _set_threads(p.get("num_threads"))
         kwargs = dict(quality=int(p.get("quality", 5)), model=p.get("model"), nodata=nodata,
                       tile_size=p.get("tile_size"), crs_wkt=p.get("crs_wkt"),
-                      geotransform=p.get("geotransform"), metadata=p.get("metadata") or None)
+                      geotransform=p.get("geotransform"), metadata=p.get("metadata") or None,
+                      workers=_workers(p.get("num_threads")))
         self.dates = p.get("dates")
         if self.dates is not None:
             from .stack import StackWriter, check_dates, is_temporal_model

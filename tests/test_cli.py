@@ -92,6 +92,26 @@ def test_compress_out_dir_writes_each_file_and_reports_the_ones_that_fail(nodata
     assert r.exit_code == 2 and "--out-dir and --stack" in r.output
 
 
+def test_compress_workers_sets_the_writers_tile_threads(nodata_pair, tmp_path, monkeypatch):
+    """--workers N reaches the writer (tiles coded in N threads), with the same file for any N."""
+    from terracodec import api
+
+    src, tec_path, _ = nodata_pair
+    seen, real = [], api.Writer.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        seen.append(self.workers)
+
+    monkeypatch.setattr(api.Writer, "__init__", spy)
+    for n in (1, 3):
+        run("compress", src, tmp_path / f"w{n}.tec", "-q", "5", "--tile-size", "48", "--no-progress",
+            "--workers", n, *model_args())
+        assert (tmp_path / f"w{n}.tec").read_bytes() == tec_path.read_bytes()
+    assert seen == [1, 3]
+    assert run("compress", src, tmp_path / "w0.tec", "--workers", "0", ok=False).exit_code == 2
+
+
 def test_decompress_overview_level_is_a_quicklook_of_the_same_extent(nodata_pair, tmp_path):
     import terracodec
 

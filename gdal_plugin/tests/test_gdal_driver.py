@@ -448,6 +448,21 @@ def test_createcopy_with_the_classical_model(source, tmp_path):
                                                                        model="classical")))
 
 
+def test_createcopy_num_threads_sets_the_tile_threads(source, tmp_path):
+    """-co NUM_THREADS (an integer or ALL_CPUS) is the writer's tile threads: the same file for any
+    count; anything else fails cleanly and leaves no file."""
+    outs = []
+    for value in ("1", "ALL_CPUS", "3"):
+        out = tmp_path / f"t{value}.tec"
+        run("gdal_translate", "-q", "-of", "TEC", "-co", "MODEL=classical", "-co", "QUALITY=3",
+            "-co", "BLOCKSIZE=64", "-co", f"NUM_THREADS={value}", source, out)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    proc = run("gdal_translate", "-of", "TEC", "-co", "NUM_THREADS=many", source, tmp_path / "bad.tec", check=False)
+    _assert_clean_failure(proc, "NUM_THREADS")
+    assert not list(tmp_path.glob("bad.tec*"))
+
+
 # -- QGIS (headless PyQGIS under Debian's python3, the plugin attached to QGIS' interpreter) --------------
 QGIS_PYTHON = "/usr/bin/python3"
 
