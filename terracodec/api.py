@@ -939,15 +939,13 @@ class TecDataset:
         are decoded in parallel threads (terracodec.workers); a stack's tiles depend on earlier
         dates' and decode in order."""
         workers = min(len(tiles), READ_WORKERS) if len(self.dates) == 1 else 1
-
-        def read(key):
-            tile = self._read_tile(*key, date)
-            if bar is not None:
-                bar.update(1)
-            return tile
-
+        decoded = {}
         with workers_module.CodingPool(workers, "tec-decode") as pool:
-            return dict(zip(tiles, pool.map(read, tiles)))
+            for key, tile in zip(tiles, pool.map(lambda k: self._read_tile(*k, date), tiles)):
+                decoded[key] = tile
+                if bar is not None:          # counted here, in the caller: tqdm is not for many threads
+                    bar.update(1)
+        return decoded
 
     def close(self) -> None:
         if not self._closed:
