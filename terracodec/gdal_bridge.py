@@ -175,9 +175,12 @@ def _workers(value) -> int | None:
     if str(value).strip().upper() == "ALL_CPUS":
         return os.cpu_count() or 1
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
-        raise TecInputError(f"NUM_THREADS must be a positive integer or ALL_CPUS, got {value!r}") from None
+        n = 0
+    if n < 1:
+        raise TecInputError(f"NUM_THREADS must be a positive integer or ALL_CPUS, got {value!r}")
+    return n
 
 
 class Encoder:

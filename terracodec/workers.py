@@ -7,8 +7,8 @@ and torch release the GIL, and a tile's bytes depend on its pixels only.
 
 The encoder's matrix work (KLT fits, grid refits, the separable upsampling of coarse grids) is small
 matrices through numpy's BLAS, and OpenBLAS starts its own threads for each product: two coding
-threads then ran four busy BLAS threads on two cores, and a scene encoded 12-25 % slower than with
-one BLAS thread (examples/measure_speed.py, BENCHMARKS.md). One tile alone gains nothing from BLAS
+threads then ran four busy BLAS threads on two cores, and a scene took 12-25 % less time to encode
+with one BLAS thread (examples/measure_speed.py, BENCHMARKS.md). One tile alone gains nothing from BLAS
 threads, so a pool holds BLAS at one thread while it exists (:func:`single_threaded_blas`) and gives
 the caller's setting back when it closes. The limit is process-wide (BLAS has one thread count) and
 reference-counted, so pools that overlap share it and the last one restores it. It is set and

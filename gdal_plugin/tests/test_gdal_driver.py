@@ -458,9 +458,11 @@ def test_createcopy_num_threads_sets_the_tile_threads(source, tmp_path):
             "-co", "BLOCKSIZE=64", "-co", f"NUM_THREADS={value}", source, out)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] == outs[2]
-    proc = run("gdal_translate", "-of", "TEC", "-co", "NUM_THREADS=many", source, tmp_path / "bad.tec", check=False)
-    _assert_clean_failure(proc, "NUM_THREADS")
-    assert not list(tmp_path.glob("bad.tec*"))
+    for bad in ("many", "0"):
+        proc = run("gdal_translate", "-of", "TEC", "-co", f"NUM_THREADS={bad}", source, tmp_path / "bad.tec",
+                   check=False)
+        _assert_clean_failure(proc, "NUM_THREADS")
+        assert not list(tmp_path.glob("bad.tec*"))
 
 
 # -- QGIS (headless PyQGIS under Debian's python3, the plugin attached to QGIS' interpreter) --------------
