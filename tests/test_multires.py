@@ -38,6 +38,17 @@ def test_upsampling_matrices():
     assert np.array_equal(mr.upsample_matrix(5, 1, 0, BILINEAR), np.eye(5))
 
 
+@pytest.mark.parametrize("h,w,factor,mode,py,px", [(544, 530, 2, BILINEAR, 0, 1), (93, 100, 6, BILINEAR, 3, 2),
+                                                   (64, 66, 2, NEAREST, 1, 0), (50, 47, 6, NEAREST, 0, 5)])
+def test_grid_error_equals_the_error_on_pixels(h, w, factor, mode, py, px):
+    # the encoder compares a coarse group's codes on its grid: ||U_y e U_x.T||^2 from tridiagonal Gram matrices
+    uy, ux = mr.upsample_matrix(h, factor, py, mode), mr.upsample_matrix(w, factor, px, mode)
+    e = np.random.default_rng(3).normal(size=(3, uy.shape[1], ux.shape[1]))
+    on_pixels = sum(float(np.sum((uy @ band @ ux.T) ** 2)) for band in e)
+    on_grid = mr._grid_sse(e, mr._gram_bands(h, factor, mode, py), mr._gram_bands(w, factor, mode, px))
+    assert on_grid == pytest.approx(on_pixels, rel=1e-12)
+
+
 @pytest.mark.parametrize("factor,mode,phase", [(2, BILINEAR, (1, 0)), (6, BILINEAR, (4, 2)),
                                                (2, NEAREST, (0, 1)), (6, NEAREST, (3, 5))])
 def test_detects_a_synthetic_coarse_grid(factor, mode, phase):
