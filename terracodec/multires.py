@@ -342,12 +342,14 @@ def _fit_prediction(feats: np.ndarray, cells: np.ndarray):
 
 
 def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: np.ndarray | None = None,
-                  filled: np.ndarray | None = None):
+                  filled: np.ndarray | None = None, first_level: int | None = None, levels: list | None = None):
     """-> (body bytes, decoded tile) of least J = SSE + lam * bits, chosen group by group: each
     group's OpenJPEG level is walked from the one chosen for the group before it (the first from
     ``kind1_level - 1``, ``kind1_level`` being the kind 1 level of the tile), and a predicted group
-    may also drop its codestream. With nodata (``mask``), the groups code the tile filled by
-    fill_nodata (``filled``, when already computed) and SSE counts valid pixels only."""
+    may also drop its codestream. ``first_level`` (e.g. the first group's level on the tile's
+    central crop) replaces ``kind1_level - 1`` as the first walk's start; ``levels`` (a list) gets
+    each group's level. With nodata (``mask``), the groups code the tile filled by fill_nodata
+    (``filled``, when already computed) and SSE counts valid pixels only."""
     from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend
 
     count, h, w = tile.shape
@@ -356,7 +358,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     else:
         x = fill_nodata(tile.astype(np.float64), mask) if filled is None else filled
     decoded = np.zeros_like(x)
-    start = int(np.clip(kind1_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
+    start = int(np.clip(kind1_level - 1 if first_level is None else first_level, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
     done: list[int] = []
     groups = groups_of(grids)
     parts = [bytes([len(groups)])]
@@ -376,6 +378,8 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         # near the one before it; the walk goes on while the cost falls
         level, _ = _descend(coder, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=1, max_tries=8)
         start = level
+        if levels is not None:
+            levels.append(level)
         best = coder.results[level]
         if done:                                         # prediction alone may be cheaper
             alone = coder.alone()
