@@ -206,24 +206,29 @@ def _spatial_groups(payload, flag=mr.SPATIAL):
     return [g[5] & flag for g in mr._parse_groups(raw[head.body:], head.count, head.height, head.width)]
 
 
-@pytest.mark.shared_data
-def test_quadratic_prediction_round_trips_and_pays(shared_data, monkeypatch):
-    """On a 256 x 256 crop of a val scene with water and cloud, the encoder adds the quadratic terms
-    (gparam bit 4) to the 20 m group's prediction; the tile decodes to the encoder's own view, in
-    full and at 1/2, and costs less than with the linear neighbourhood prediction alone."""
+def _decodes_as_encoded(tile, payload, j, lam):
+    """The decoder gives the encoder's own view (its J), and the 1/2 overview is near block means."""
     from terracodec import openjpeg
 
-    with rasterio.open(shared_data / "s2l2a" / "oceanecowatch_durban_2019-04-24.tif") as src:
-        tile = src.read(window=((100, 356), (100, 356)))
-    lam = tc.rd_lambda(3)
-    payload, j, _ = tc.encode_multires(tile, None, lam, 70)
-    assert any(_spatial_groups(payload, mr.QUADRATIC))
     out = tc.decode_tile(payload)
     assert tc.rd_cost(tile, out, None, len(payload), lam) == pytest.approx(j, rel=1e-12)
     if openjpeg.available():
         ref = tc.reduce_pixels(out, 1).astype(float)
         got = tc.decode_tile_reduced(payload, 1).astype(float)
         assert np.sqrt(np.mean((got - ref) ** 2)) < 0.25 * ref.std()
+
+
+@pytest.mark.shared_data
+def test_quadratic_prediction_round_trips_and_pays(shared_data, monkeypatch):
+    """On a 256 x 256 crop of a val scene with water and cloud, the encoder adds the quadratic terms
+    (gparam bit 4) to the 20 m group's prediction; the tile decodes to the encoder's own view, in
+    full and at 1/2, and costs less than with the linear neighbourhood prediction alone."""
+    with rasterio.open(shared_data / "s2l2a" / "oceanecowatch_durban_2019-04-24.tif") as src:
+        tile = src.read(window=((100, 356), (100, 356)))
+    lam = tc.rd_lambda(3)
+    payload, j, _ = tc.encode_multires(tile, None, lam, 70)
+    assert any(_spatial_groups(payload, mr.QUADRATIC))
+    _decodes_as_encoded(tile, payload, j, lam)
     monkeypatch.setattr(mr, "QUADRATIC_BANDS", 0)        # no quadratic terms: the plain neighbourhood wins
     linear, j_linear, _ = tc.encode_multires(tile, None, lam, 70)
     assert not any(_spatial_groups(linear, mr.QUADRATIC))
@@ -233,18 +238,11 @@ def test_quadratic_prediction_round_trips_and_pays(shared_data, monkeypatch):
 def test_neighbour_prediction_round_trips():
     """A coarse group predicted from the earlier bands' 3 x 3 cell neighbourhoods (gparam bit 7)
     decodes to the encoder's own view, in full and at reduced resolution."""
-    from terracodec import openjpeg
-
     tile, _ = read("l1c_13band_eurosat.tif")
     lam = tc.rd_lambda(8)
     payload, j, _ = tc.encode_multires(tile, None, lam, 60)
     assert any(_spatial_groups(payload)) and not _spatial_groups(payload)[0]
-    out = tc.decode_tile(payload)
-    assert tc.rd_cost(tile, out, None, len(payload), lam) == pytest.approx(j, rel=1e-12)
-    if openjpeg.available():
-        ref = tc.reduce_pixels(out, 1).astype(float)
-        got = tc.decode_tile_reduced(payload, 1).astype(float)
-        assert np.sqrt(np.mean((got - ref) ** 2)) < 0.25 * ref.std()
+    _decodes_as_encoded(tile, payload, j, lam)
 
 
 @pytest.mark.shared_data
