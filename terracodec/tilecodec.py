@@ -333,8 +333,9 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     if walk_plain:
         best = _plain_walk(tile, nodata, mask, lam, start, step)
     if walk_coarse:
-        # the crop's first group level starts the tile's first walk: it was the tile's own best
-        # level, or 1-2 below it, on 25 of 26 train tiles x qualities (kind 1's level - 1: 4 of 26)
+        # the crop's first group level starts the tile's first walk: on 26 train tiles x qualities
+        # it was the tile's own best level in 15 and 1-2 below it in 10 (kind 1's level - 1: the
+        # best in 2, 1-2 off in 23)
         coarse = encode_multires(tile, nodata, lam, start if best is None else best[3],
                                  first_level=probe_levels[0] if probe_levels else None)
         if coarse is not None and (best is None or coarse[1] < best[1]):
