@@ -166,12 +166,13 @@ def test_same_bytes_twice_and_same_pixels_in_a_fresh_process(tmp_path, bigearthn
 
 @pytest.mark.shared_data
 def test_neighbour_prediction_decodes_alike_in_one_thread(tmp_path, shared_data):
-    """A 256 x 256 tile whose coarse groups use the neighbourhood prediction (matrix products large
-    enough for OpenBLAS to use threads) decodes to the same pixels in a one-thread process."""
+    """A 256 x 256 tile whose coarse groups use the neighbourhood prediction, one with quadratic
+    terms (matrix products large enough for OpenBLAS to use threads), decodes to the same pixels
+    in a one-thread process."""
     with rasterio.open(shared_data / "s2l2a" / "majortom_T48QUE-199U1099R_2020-02-23.tif") as src:
         tile = src.read(window=((400, 656), (400, 656)))
     payload = tc.encode_multires(tile, None, tc.rd_lambda(4), 60)[0]
-    assert any(_spatial_groups(payload))
+    assert any(_spatial_groups(payload)) and any(_spatial_groups(payload, mr.QUADRATIC))
     _same_pixels_in_a_one_thread_process(tmp_path, payload)
 
 
