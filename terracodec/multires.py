@@ -31,16 +31,18 @@ SPATIAL = 0x80                       # group param bit 7: the prediction also us
 # neighbourhood lets the prediction learn how a coarse band's footprint differs from the mean of
 # the fine pixels in its cell (on the 1068 x 1068 val scene the 20 m group's bits halve at quality 4).
 NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
-# group param bit 4, with SPATIAL: the prediction also uses the products c_i * c_j (i <= j) of the
-# cell means c of the first QUADRATIC_BANDS earlier bands (in reflectance / 1000): how a coarse band
-# follows the 10 m bands is not linear (vegetation's red edge against red and NIR, water, haze). On
-# 544-pixel val tiles the error of the 20 m group's prediction from the decoded 10 m bands falls by
-# 15-26 % (BENCHMARKS.md).
-QUADRATIC = 0x10
+# group param bit 4, with SPATIAL: a u16 block mask selects the neighbourhood prediction's features.
+# Bit b (b < e, the earlier bands) keeps earlier band b's 8 neighbour shifts; bit e adds the products
+# c_i * c_j (i <= j) of the cell means c of the first QUADRATIC_BANDS earlier bands (reflectance /
+# 1000): how a coarse band follows the 10 m bands is not linear (the red edge against red and NIR,
+# water, haze). The cell's own means and the constant are always features. Each coefficient costs
+# 2 bytes per band, so the encoder keeps only the blocks that pay (_select_blocks).
+SELECTED = 0x10
 QUADRATIC_BANDS = 4
 PREDICTIONS = (0, SPATIAL)           # what the encoder tries for a predicted coarse group, at its
-                                     # start level; SPATIAL or SPATIAL | QUADRATIC, whichever
-                                     # predicts better for its side bits (_prediction_cost)
+                                     # start level; SPATIAL with all neighbour shifts, or with the
+                                     # selected blocks, whichever predicts better for its side bits
+MASK_SHIFT = 8                       # in memory the block mask rides above the param byte
 _GROUP = struct.Struct("<BBBBBB")    # factor, mode, phase_y, phase_x, band count, param
 
 
@@ -321,20 +323,23 @@ def cell_means(x: np.ndarray, grid) -> np.ndarray:
 
 def prediction_features(means: np.ndarray, param: int) -> np.ndarray:
     """(features, cells) of a group's prediction from the earlier bands' cell means (bands, cy, cx):
-    the means themselves; with SPATIAL (in ``param``) then the means shifted by each NEIGHBOURS offset (cell
-    (i, j) takes the mean at (i + dy, j + dx), indexes clipped to the grid) and a constant 1; with
-    QUADRATIC then the QUADRATIC products."""
+    the means themselves; with SPATIAL (in ``param``) then, for each NEIGHBOURS offset, the means
+    shifted by it (cell (i, j) takes the mean at (i + dy, j + dx), indexes clipped to the grid) and a
+    constant 1. With SELECTED, ``param >> MASK_SHIFT`` is the block mask: only the masked bands'
+    shifts, then the constant, then (mask bit e) the quadratic products."""
     n, cy, cx = means.shape
     if not param & SPATIAL:
         return means.reshape(n, cy * cx)
+    shifted = _shifted_bands(n, param)
     out = np.empty((feature_count(n, param), cy, cx))
     out[:n] = means
-    edged = np.pad(means, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    for k, (dy, dx) in enumerate(NEIGHBOURS, 1):
-        out[k * n:(k + 1) * n] = edged[:, 1 + dy:1 + dy + cy, 1 + dx:1 + dx + cx]
-    k = n * (1 + len(NEIGHBOURS))
+    edged = np.pad(means[shifted], ((0, 0), (1, 1), (1, 1)), mode="edge")
+    k = n
+    for dy, dx in NEIGHBOURS:
+        out[k:k + len(shifted)] = edged[:, 1 + dy:1 + dy + cy, 1 + dx:1 + dx + cx]
+        k += len(shifted)
     out[k] = 1.0
-    if param & QUADRATIC:
+    if _has_quadratic(n, param):
         scaled = means[:QUADRATIC_BANDS] / 1000
         for i, j in _pairs(min(n, QUADRATIC_BANDS)):
             k += 1
@@ -346,11 +351,58 @@ def _pairs(n: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n) for j in range(i, n)]
 
 
+def _shifted_bands(n_earlier: int, param: int) -> list[int]:
+    if not param & SELECTED:
+        return list(range(n_earlier))
+    mask = param >> MASK_SHIFT
+    return [b for b in range(n_earlier) if mask >> b & 1]
+
+
+def _has_quadratic(n_earlier: int, param: int) -> bool:
+    return bool(param & SELECTED and param >> MASK_SHIFT >> n_earlier & 1)
+
+
 def feature_count(n_earlier: int, param: int) -> int:
     if not param & SPATIAL:
         return n_earlier
-    quadratic = len(_pairs(min(n_earlier, QUADRATIC_BANDS))) if param & QUADRATIC else 0
-    return n_earlier * (1 + len(NEIGHBOURS)) + 1 + quadratic
+    quadratic = len(_pairs(min(n_earlier, QUADRATIC_BANDS))) if _has_quadratic(n_earlier, param) else 0
+    return n_earlier + len(NEIGHBOURS) * len(_shifted_bands(n_earlier, param)) + 1 + quadratic
+
+
+def _select_blocks(means: np.ndarray, cells: np.ndarray, factor: int, lam: float) -> int:
+    """The SELECTED param (mask included) of the feature blocks worth their side bits: greedy, from
+    the cell's own means and the constant, each step adds the block (one earlier band's 8 shifts,
+    or the quadratic products) that most lowers the prediction's squared error (per cell times
+    factor**2) + lam x 16 bits per coefficient, while one does. All from one Gram matrix."""
+    n = len(means)
+    every = SPATIAL | SELECTED | ((1 << (n + 1)) - 1) << MASK_SHIFT
+    feats = prediction_features(means, every)
+    target = cells.reshape(cells.shape[0], -1)
+    gram = feats @ feats.T
+    gram += np.eye(len(feats)) * max(1e-9 * np.trace(gram), 1e-12)
+    cross = feats @ target.T
+    energy = float(np.sum(target * target))
+    rows_of = {b: [n + k * n + b for k in range(len(NEIGHBOURS))] for b in range(n)}
+    constant = n + len(NEIGHBOURS) * n
+    rows_of[n] = list(range(constant + 1, len(feats)))        # the quadratic products
+    per_row = lam * 16 * len(target)
+
+    def cost(rows):
+        rows = sorted(rows)
+        coef = np.linalg.solve(gram[np.ix_(rows, rows)], cross[rows])
+        return (energy - float(np.sum(cross[rows] * coef))) * factor ** 2 + per_row * len(rows)
+
+    chosen, rows = 0, list(range(n)) + [constant]
+    best = cost(rows)
+    while True:
+        trials = {b: cost(rows + r) for b, r in rows_of.items() if not chosen >> b & 1 and r}
+        if not trials:
+            break
+        b = min(trials, key=trials.get)
+        if trials[b] >= best:
+            break
+        chosen, best, rows = chosen | 1 << b, trials[b], rows + rows_of[b]
+    return SPATIAL | SELECTED | chosen << MASK_SHIFT
 
 
 def _fit_prediction(feats: np.ndarray, cells: np.ndarray):
@@ -396,13 +448,14 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         fits = {spatial: _fit_prediction(prediction_features(earlier, spatial), cells) if done else None
                 for spatial in options}
         if SPATIAL in fits:
-            # the neighbour prediction with or without the quadratic terms: the one of lower
-            # prediction error + lambda x side bits (on the grid where there is no nodata)
-            quadratic = _fit_prediction(prediction_features(earlier, SPATIAL | QUADRATIC), cells)
-            if (_prediction_cost(quadratic, cells, grid, mask, (h, w), lam)
+            # all neighbour shifts, or the selected blocks: the one of lower prediction error +
+            # lambda x side bits (on the grid where there is no nodata)
+            selected = _select_blocks(earlier, cells, factor, lam)
+            fit = _fit_prediction(prediction_features(earlier, selected), cells)
+            if (_prediction_cost(fit, cells, grid, mask, (h, w), lam) + lam * 16
                     < _prediction_cost(fits[SPATIAL], cells, grid, mask, (h, w), lam)):
                 del fits[SPATIAL]
-                fits[SPATIAL | QUADRATIC] = quadratic
+                fits[selected] = fit
         coded = {spatial: _GroupCoder(x, tile.dtype, mask, grid, bands, cells, fit, spatial, lam)
                  for spatial, fit in fits.items()}
         costs = {spatial: coder(start) for spatial, coder in coded.items()}
@@ -465,7 +518,8 @@ class _GroupCoder:
         means, basis = spectral.fit_klt(resid.reshape(len(bands), -1))
         self.means, self.basis_q = spectral.quantize_means_f16(means), spectral.quantize_basis_int8(basis)
         self.comps, self.shift = j2k_components(spectral.forward(resid, self.means, self.basis_q), rate_shift(lam))
-        self.side = coef.tobytes() + self.means.astype("<f2").tobytes() \
+        block_mask = struct.pack("<H", spatial >> MASK_SHIFT) if spatial & SELECTED else b""
+        self.side = block_mask + coef.tobytes() + self.means.astype("<f2").tobytes() \
             + np.rint(self.basis_q * 127).astype(np.int8).tobytes()
         self.spatial, self.shape = spatial, resid.shape
         # a coarse group without nodata measures its error on the grid (see _grid_sse), not on pixels
@@ -476,7 +530,7 @@ class _GroupCoder:
 
     def _finish(self, stream: bytes, r: np.ndarray, param: int):
         factor, mode, py, px = self.grid
-        body = _GROUP.pack(factor, mode, py, px, len(self.bands), param | self.spatial) + bytes(self.bands) \
+        body = _GROUP.pack(factor, mode, py, px, len(self.bands), (param | self.spatial) & 0xFF) + bytes(self.bands) \
             + self.side + struct.pack("<I", len(stream)) + stream
         coarse = self.pred + r
         if self.on_grid:
@@ -521,11 +575,20 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
         pos += n
         if (not 1 <= factor <= 16 or mode not in MODES.values() or py >= factor or px >= factor
                 or n == 0 or len(bands) != n or any(b >= count or b in done for b in bands)
-                or param & ~(NO_STREAM | SHIFT_MASK | BARE_J2K | SPATIAL | QUADRATIC) or param & SHIFT_MASK > 8
+                or param & ~(NO_STREAM | SHIFT_MASK | BARE_J2K | SPATIAL | SELECTED) or param & SHIFT_MASK > 8
                 or (param & NO_STREAM and param & BARE_J2K) or (param & SPATIAL and not done)
-                or (param & QUADRATIC and not param & SPATIAL)):
+                or (param & SELECTED and not param & SPATIAL)):
             raise TecFormatError(f"kind 4 tile has a bad group header (factor {factor}, mode {mode}, "
                                  f"phase {py},{px}, bands {bands}, param {param:#04x})")
+        if param & SELECTED:
+            if len(body) < pos + 2:
+                raise TecFormatError("kind 4 tile truncated in a group's block mask")
+            (block_mask,) = struct.unpack_from("<H", body, pos)
+            pos += 2
+            if block_mask >> (len(done) + 1):
+                raise TecFormatError(f"kind 4 group's block mask {block_mask:#06x} names more than "
+                                     f"its {len(done)} earlier bands and the quadratic terms")
+            param |= block_mask << MASK_SHIFT
         p = feature_count(len(done), param)
         side = 2 * n * p + 2 * n + n * n + 4
         if len(body) < pos + side:

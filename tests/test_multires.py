@@ -166,13 +166,18 @@ def test_same_bytes_twice_and_same_pixels_in_a_fresh_process(tmp_path, bigearthn
 
 @pytest.mark.shared_data
 def test_neighbour_prediction_decodes_alike_in_one_thread(tmp_path, shared_data):
-    """A 256 x 256 tile whose coarse groups use the neighbourhood prediction, one with quadratic
-    terms (matrix products large enough for OpenBLAS to use threads), decodes to the same pixels
-    in a one-thread process."""
+    """A 256 x 256 tile whose coarse groups use the neighbourhood prediction with selected blocks
+    (some earlier bands without their shifts, quadratic terms; matrix products large enough for
+    OpenBLAS to use threads) decodes to the same pixels in a one-thread process."""
     with rasterio.open(shared_data / "s2l2a" / "majortom_T48QUE-199U1099R_2020-02-23.tif") as src:
         tile = src.read(window=((400, 656), (400, 656)))
     payload = tc.encode_multires(tile, None, tc.rd_lambda(4), 60)[0]
-    assert any(_spatial_groups(payload)) and any(_spatial_groups(payload, mr.QUADRATIC))
+    assert any(_spatial_groups(payload)) and any(_quadratic_groups(payload))
+    done, partial = 0, False
+    for g in _groups(payload):
+        partial |= bool(g[5] & mr.SELECTED) and len(mr._shifted_bands(done, g[5])) < done
+        done += len(g[1])
+    assert partial
     _same_pixels_in_a_one_thread_process(tmp_path, payload)
 
 
@@ -192,19 +197,47 @@ def test_damaged_kind4_bodies_give_format_errors(bigearthnet):
         "extra bytes": payload + b"\x00",
         "neighbour prediction in the first group": payload[:body + 6] + bytes([payload[body + 6] | mr.SPATIAL])
         + payload[body + 7:],
-        "quadratic terms without the neighbourhood": payload[:body + 6]
-        + bytes([payload[body + 6] | mr.QUADRATIC]) + payload[body + 7:],
+        "block mask without the neighbourhood": payload[:body + 6]
+        + bytes([payload[body + 6] | mr.SELECTED]) + payload[body + 7:],
     }
     for what, bad in cases.items():
         with pytest.raises(TecFormatError):
             tc.decode_tile(tc.seal(bad))
 
 
-def _spatial_groups(payload, flag=mr.SPATIAL):
+def _groups(payload):
     raw = tc.unseal(payload)
     head = tc.TileHeader(raw)
     raw, head, _ = tc.split_restoration(raw, head)
-    return [g[5] & flag for g in mr._parse_groups(raw[head.body:], head.count, head.height, head.width)]
+    return list(mr._parse_groups(raw[head.body:], head.count, head.height, head.width))
+
+
+def _spatial_groups(payload):
+    return [g[5] & mr.SPATIAL for g in _groups(payload)]
+
+
+def _quadratic_groups(payload):
+    """Per group: whether its prediction has the quadratic terms (block mask bit e)."""
+    out, earlier = [], 0
+    for g in _groups(payload):
+        out.append(mr._has_quadratic(earlier, g[5]))
+        earlier += len(g[1])
+    return out
+
+
+def test_block_selection_keeps_what_pays():
+    """The greedy block selection adds a block only when its error reduction pays for its side
+    bits: on a coarse band that is an exact linear map of one earlier band's shifts, that band's
+    block is chosen at any slope, and nothing else at a large one."""
+    rng = np.random.default_rng(5)
+    means = rng.normal(1000, 300, size=(3, 40, 40))
+    shifted = np.pad(means[1], 1, mode="edge")[2:, 1:-1]          # cell (i, j) takes (i + 1, j)
+    cells = (0.5 * means[0] + 0.8 * shifted)[None]
+    param = mr._select_blocks(means, cells, 2, lam=1e6)
+    assert param & mr.SPATIAL and param & mr.SELECTED
+    assert mr._shifted_bands(3, param) == [1] and not mr._has_quadratic(3, param)
+    feats = mr.prediction_features(means, param)
+    assert len(feats) == mr.feature_count(3, param) == 3 + 8 + 1
 
 
 def _decodes_as_encoded(tile, payload, j, lam):
@@ -222,17 +255,17 @@ def _decodes_as_encoded(tile, payload, j, lam):
 @pytest.mark.shared_data
 def test_quadratic_prediction_round_trips_and_pays(shared_data, monkeypatch):
     """On a 256 x 256 crop of a val scene with water and cloud, the encoder adds the quadratic terms
-    (gparam bit 4) to the 20 m group's prediction; the tile decodes to the encoder's own view, in
-    full and at 1/2, and costs less than with the linear neighbourhood prediction alone."""
+    (block mask bit e, gparam bit 4) to the 20 m group's prediction; the tile decodes to the
+    encoder's own view, in full and at 1/2, and costs less than without quadratic terms."""
     with rasterio.open(shared_data / "s2l2a" / "oceanecowatch_durban_2019-04-24.tif") as src:
         tile = src.read(window=((100, 356), (100, 356)))
     lam = tc.rd_lambda(3)
     payload, j, _ = tc.encode_multires(tile, None, lam, 70)
-    assert any(_spatial_groups(payload, mr.QUADRATIC))
+    assert any(_quadratic_groups(payload))
     _decodes_as_encoded(tile, payload, j, lam)
-    monkeypatch.setattr(mr, "QUADRATIC_BANDS", 0)        # no quadratic terms: the plain neighbourhood wins
+    monkeypatch.setattr(mr, "QUADRATIC_BANDS", 0)        # no quadratic terms (an empty block)
     linear, j_linear, _ = tc.encode_multires(tile, None, lam, 70)
-    assert not any(_spatial_groups(linear, mr.QUADRATIC))
+    assert not any(_quadratic_groups(linear))
     assert j < j_linear
 
 
