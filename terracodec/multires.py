@@ -44,6 +44,7 @@ PREDICTIONS = (0, SPATIAL)           # what the encoder tries for a predicted co
                                      # selected blocks, whichever predicts better for its side bits
 MASK_SHIFT = 8                       # in memory the block mask rides above the param byte
 _GROUP = struct.Struct("<BBBBBB")    # factor, mode, phase_y, phase_x, band count, param
+_BLOCK_MASK = struct.Struct("<H")    # after the band indexes, with SELECTED
 
 
 # -- grids -----------------------------------------------------------------------------------------
@@ -452,7 +453,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
             # lambda x side bits (on the grid where there is no nodata)
             selected = _select_blocks(earlier, cells, factor, lam)
             fit = _fit_prediction(prediction_features(earlier, selected), cells)
-            if (_prediction_cost(fit, cells, grid, mask, (h, w), lam) + lam * 16
+            if (_prediction_cost(fit, cells, grid, mask, (h, w), lam) + lam * 8 * _BLOCK_MASK.size
                     < _prediction_cost(fits[SPATIAL], cells, grid, mask, (h, w), lam)):
                 del fits[SPATIAL]
                 fits[selected] = fit
@@ -518,7 +519,7 @@ class _GroupCoder:
         means, basis = spectral.fit_klt(resid.reshape(len(bands), -1))
         self.means, self.basis_q = spectral.quantize_means_f16(means), spectral.quantize_basis_int8(basis)
         self.comps, self.shift = j2k_components(spectral.forward(resid, self.means, self.basis_q), rate_shift(lam))
-        block_mask = struct.pack("<H", spatial >> MASK_SHIFT) if spatial & SELECTED else b""
+        block_mask = _BLOCK_MASK.pack(spatial >> MASK_SHIFT) if spatial & SELECTED else b""
         self.side = block_mask + coef.tobytes() + self.means.astype("<f2").tobytes() \
             + np.rint(self.basis_q * 127).astype(np.int8).tobytes()
         self.spatial, self.shape = spatial, resid.shape
@@ -581,10 +582,10 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
             raise TecFormatError(f"kind 4 tile has a bad group header (factor {factor}, mode {mode}, "
                                  f"phase {py},{px}, bands {bands}, param {param:#04x})")
         if param & SELECTED:
-            if len(body) < pos + 2:
+            if len(body) < pos + _BLOCK_MASK.size:
                 raise TecFormatError("kind 4 tile truncated in a group's block mask")
-            (block_mask,) = struct.unpack_from("<H", body, pos)
-            pos += 2
+            (block_mask,) = _BLOCK_MASK.unpack_from(body, pos)
+            pos += _BLOCK_MASK.size
             if block_mask >> (len(done) + 1):
                 raise TecFormatError(f"kind 4 group's block mask {block_mask:#06x} names more than "
                                      f"its {len(done)} earlier bands and the quadratic terms")
