@@ -6,7 +6,8 @@ bands are interpolations (bilinear or nearest) of 4x or 36x fewer samples, which
 phase) that reproduces the band to rounding, groups bands of the same grid, and codes each group on
 its grid: coarse groups are first predicted from the bands decoded before them (a linear map of
 their cell means, or of the 3 x 3 neighbourhoods of those means), and the residual goes through a
-KLT and one JPEG 2000 codestream, as in kind 1.
+KLT and one JPEG 2000 codestream, as in kind 1. A full-resolution group may instead code its
+components as AV1 images (:mod:`terracodec.av1`, group mode bit 7), when that costs less.
 
 Pure numpy + imagecodecs (no torch). Layout in docs/FORMAT.md ("kind 4").
 """
@@ -17,11 +18,13 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import av1
 from .errors import TecFormatError
 from .tilecodec import BARE_J2K, SHIFT_MASK, _to_dtype, component_values, j2k_decode_checked, j2k_dress, j2k_store
 
 FACTORS = (6, 2)                     # tried largest first: a 60 m band also fits a 20 m grid roughly
 MODES = {"bilinear": 0, "nearest": 1}
+AV1_STREAM = 0x80                    # group mode bit 7: the components are AV1 images, not JPEG 2000
 FIT_RMS = 1.0                        # a band "is" on a coarse grid when the refit is off by < 1 on average
 DETECT_WINDOW = 96                   # phases are searched on a central window of this size
 MIN_CELLS = 4                        # JPEG 2000 and the KLT need a few samples per axis
@@ -418,14 +421,18 @@ def _fit_prediction(feats: np.ndarray, cells: np.ndarray):
 
 
 def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: np.ndarray | None = None,
-                  filled: np.ndarray | None = None, first_level: int | None = None, levels: list | None = None):
+                  filled: np.ndarray | None = None, plan: list | None = None, levels: list | None = None):
     """-> (body bytes, decoded tile) of least J = SSE + lam * bits, chosen group by group: each
-    group's OpenJPEG level is walked from the one chosen for the group before it (the first from
-    ``kind1_level - 1``, ``kind1_level`` being the kind 1 level of the tile), and a predicted group
-    may also drop its codestream. ``first_level`` (e.g. the first group's level on the tile's
-    central crop) replaces ``kind1_level - 1`` as the first walk's start; ``levels`` (a list) gets
-    each group's level. With nodata (``mask``), the groups code the tile filled by fill_nodata
-    (``filled``, when already computed) and SSE counts valid pixels only."""
+    group's level is walked from a start, and a predicted group may also drop its codestream.
+
+    The full-resolution group is coded with JPEG 2000 and with AV1 (:mod:`terracodec.av1`), the
+    cheaper kept; its walks start at av1_start_level and at ``kind1_level - 1`` (``kind1_level``
+    being the kind 1 level of the tile). Each coarse group's OpenJPEG walk starts from the level of
+    the JPEG 2000 group before it. ``plan`` (e.g. ``levels`` of the tile's central crop) gives a
+    (codec, level) per group in coding order: a group with a plan entry tries only that codec, and
+    a JPEG 2000 walk starts at its level. ``levels`` (a list) gets each group's (codec, level). With nodata (``mask``), the
+    groups code the tile filled by fill_nodata (``filled``, when already computed) and SSE counts
+    valid pixels only."""
     from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend
 
     count, h, w = tile.shape
@@ -434,12 +441,13 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     else:
         x = fill_nodata(tile.astype(np.float64), mask) if filled is None else filled
     decoded = np.zeros_like(x)
-    start = int(np.clip(kind1_level - 1 if first_level is None else first_level, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
+    j2k_start = int(np.clip(kind1_level - 1, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
     done: list[int] = []
     groups = groups_of(grids)
     parts = [bytes([len(groups)])]
-    for grid, bands in groups:
+    for index, (grid, bands) in enumerate(groups):
         factor, mode, py, px = grid
+        planned = plan[index] if plan is not None and index < len(plan) else None
         cells = x[bands] if factor == 1 else _separable(_fit_matrix(h, factor, py, mode), x[bands],
                                                          _fit_matrix(w, factor, px, mode))
         earlier = cell_means(decoded[done], grid) if done else None
@@ -457,17 +465,40 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
                     < _prediction_cost(fits[SPATIAL], cells, grid, mask, (h, w), lam)):
                 del fits[SPATIAL]
                 fits[selected] = fit
-        coded = {spatial: _GroupCoder(x, tile.dtype, mask, grid, bands, cells, fit, spatial, lam)
-                 for spatial, fit in fits.items()}
-        costs = {spatial: coder(start) for spatial, coder in coded.items()}
-        coder = coded[min(costs, key=costs.get)]
-        # the first group's best level is usually 0-2 below the kind 1 level, and each group's
-        # near the one before it; the walk goes on while the cost falls
-        level, _ = _descend(coder, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=1, max_tries=8)
-        start = level
+        codecs = ("j2k", "av1") if factor == 1 and not done else ("j2k",)
+        if planned is not None and planned[0] in codecs:
+            codecs = (planned[0],)
+        walked = []
+        for codec in codecs:
+            coded = {spatial: _GroupCoder(x, tile.dtype, mask, grid, bands, cells, fit, spatial, lam, codec)
+                     for spatial, fit in fits.items()}
+            use = planned if planned is not None and planned[0] == codec else None
+            if codec == "av1":
+                # the guess from the slope, not the crop's level: the crop's components often
+                # have another sample step, and the guess was closer on val tiles
+                start = av1_start_level(lam, coded[0].av1_scale)
+            else:
+                start = j2k_start if use is None else use[1]
+            costs = {spatial: coder(start) for spatial, coder in coded.items()}
+            coder = coded[min(costs, key=costs.get)]
+            # the first group's best level is usually 0-2 below the kind 1 level, and each group's
+            # near the one before it; the walk goes on while the cost falls
+            lo, hi = (0, av1.LEVELS - 1) if codec == "av1" else (J2K_LEVEL_MIN, J2K_LEVEL_MAX)
+            level, _ = _descend(coder, start, lo, hi, step=1, max_tries=8)
+            # far from the start the other prediction may be the cheaper one (its side bits weigh
+            # less at a finer level): it is tried there and walked on when it is
+            for other in coded.values():
+                if other is not coder and other(level) < coder.results[level][0]:
+                    coder = other
+                    level, _ = _descend(coder, level, lo, hi, step=1, max_tries=8)
+                    break
+            walked.append((coder.results[level], codec, level, coder))
+        best, codec, level, coder = min(walked, key=lambda item: item[0][0])
+        # the next JPEG 2000 walk starts at this group's level, or above kind 1's after an AV1
+        # group (coarse groups' levels are usually above the first group's)
+        j2k_start = level if codec == "j2k" else int(np.clip(kind1_level + AV1_NEXT_J2K, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
         if levels is not None:
-            levels.append(level)
-        best = coder.results[level]
+            levels.append((codec, level))
         if done:                                         # prediction alone may be cheaper
             alone = coder.alone()
             if alone[0] < best[0]:
@@ -476,6 +507,19 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         decoded[bands] = coder.values(best[2])
         done += bands
     return b"".join(parts), decoded
+
+
+def av1_start_level(lam: float, scale: float) -> int:
+    """Where an AV1 walk starts: the level whose quantizer step (av1.STEPS, in samples ``scale``
+    times coarser than reflectance) is nearest AV1_STEP_PER_SLOPE x sqrt(``lam``) on a log scale.
+    On 40 val tiles x qualities 1-8 the best level's step was 3.2 sqrt(lam) (median; spread of
+    log2 0.23)."""
+    target = AV1_STEP_PER_SLOPE * np.sqrt(lam) / scale
+    return int(np.argmin(np.abs(np.log(np.asarray(av1.STEPS, float) / target))))
+
+
+AV1_STEP_PER_SLOPE = 3.2
+AV1_NEXT_J2K = 4
 
 
 def _grams(size: tuple[int, int], grid) -> tuple:
@@ -501,11 +545,11 @@ class _GroupCoder:
     one by the fit's own residual (the same for every code) and by rounding to integers (about
     the same), so the choice is the same at a fraction of the work (no upsampling per code)."""
 
-    def __init__(self, x, dtype, mask, grid, bands, cells, fit, spatial, lam):
+    def __init__(self, x, dtype, mask, grid, bands, cells, fit, spatial, lam, codec="j2k"):
         from . import spectral
         from .tilecodec import j2k_components, rate_shift
 
-        self.dtype, self.grid, self.bands, self.lam = dtype, grid, bands, lam
+        self.dtype, self.grid, self.bands, self.lam, self.codec = dtype, grid, bands, lam, codec
         self.size = x.shape[1:]
         # the group's pixels, and which count in SSE (nodata excluded), taken once for every level
         self.target = x[bands]
@@ -519,6 +563,7 @@ class _GroupCoder:
         means, basis = spectral.fit_klt(resid.reshape(len(bands), -1))
         self.means, self.basis_q = spectral.quantize_means_f16(means), spectral.quantize_basis_int8(basis)
         self.comps, self.shift = j2k_components(spectral.forward(resid, self.means, self.basis_q), rate_shift(lam))
+        self.av1_scale = 2.0 ** self.shift * av1.sample_step(self.comps)
         block_mask = _BLOCK_MASK.pack(spatial >> MASK_SHIFT) if spatial & SELECTED else b""
         self.side = block_mask + coef.tobytes() + self.means.astype("<f2").tobytes() \
             + np.rint(self.basis_q * 127).astype(np.int8).tobytes()
@@ -531,6 +576,8 @@ class _GroupCoder:
 
     def _finish(self, stream: bytes, r: np.ndarray, param: int):
         factor, mode, py, px = self.grid
+        if self.codec == "av1" and not param & NO_STREAM:
+            mode |= AV1_STREAM
         body = _GROUP.pack(factor, mode, py, px, len(self.bands), (param | self.spatial) & 0xFF) + bytes(self.bands) \
             + self.side + struct.pack("<I", len(stream)) + stream
         coarse = self.pred + r
@@ -548,6 +595,11 @@ class _GroupCoder:
         from .tilecodec import j2k_stream
 
         if level not in self.results:
+            if self.codec == "av1":
+                stored = av1.encode(self.comps, level)
+                r = component_values(av1.decode(stored, self.shape), self.shift, self.means, self.basis_q)
+                self.results[level] = self._finish(stored, r, self.shift)
+                return self.results[level][0]
             stream = j2k_stream(self.comps, level)
             r = component_values(j2k_decode_checked(stream, self.shape, "kind 4 tile"), self.shift,
                                  self.means, self.basis_q)
@@ -574,13 +626,15 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
         pos += _GROUP.size
         bands = list(body[pos:pos + n])
         pos += n
+        codec_av1, mode = bool(mode & AV1_STREAM), mode & ~AV1_STREAM
         if (not 1 <= factor <= 16 or mode not in MODES.values() or py >= factor or px >= factor
+                or (codec_av1 and param & (NO_STREAM | BARE_J2K))
                 or n == 0 or len(bands) != n or any(b >= count or b in done for b in bands)
                 or param & ~(NO_STREAM | SHIFT_MASK | BARE_J2K | SPATIAL | SELECTED) or param & SHIFT_MASK > 8
                 or (param & NO_STREAM and param & BARE_J2K) or (param & SPATIAL and not done)
                 or (param & SELECTED and not param & SPATIAL)):
             raise TecFormatError(f"kind 4 tile has a bad group header (factor {factor}, mode {mode}, "
-                                 f"phase {py},{px}, bands {bands}, param {param:#04x})")
+                                 f"phase {py},{px}, bands {bands}, param {param:#04x}, AV1 {codec_av1})")
         if param & SELECTED:
             if len(body) < pos + _BLOCK_MASK.size:
                 raise TecFormatError("kind 4 tile truncated in a group's block mask")
@@ -608,6 +662,8 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
         stream = None if param & NO_STREAM else body[pos:pos + length]
         if param & BARE_J2K:
             stream = j2k_dress(stream, _grid_shape(n, h, w, (factor, mode, py, px)))
+        if codec_av1:
+            stream = Av1Stream(stream)
         pos += length
         yield (factor, mode, py, px), bands, coef, means, basis_q, param, stream
         done += bands
@@ -615,10 +671,16 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
         raise TecFormatError("kind 4 tile does not code every band exactly once")
 
 
+class Av1Stream(bytes):
+    """A group's codestream that is an AV1 stream (group mode bit 7), not JPEG 2000."""
+
+
 def _cells(stream, shape, param, means, basis_q) -> np.ndarray:
     """A group's decoded residual on its grid (``shape`` = (bands, cells_y, cells_x))."""
     if stream is None:
         return np.broadcast_to(means[:, None, None], shape)
+    if isinstance(stream, Av1Stream):
+        return component_values(av1.decode(stream, shape), param & SHIFT_MASK, means, basis_q)
     comps = j2k_decode_checked(stream, shape, "kind 4 tile")
     return component_values(comps, param & SHIFT_MASK, means, basis_q)
 
@@ -695,8 +757,9 @@ def decode_groups_reduced(body: bytes, count: int, h: int, w: int, dtype, reduce
     """Body of a kind 4 tile -> (count, ceil(h / 2**reduce), ceil(w / 2**reduce)) float64 values,
     an overview that never works at full resolution.
 
-    The full-resolution group's codestream is decoded at 1/2**reduce (JPEG 2000 low-pass moved to
-    the block centres, as for kind 1 overviews; block means where it has fewer wavelet levels). The
+    The full-resolution group's JPEG 2000 codestream is decoded at 1/2**reduce (low-pass moved to
+    the block centres, as for kind 1 overviews; block means where it has fewer wavelet levels); an
+    AV1 group is decoded in full and shown as block means. The
     coarse groups are decoded on their grids and shown as block means of their interpolation; their
     predictions use cell means of the earlier bands, with bands known at 1/2**reduce taken as
     constant over their blocks. So the overview is close to, not equal to, block means of the full decode. Falls back
@@ -711,7 +774,7 @@ def decode_groups_reduced(body: bytes, count: int, h: int, w: int, dtype, reduce
     known: list[tuple] = []         # (bands, axis grids y, axis grids x, values) of decoded groups
     for grid, bands, coef, means, basis_q, param, stream in _parse_groups(body, count, h, w):
         factor, mode, py, px = grid
-        if factor == 1 and stream is not None and not known:
+        if factor == 1 and stream is not None and not known and not isinstance(stream, Av1Stream):
             comps, r = j2k_decode_reduced_checked(stream, (len(bands), h, w), reduce, "kind 4 tile")
             low = low_pass_to_blocks(component_values(comps, param & SHIFT_MASK, means, basis_q), r)
             if r < reduce:

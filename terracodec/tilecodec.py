@@ -321,7 +321,7 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     if info is not None:
         info["j2k_level"], info["crop_j"] = start, crop_j
     walk_plain, walk_coarse = True, multires
-    probe_levels: list[int] = []
+    probe_levels: list[tuple] = []
     if multires and crop_j is not None:
         crop, crop_mask = central_crop(tile, mask)
         probe = encode_multires(crop, nodata, lam, start, levels=probe_levels)
@@ -333,11 +333,11 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     if walk_plain:
         best = _plain_walk(tile, nodata, mask, lam, start, step)
     if walk_coarse:
-        # the crop's first group level starts the tile's first walk: on 26 train tiles x qualities
-        # it was the tile's own best level in 15 and 1-2 below it in 10 (kind 1's level - 1: the
-        # best in 2, 1-2 off in 23)
+        # the crop's codec and level per group start the tile's walks: on 26 train tiles x
+        # qualities the crop's first group level was the tile's own best in 15 and 1-2 below it in
+        # 10 (kind 1's level - 1: the best in 2, 1-2 off in 23)
         coarse = encode_multires(tile, nodata, lam, start if best is None else best[3],
-                                 first_level=probe_levels[0] if probe_levels else None)
+                                 plan=probe_levels or None)
         if coarse is not None and (best is None or coarse[1] < best[1]):
             best = coarse
     if best is None:                   # the crop chose kind 4, but the tile has no coarse grid
@@ -428,12 +428,12 @@ def start_level(tile: np.ndarray, nodata, mask: np.ndarray | None, lam: float) -
     return best, 1, costs[best]
 
 
-def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, first_level: int | None = None,
+def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, plan: list | None = None,
                     levels: list | None = None) -> tuple[bytes, float, np.ndarray] | None:
     """-> (kind 4 payload, J, decoded tile) when some band of the tile sits on a coarser grid, else None; the
-    group walks start near ``kind1_level`` (kind 1's best level), the first at ``first_level`` when
-    given; ``levels`` gets each group's level (multires.encode_groups). Nodata pixels are filled
-    first (multires.fill_nodata) and restored from the header's mask."""
+    JPEG 2000 walks start near ``kind1_level`` (kind 1's best level); ``plan`` and ``levels`` are
+    multires.encode_groups's (codec, level) per group. Nodata pixels are filled first
+    (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
 
     mask = nodata_mask(tile, nodata)
@@ -443,7 +443,7 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, f
     grids = multires.detect_grids(tile if mask is None else filled, mask)
     if all(g[0] == 1 for g in grids):
         return None
-    body, decoded = multires.encode_groups(tile, grids, lam, kind1_level, mask, filled, first_level, levels)
+    body, decoded = multires.encode_groups(tile, grids, lam, kind1_level, mask, filled, plan, levels)
     payload = seal(pack_header(KIND_MULTIRES, tile, nodata, mask) + body)
     if mask is not None:           # the decoder also moves valid pixels off the nodata value
         decoded = decode_tile(payload)

@@ -296,7 +296,7 @@ def test_level_walk_starts_at_the_central_crops_best_level(cloudy, monkeypatch):
     """A tile of 256 or more a side starts its JPEG 2000 level walk at the best level of its central
     128 x 128 crop and walks by 1: it codes the full tile at few levels, and ends at the least cost
     of an exhaustive search around it."""
-    from terracodec import anchors
+    from terracodec import anchors, av1
 
     tile = _mirrored(cloudy, 256)
     lam = tc.rd_lambda(4)
@@ -328,7 +328,7 @@ def test_level_walk_starts_at_the_central_crops_best_level(cloudy, monkeypatch):
 def test_central_crop_picks_the_kind_to_walk(shared_data, monkeypatch, scene, size, quality, kept_kind):
     """When kind 4 (coarse grids) coded on the central crop costs clearly less or more than kind 1,
     the tile walks only that kind; the tile's own costs agree that it is the cheaper one."""
-    from terracodec import anchors
+    from terracodec import anchors, av1
 
     with rasterio.open(shared_data / scene) as src:
         tile = src.read(window=((0, size), (0, size)))
@@ -341,12 +341,15 @@ def test_central_crop_picks_the_kind_to_walk(shared_data, monkeypatch, scene, si
     shapes = []
     real = anchors._j2k_encode
     monkeypatch.setattr(anchors, "_j2k_encode", lambda *a: shapes.append(a[0].shape) or real(*a))
+    real_av1 = av1.encode
+    monkeypatch.setattr(av1, "encode", lambda *a: shapes.append(a[0].shape) or real_av1(*a))
     payload, j = tc.encode_classical(tile, None, lam, restoration=False)
     assert tc.TileHeader(tc.unseal(payload)).kind == kept_kind
     assert j == pytest.approx(min(plain[1], coarse[1]), rel=0.01)
     full_size = [s for s in shapes if s[1:] == (size, size)]
     count = tile.shape[0]
-    # kind 1 codes all bands at full size; kind 4's first group only the 10 m bands (4 here)
+    # kind 1 codes all bands at full size (JPEG 2000); kind 4's first group only the 10 m bands
+    # (4 here, JPEG 2000 or AV1)
     assert all((s[0] == count) == (kept_kind == tc.KIND_CLASSICAL) for s in full_size) and full_size
 
 
