@@ -1,7 +1,7 @@
 """AV1 still images for KLT components (the full-resolution group of kind 4 tiles).
 
-On the 10 m bands of val tiles, libaom's intra coder (through libavif, speed 6) needs 6-10 % less
-rate-distortion cost than OpenJPEG at the slopes of qualities 3-6. AV1 codes at most 12 bits per
+On the 10 m bands of 512 x 512 val crops, libaom's intra coder (through libavif) needs 16-21 %
+fewer bits than OpenJPEG at equal PSNR at speed 5, and 9-14 % at speed 6. AV1 codes at most 12 bits per
 sample and 3 planes per image, so the int16 components are offset and divided by an integer step
 to fit 12 bits, and coded 3 at a time as 4:4:4 images with the identity matrix (the planes are
 coded as given). A stored image is its AV1 data alone: the ~270 bytes of AVIF boxes around it
@@ -20,7 +20,11 @@ from .errors import TecFormatError
 
 DEPTH = 12
 PLANES = 3
-SPEED = 6                        # libaom speed: 8-9 lose most of the gain, 4-5 are much slower
+# libaom speeds: the encoder walks the levels with fast codings (speed 8: 1-11 % more or fewer bits
+# than JPEG 2000 on val 10 m groups, 1/4 the time of speed 6) and codes the chosen level again at
+# SPEED. Speed 5 would save another 2-3 % of a tile's cost (J) for 1.6-2x the encode time.
+WALK_SPEED = 8
+SPEED = 6
 LEVELS = 63                      # level k codes with AV1 quantizer 63 - k (k = 0 coarsest, 62 finest)
 # The quantizer step of each level in 12-bit samples, sqrt(12 x MSE) of uniform noise coded at that
 # level (monotone; libaom speed 6). Only steers the encoder's level choice.
@@ -89,8 +93,9 @@ def sample_step(comps: np.ndarray) -> int:
     return max(1, -(-span // (2 ** DEPTH - 1)))
 
 
-def encode(comps: np.ndarray, level: int) -> bytes:
-    """int16 components (n, h, w) -> the AV1 stream at ``level`` (0-62, higher is finer)."""
+def encode(comps: np.ndarray, level: int, speed: int = SPEED) -> bytes:
+    """int16 components (n, h, w) -> the AV1 stream at ``level`` (0-62, higher is finer), coded at
+    libaom ``speed``."""
     import imagecodecs
 
     n, h, w = comps.shape
@@ -104,7 +109,7 @@ def encode(comps: np.ndarray, level: int) -> bytes:
         planes = np.zeros((h, w, PLANES), np.uint16)
         group = samples[first:first + PLANES]
         planes[..., :len(group)] = np.moveaxis(group, 0, -1)
-        avif = bytes(imagecodecs.avif_encode(planes, level=quality, speed=SPEED, bitspersample=DEPTH,
+        avif = bytes(imagecodecs.avif_encode(planes, level=quality, speed=speed, bitspersample=DEPTH,
                                              pixelformat="yuv444", matrix=0, numthreads=1))
         bare = _bare(avif, h, w)
         if bare is None:

@@ -485,6 +485,8 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
             # near the one before it; the walk goes on while the cost falls
             lo, hi = (0, av1.LEVELS - 1) if codec == "av1" else (J2K_LEVEL_MIN, J2K_LEVEL_MAX)
             level, _ = _descend(coder, start, lo, hi, step=1, max_tries=8)
+            if codec == "av1":
+                coder.finish_av1(level)
             # far from the start the other prediction may be the cheaper one (its side bits weigh
             # less at a finer level): it is tried there and walked on when it is
             for other in coded.values():
@@ -596,9 +598,7 @@ class _GroupCoder:
 
         if level not in self.results:
             if self.codec == "av1":
-                stored = av1.encode(self.comps, level)
-                r = component_values(av1.decode(stored, self.shape), self.shift, self.means, self.basis_q)
-                self.results[level] = self._finish(stored, r, self.shift)
+                self.results[level] = self._av1(level, av1.WALK_SPEED)
                 return self.results[level][0]
             stream = j2k_stream(self.comps, level)
             r = component_values(j2k_decode_checked(stream, self.shape, "kind 4 tile"), self.shift,
@@ -606,6 +606,17 @@ class _GroupCoder:
             stored, bare = j2k_store(stream, self.shape)
             self.results[level] = self._finish(stored, r, self.shift | bare)
         return self.results[level][0]
+
+    def _av1(self, level: int, speed: int):
+        stored = av1.encode(self.comps, level, speed)
+        r = component_values(av1.decode(stored, self.shape), self.shift, self.means, self.basis_q)
+        return self._finish(stored, r, self.shift)
+
+    def finish_av1(self, level: int):
+        """Code ``level`` again at av1.SPEED (the walk used the fast av1.WALK_SPEED); keep the cheaper."""
+        final = self._av1(level, av1.SPEED)
+        if final[0] < self.results[level][0]:
+            self.results[level] = final
 
     def alone(self):
         """The group without codestream: the prediction plus the residual means."""
