@@ -4,7 +4,7 @@ On the 10 m bands of 512 x 512 val crops, libaom's intra coder (through libavif)
 fewer bits than OpenJPEG at equal PSNR at speed 5, and 9-14 % at speed 6. AV1 codes at most 12 bits per
 sample and 3 planes per image, so the int16 components are offset and divided by an integer step
 to fit 12 bits, and coded 3 at a time as 4:4:4 images with the identity matrix (the planes are
-coded as given). A stored image is its AV1 data alone: the ~270 bytes of AVIF boxes around it
+coded as given, the first component as luma). A stored image is its AV1 data alone: the ~270 bytes of AVIF boxes around it
 are rebuilt from the tile's shape and the 4-byte av1C record (:func:`avif_file`); an image whose
 encoder output differs from that rebuild is stored whole. Layout in docs/FORMAT.md ("AV1 stream").
 
@@ -32,6 +32,10 @@ STEPS = (3999, 3998, 3995, 3954, 3769, 3283, 2842, 2419, 2140, 2040, 1715, 1590,
          1052, 1021, 905, 832, 832, 753, 680, 627, 585, 547, 519, 505, 430, 417, 417, 358, 327, 303, 303,
          277, 259, 252, 222, 206, 199, 190, 186, 167, 167, 166, 145, 135, 123, 119, 105, 95, 88, 78, 70,
          61, 51, 42, 31, 23, 16, 10, 5)
+# With the identity matrix AV1's planes Y, U, V are the G, B, R of libavif's RGB: component 3i + k
+# goes to plane k, so the first (largest) KLT component is luma, whose tools (chroma-from-luma
+# prediction among them) serve the others (3 % fewer bits on a val crop than with it in V)
+_RGB_OF_PLANE = np.array([1, 2, 0])
 _HEAD = struct.Struct("<H")      # step; then int16 offsets, one per component
 _IMAGE = struct.Struct("<BI")    # form (BARE or WHOLE), length; av1C before the data when BARE
 BARE, WHOLE = 0, 1
@@ -108,7 +112,7 @@ def encode(comps: np.ndarray, level: int, speed: int = SPEED) -> bytes:
     for first in range(0, n, PLANES):
         planes = np.zeros((h, w, PLANES), np.uint16)
         group = samples[first:first + PLANES]
-        planes[..., :len(group)] = np.moveaxis(group, 0, -1)
+        planes[..., _RGB_OF_PLANE[:len(group)]] = np.moveaxis(group, 0, -1)
         avif = bytes(imagecodecs.avif_encode(planes, level=quality, speed=speed, bitspersample=DEPTH,
                                              pixelformat="yuv444", matrix=0, numthreads=1))
         bare = _bare(avif, h, w)
@@ -154,7 +158,7 @@ def decode(stream: bytes, shape: tuple) -> np.ndarray:
         if planes.shape != (h, w, PLANES) or planes.dtype != np.uint16:
             raise TecFormatError(f"AV1 image decoded to {planes.shape} {planes.dtype}, expected ({h}, {w}, {PLANES}) uint16")
         count = min(PLANES, n - first)
-        out[first:first + count] = np.moveaxis(planes[..., :count], -1, 0)
+        out[first:first + count] = np.moveaxis(planes[..., _RGB_OF_PLANE[:count]], -1, 0)
     if pos != len(stream):
         raise TecFormatError("AV1 stream has trailing bytes")
     values = out * step + lo[:, None, None]
