@@ -1,8 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
 """AV1 streams: the full-resolution group of kind 4 tiles coded as AV1 still images."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ from terracodec import av1  # noqa: E402
 from terracodec import multires as mr  # noqa: E402
 from terracodec import tilecodec as tc  # noqa: E402
 from terracodec.errors import TecFormatError  # noqa: E402
+from test_multires import _groups, _same_pixels_in_a_one_thread_process  # noqa: E402  (tests/ is on sys.path)
 
 DATA = Path(__file__).parent / "data"
 
@@ -88,13 +86,6 @@ def test_damaged_streams_give_format_errors():
             av1.decode(bad, (3, 32, 32) if what == "fewer components" else shape)
 
 
-def _first_group(payload):
-    raw = tc.unseal(payload)
-    head = tc.TileHeader(raw)
-    raw, head, _ = tc.split_restoration(raw, head)
-    return next(mr._parse_groups(raw[head.body:], head.count, head.height, head.width))
-
-
 def test_kind4_tile_with_an_av1_group_decodes_alike_everywhere(tmp_path):
     """A tile whose 10 m group is AV1 (plan forces the codec) decodes to the encoder's own view (its
     J), at 1/2 near block means of that, and to the same pixels in a one-thread process."""
@@ -102,21 +93,14 @@ def test_kind4_tile_with_an_av1_group_decodes_alike_everywhere(tmp_path):
     lam = tc.rd_lambda(5)
     levels = []
     payload, j, _ = tc.encode_multires(tile, None, lam, 66, plan=[("av1", 0)], levels=levels)
-    assert levels[0][0] == "av1" and isinstance(_first_group(payload)[6], mr.Av1Stream)
+    assert levels[0][0] == "av1" and isinstance(_groups(payload)[0][6], mr.Av1Stream)
     assert tc.encode_multires(tile, None, lam, 66, plan=[("av1", 0)])[0] == payload
     out = tc.decode_tile(payload)
     assert tc.rd_cost(tile, out, None, len(payload), lam) == pytest.approx(j, rel=1e-12)
     ref = tc.reduce_pixels(out, 1).astype(float)
     got = tc.decode_tile_reduced(payload, 1).astype(float)
     assert got.shape == ref.shape and np.sqrt(np.mean((got - ref) ** 2)) < 0.25 * ref.std()
-    (tmp_path / "tile.bin").write_bytes(payload)
-    code = ("import sys, numpy as np, torch; torch.set_num_threads(1); "
-            "from terracodec import tilecodec as tc; "
-            "np.save(sys.argv[2], tc.decode_tile(open(sys.argv[1], 'rb').read()))")
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "tile.bin"), str(tmp_path / "out.npy")],
-                   check=True, env=env)
-    assert np.array_equal(np.load(tmp_path / "out.npy"), out)
+    _same_pixels_in_a_one_thread_process(tmp_path, payload)
 
 
 def test_av1_flag_with_a_jpeg2000_stream_is_a_format_error():
