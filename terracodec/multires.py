@@ -25,6 +25,8 @@ from .tilecodec import BARE_J2K, SHIFT_MASK, _to_dtype, component_values, j2k_de
 FACTORS = (6, 2)                     # tried largest first: a 60 m band also fits a 20 m grid roughly
 MODES = {"bilinear": 0, "nearest": 1}
 AV1_STREAM = 0x80                    # group mode bit 7: the components are AV1 images, not JPEG 2000
+AV1_STEP_PER_SLOPE = 3.2             # the AV1 walk starts where the quantizer step is this x sqrt(lambda)
+AV1_NEXT_J2K = 4                     # after an AV1 group the next OpenJPEG walk starts this far above kind 1's level
 FIT_RMS = 1.0                        # a band "is" on a coarse grid when the refit is off by < 1 on average
 DETECT_WINDOW = 96                   # phases are searched on a central window of this size
 MIN_CELLS = 4                        # JPEG 2000 and the KLT need a few samples per axis
@@ -426,13 +428,13 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     group's level is walked from a start, and a predicted group may also drop its codestream.
 
     The full-resolution group is coded with JPEG 2000 and with AV1 (:mod:`terracodec.av1`), the
-    cheaper kept; its walks start at av1_start_level and at ``kind1_level - 1`` (``kind1_level``
-    being the kind 1 level of the tile). Each coarse group's OpenJPEG walk starts from the level of
-    the JPEG 2000 group before it. ``plan`` (e.g. ``levels`` of the tile's central crop) gives a
-    (codec, level) per group in coding order: a group with a plan entry tries only that codec, and
-    a JPEG 2000 walk starts at its level. ``levels`` (a list) gets each group's (codec, level). With nodata (``mask``), the
-    groups code the tile filled by fill_nodata (``filled``, when already computed) and SSE counts
-    valid pixels only."""
+    cheaper kept; its walks start at ``kind1_level - 1`` (``kind1_level`` being the kind 1 level
+    of the tile) and at av1_start_level. Each coarse group's OpenJPEG walk starts from the level of
+    the group before it, or at ``kind1_level + AV1_NEXT_J2K`` after an AV1 group. ``plan`` (e.g.
+    ``levels`` of the tile's central crop) gives a (codec, level) per group in coding order: a group
+    with a plan entry tries only that codec, and a JPEG 2000 walk starts at its level. ``levels``
+    (a list) gets each group's (codec, level). With nodata (``mask``), the groups code the tile
+    filled by fill_nodata (``filled``, when already computed) and SSE counts valid pixels only."""
     from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend
 
     count, h, w = tile.shape
@@ -476,7 +478,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
             if codec == "av1":
                 # the guess from the slope, not the crop's level: the crop's components often
                 # have another sample step, and the guess was closer on val tiles
-                start = av1_start_level(lam, coded[0].av1_scale)
+                start = av1_start_level(lam, next(iter(coded.values())).av1_scale)
             else:
                 start = j2k_start if use is None else use[1]
             costs = {spatial: coder(start) for spatial, coder in coded.items()}
@@ -518,10 +520,6 @@ def av1_start_level(lam: float, scale: float) -> int:
     log2 0.23)."""
     target = AV1_STEP_PER_SLOPE * np.sqrt(lam) / scale
     return int(np.argmin(np.abs(np.log(np.asarray(av1.STEPS, float) / target))))
-
-
-AV1_STEP_PER_SLOPE = 3.2
-AV1_NEXT_J2K = 4
 
 
 def _grams(size: tuple[int, int], grid) -> tuple:
