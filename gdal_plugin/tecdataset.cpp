@@ -948,8 +948,9 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
             poDS->GDALMajorObject::SetMetadataItem(
                 "COMPRESSION_RATIO", CPLSPrintf("%.3f", oStats.GetDouble("compression_ratio")),
                 "TEC");
-        // tile counts: classical (JPEG 2000) tiles, and tiles recoded to reach the PSNR floor
-        for (const char *pszKey : {"fallback_tiles", "floor_tiles"})
+        // tile counts: classical tiles, tiles recoded to reach the PSNR floor, and tiles whose
+        // reader needs an AV1 decoder
+        for (const char *pszKey : {"fallback_tiles", "floor_tiles", "av1_tiles"})
             if (IsInt(oStats.GetObj(pszKey)))
                 poDS->GDALMajorObject::SetMetadataItem(
                     CPLString(pszKey).toupper().c_str(),

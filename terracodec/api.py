@@ -305,6 +305,7 @@ class Writer:
         self._buf_start = 0            # first image row held in self._pending
         self.floor_tiles = 0           # tiles recoded to reach the quality's PSNR floor
         self.kinds: dict[int, int] = {}
+        self.av1_tiles = 0             # tiles whose reader needs an AV1 decoder
         self.payload_bytes = 0
         self._pending: list[np.ndarray] = []
         self._closed = False
@@ -396,6 +397,7 @@ class Writer:
         self._out.add_tile(payload, kind)
         self.floor_tiles += bool(info.get("floor_raised"))
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        self.av1_tiles += kind == tilecodec.KIND_MULTIRES and tilecodec.uses_av1(payload)
         self.payload_bytes += len(payload)
         if self._bar is not None:
             self._bar.update(1)
@@ -448,6 +450,7 @@ class Writer:
                 "lossless_tiles": kinds.get(tilecodec.KIND_LOSSLESS, 0),
                 "learned_tiles": kinds.get(tilecodec.KIND_LEARNED, 0),
                 "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
+                "av1_tiles": self.av1_tiles,
                 "floor_tiles": self.floor_tiles,
                 "compression_ratio": round(raw / total, 3)}
 

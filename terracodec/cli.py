@@ -397,7 +397,9 @@ def info(path, as_json):
         f"quality:      {d['quality']}",
         f"tiles:        {d['tiles_x']} x {d['tiles_y']} of {d['tile_size']} px (overlap {d['tile_overlap']} px), "
         f"{d['stats'].get('learned_tiles', 0)} learned, {d['fallback_tiles']} classical"
-        + (f" ({d['stats']['coarse_grid_tiles']} with bands on coarser grids)" if d['stats'].get('coarse_grid_tiles') else "")
+        + (f" ({d['stats']['coarse_grid_tiles']} with bands on coarser grids"
+           + (f", {d['stats']['av1_tiles']} of them with AV1 10 m bands: reading needs an AV1 decoder"
+              if d['stats'].get('av1_tiles') else "") + ")" if d['stats'].get('coarse_grid_tiles') else "")
         + ", "
         f"{d['stats'].get('lossless_tiles', 0)} lossless"
         + (f"; {d['stats']['floor_tiles']} recoded to reach the quality floor" if d['stats'].get('floor_tiles') else ""),

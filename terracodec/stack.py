@@ -38,7 +38,7 @@ import numpy as np
 from . import spectral, tilecodec, workers as workers_module
 from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
 from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL, TileHeader,
-                        nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal, unseal)
+                        nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal, unseal, uses_av1)
 
 DEFAULT_KEYFRAME_INTERVAL = 8
 MAX_REFS = 2
@@ -581,6 +581,7 @@ class StackWriter:
         self.tiles_x, self.tiles_y = api._grid(self.width, self.height, self.tile_size)
         self._payloads = [[None] * (self.tiles_x * self.tiles_y) for _ in self.dates]
         self._kinds: dict[int, int] = {}
+        self._av1_tiles = 0
         self._pending = np.empty((len(self.dates), self.count, 0, self.width), self.dtype)
         self._next_tile_row = 0
         self.rows_written = 0
@@ -639,6 +640,7 @@ class StackWriter:
             for p, k in coded:
                 self._payloads[done[tx]][ty * self.tiles_x + tx] = (p, k)
                 self._kinds[k] = self._kinds.get(k, 0) + 1
+                self._av1_tiles += k == KIND_MULTIRES and uses_av1(p)
                 done[tx] += 1
             if self._bar is not None and done[tx] == len(self.dates):
                 self._bar.update(1)
@@ -670,7 +672,7 @@ class StackWriter:
         stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0) + kinds.get(KIND_MULTIRES, 0),
                  "lossless_tiles": kinds.get(KIND_LOSSLESS, 0), "learned_tiles": kinds.get(KIND_LEARNED, 0),
                  "temporal_tiles": kinds.get(KIND_TEMPORAL, 0), "coarse_grid_tiles": kinds.get(KIND_MULTIRES, 0),
-                 "compression_ratio": 0.0}
+                 "av1_tiles": self._av1_tiles, "compression_ratio": 0.0}
         fields = dict(self._fields, stats=stats)
         payload_bytes = sum(len(p) for row in self._payloads for p, _ in row)
         raw = len(self.dates) * self.count * self.height * self.width * self.dtype.itemsize

@@ -452,6 +452,18 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, p
     return payload, rd_cost(tile, decoded, mask, len(payload), lam), decoded
 
 
+def uses_av1(payload: bytes) -> bool:
+    """Whether a tile payload holds an AV1 stream (a kind 4 tile whose 10 m group is AV1)."""
+    from . import multires
+
+    raw = unseal(payload)
+    head = TileHeader(raw)
+    if head.kind != KIND_MULTIRES:
+        return False
+    raw, head, _ = split_restoration(raw, head)
+    return multires.uses_av1(raw[head.body:], head.count, head.height, head.width)
+
+
 def decode_multires(payload: bytes, head: TileHeader) -> np.ndarray:
     from . import multires
 

@@ -125,3 +125,19 @@ def test_the_encoder_keeps_av1_where_it_pays(shared_data):
     assert levels[0][0] == "av1"
     _, j_j2k, _ = tc.encode_multires(tile, None, lam, 66, plan=[("j2k", 66)])
     assert j_both < 0.97 * j_j2k
+
+
+def test_files_count_their_av1_tiles(tmp_path):
+    """The header's stats (and `tec info`, GDAL's AV1_TILES) count the tiles whose reader needs an
+    AV1 decoder: here the bigearthnet chip's one tile at quality 5, none at quality 3."""
+    import terracodec as tec
+    from terracodec.format import ContainerReader
+
+    with rasterio.open(DATA / "l2a_12band_bigearthnet.tif") as src:
+        chip, names = src.read(), list(src.descriptions)
+    for quality, expected in ((5, 1), (3, 0)):
+        path = tmp_path / f"q{quality}.tec"
+        tec.write(path, chip, bands=names, quality=quality)
+        reader = ContainerReader(path)
+        counted = sum(tc.uses_av1(reader.read_tile(i)) for i in range(reader.header.tile_count))
+        assert tec.open(path).stats["av1_tiles"] == counted == expected

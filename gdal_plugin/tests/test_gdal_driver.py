@@ -452,6 +452,9 @@ def test_createcopy_with_the_classical_model(source, tmp_path):
         outs[worker] = out
     with tec.open(outs["YES"]) as ds:
         assert ds.model == "classical" and ds.stats["learned_tiles"] == 0
+        # the tiles whose reader needs an AV1 decoder (this crop's 10 m bands are AV1)
+        assert ds.stats["av1_tiles"] > 0
+        assert f"AV1_TILES={ds.stats['av1_tiles']}" in run("gdalinfo", "-mdd", "TEC", outs["YES"]).stdout
         reference = tec.decode(tec.encode(src, bands=ds.bands, quality=3, model="classical"))
         np.testing.assert_array_equal(ds.read(), reference)
     in_process = api_read(outs["NO"])
