@@ -474,13 +474,12 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         for codec in codecs:
             coded = {spatial: _GroupCoder(x, tile.dtype, mask, grid, bands, cells, fit, spatial, lam, codec)
                      for spatial, fit in fits.items()}
-            use = planned if planned is not None and planned[0] == codec else None
             if codec == "av1":
                 # the guess from the slope, not the crop's level: the crop's components often
                 # have another sample step, and the guess was closer on val tiles
                 start = av1_start_level(lam, next(iter(coded.values())).av1_scale)
             else:
-                start = j2k_start if use is None else use[1]
+                start = planned[1] if planned is not None and planned[0] == "j2k" else j2k_start
             costs = {spatial: coder(start) for spatial, coder in coded.items()}
             coder = coded[min(costs, key=costs.get)]
             # the first group's best level is usually 0-2 below the kind 1 level, and each group's
