@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Rate-distortion cost of single tiles, to compare two versions of the encoder.
 
-    .venv/bin/python examples/measure_tile_costs.py OUT.json [--qualities 1,2,3,4,6,8]
+    .venv/bin/python examples/measure_tile_costs.py OUT.json [--qualities 1,2,3,4,6,8] [--effort E]
     .venv/bin/python examples/measure_tile_costs.py --compare OLD.json NEW.json
 
 Codes the top-left 544 x 544 tile (or the whole image, when smaller) of six val scenes with the
@@ -26,7 +26,7 @@ SCENES = ["s2l2a/majortom_T48QUE-199U1099R_2020-02-23.tif", "s2l1c/dsen2_T49JGM_
 TILE = 544
 
 
-def measure(out: Path, qualities: list[int]) -> None:
+def measure(out: Path, qualities: list[int], effort: str | None = None) -> None:
     from threadpoolctl import threadpool_limits
 
     from terracodec import tilecodec as tc
@@ -40,7 +40,8 @@ def measure(out: Path, qualities: list[int]) -> None:
             tile = np.ascontiguousarray(array[:, :TILE, :TILE])
             for quality in qualities:
                 start = time.perf_counter()
-                payload, kind = tc.encode_tile(tile, quality=quality, model="classical", nodata=meta["nodata"])
+                kw = {} if effort is None else {"effort": effort}     # older encoders have no effort
+                payload, kind = tc.encode_tile(tile, quality=quality, model="classical", nodata=meta["nodata"], **kw)
                 seconds = time.perf_counter() - start
                 decoded = tc.decode_tile(payload)
                 j = tc.rd_cost(tile, decoded, tc.nodata_mask(tile, meta["nodata"]), len(payload),
@@ -71,11 +72,12 @@ def compare(old_path: Path, new_path: Path) -> None:
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("out", nargs="?", type=Path)
 parser.add_argument("--qualities", default="1,2,3,4,6,8")
+parser.add_argument("--effort", default=None, help="encoder effort (fast, default, best)")
 parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
 args = parser.parse_args()
 if args.compare:
     compare(*args.compare)
 elif args.out:
-    measure(args.out, [int(q) for q in args.qualities.split(",")])
+    measure(args.out, [int(q) for q in args.qualities.split(",")], args.effort)
 else:
     parser.error("give OUT.json, or --compare OLD.json NEW.json")

@@ -267,19 +267,23 @@ class Writer:
         with Writer("x.tec", width, height, 12, "int16", None, quality=6) as w:
             for strip in strips:          # (12, rows, width) arrays, top to bottom
                 w.write(strip)
+
+    ``effort="best"`` searches harder (see :func:`write`); a non-default effort is recorded in the
+    header's stats.
     """
 
     def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
                  model: str | None = None, nodata=None, tile_size: int | None = None,
                  crs_wkt: str | None = None, geotransform=None, metadata: dict | None = None, *,
                  date: str | None = None, progress: bool = False, tile_overlap: int = DEFAULT_TILE_OVERLAP,
-                 workers: int | None = None):
+                 workers: int | None = None, effort: str | None = None):
         self.width, self.height, self.count = _check_dims(width, height, count)
         if self.count > MAX_BANDS:
             raise TecBandError(f"{self.count} bands given; Sentinel-2 has at most {MAX_BANDS}")
         self.dtype = _check_dtype(dtype)
         self.bands = resolve_bands(bands, self.count)
         self.quality = _check_quality(quality)
+        self.effort = tilecodec.check_effort(effort)
         self.tile_size = _check_tile_size(default_tile_size(self.width, self.height) if tile_size is None
                                           else tile_size)
         self.tile_overlap = _check_tile_overlap(tile_overlap, self.tile_size)
@@ -411,7 +415,7 @@ class Writer:
         token = tilecodec.J2K_THREADS.set(self._j2k_threads)
         try:
             payload, kind = tilecodec.encode_tile(tile, quality=self.quality, model=self.model_record["name"],
-                                                  nodata=self.nodata, info=info)
+                                                  nodata=self.nodata, info=info, effort=self.effort)
         finally:
             tilecodec.J2K_THREADS.reset(token)
         return payload, kind, info
@@ -452,7 +456,8 @@ class Writer:
                 "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
                 "av1_tiles": self.av1_tiles,
                 "floor_tiles": self.floor_tiles,
-                "compression_ratio": round(raw / total, 3)}
+                "compression_ratio": round(raw / total, 3),
+                **effort_stats(self.effort)}
 
     def close(self) -> None:
         """Finish the file (atomic rename). Raises TecInputError when rows are missing."""
@@ -518,19 +523,27 @@ class Writer:
             pass
 
 
+def effort_stats(effort: str) -> dict:
+    """The header stats' record of the encoder effort: none for the default (files as before)."""
+    return {} if effort == tilecodec.DEFAULT_EFFORT else {"effort": effort}
+
+
 # -- one-shot encoding ------------------------------------------------------------------------------------
 def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | None = None, nodata=None, *,
           tile_size: int | None = None, crs_wkt: str | None = None, geotransform=None,
           metadata: dict | None = None, progress: bool = False, date: str | None = None,
           dates=None, temporal: bool = True, keyframe_interval: int | None = None,
-          tile_overlap: int | None = None) -> None:
+          tile_overlap: int | None = None, effort: str | None = None) -> None:
     """Encode ``array`` (bands, height, width) to the ``.tec`` file ``path`` (written atomically).
 
     ``path`` may also be a seekable binary file object. A 4-D ``array`` (dates, bands, height, width)
     is a time stack (terracodec.stack): ``dates`` names its dates (ISO strings); with >= 2 dates it is
     coded with TEC-TT (the temporal model) unless ``temporal=False``; ``keyframe_interval`` (default
     8) bounds how many earlier dates a read decodes. ``tile_overlap`` (default 4 for single
-    images; time stacks use 0) is how far tiles reach into their neighbours to hide seams."""
+    images; time stacks use 0) is how far tiles reach into their neighbours to hide seams.
+    ``effort`` ("default" or "best", see tilecodec.EFFORTS) is how hard the encoder searches:
+    "best" makes files 1-4 % smaller where the 10 m bands are coded as AV1, for 1.3-1.7x the
+    encode time; the decoder is the same."""
     if isinstance(array, np.ndarray) and array.ndim == 4:
         from . import stack
 
@@ -540,14 +553,14 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
         stack.write_stack(path, array, bands, quality, model, nodata, dates=dates, temporal=temporal,
                           keyframe_interval=keyframe_interval, tile_size=tile_size, crs_wkt=crs_wkt,
                           geotransform=geotransform, metadata=metadata, progress=progress,
-                          created_by=f"terracodec {_version()}")
+                          created_by=f"terracodec {_version()}", effort=effort)
         return
     array = _as_3d(array)
     dtype = _check_dtype(array.dtype, array)
     count, height, width = array.shape
     with Writer(path, width, height, count, dtype, bands, quality=quality, model=model, nodata=nodata,
                 tile_size=tile_size, crs_wkt=crs_wkt, geotransform=geotransform, metadata=metadata,
-                date=date, progress=progress,
+                date=date, progress=progress, effort=effort,
                 tile_overlap=DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap) as w:
         for r in range(0, height, w.tile_size):
             w.write(array[:, r:r + w.tile_size])
@@ -557,7 +570,7 @@ def encode(array: np.ndarray, bands=None, quality: int = 5, model: str | None = 
            tile_size: int | None = None, crs_wkt: str | None = None, geotransform=None,
            metadata: dict | None = None, progress: bool = False, date: str | None = None,
            dates=None, temporal: bool = True, keyframe_interval: int | None = None,
-           tile_overlap: int | None = None) -> bytes:
+           tile_overlap: int | None = None, effort: str | None = None) -> bytes:
     """Encode ``array`` (bands, height, width) and return the bytes of a ``.tec`` file.
 
     A 4-D array (dates, bands, height, width) is a time stack: see :func:`write`."""
@@ -565,14 +578,15 @@ def encode(array: np.ndarray, bands=None, quality: int = 5, model: str | None = 
         buf = io.BytesIO()
         write(buf, array, bands, quality, model, nodata, tile_size=tile_size, crs_wkt=crs_wkt,
               geotransform=geotransform, metadata=metadata, progress=progress, dates=dates,
-              temporal=temporal, keyframe_interval=keyframe_interval, tile_overlap=tile_overlap)
+              temporal=temporal, keyframe_interval=keyframe_interval, tile_overlap=tile_overlap,
+              effort=effort)
         return buf.getvalue()
     array = _as_3d(array)
     _check_dtype(array.dtype, array)
     buf = io.BytesIO()
     write(buf, array, bands, quality, model, nodata, tile_size=tile_size, crs_wkt=crs_wkt,
           geotransform=geotransform, metadata=metadata, progress=progress, date=date,
-          tile_overlap=tile_overlap)
+          tile_overlap=tile_overlap, effort=effort)
     return buf.getvalue()
 
 

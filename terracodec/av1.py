@@ -22,9 +22,11 @@ DEPTH = 12
 PLANES = 3
 # libaom speeds: the encoder walks the levels with fast codings (speed 8: 1-11 % more or fewer bits
 # than JPEG 2000 on val 10 m groups, 1/4 the time of speed 6) and codes the chosen level again at
-# SPEED. Speed 5 would save another 2-3 % of a tile's cost (J) for 1.6-2x the encode time.
+# SPEED (BEST_SPEED with effort "best": another 2-3 % off a tile's cost J for 1.6-2x the encode
+# time).
 WALK_SPEED = 8
 SPEED = 6
+BEST_SPEED = 5                   # the final codings with effort "best"
 LEVELS = 63                      # level k codes with AV1 quantizer 63 - k (k = 0 coarsest, 62 finest)
 # The quantizer step of each level in 12-bit samples, sqrt(12 x MSE) of uniform noise coded at that
 # level (monotone; libaom speed 6). Only steers the encoder's level choice.

@@ -73,6 +73,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "'none' for anchors only (default: tec-fp,tec-hp)")
     p.add_argument("--qualities", default=",".join(map(str, QUALITIES)),
                    help="TEC qualities (default: 1..8)")
+    p.add_argument("--efforts", default="default",
+                   help="TEC encoder efforts, comma separated (default, best); each model is run at each "
+                        "(default: default)")
     p.add_argument("--anchors", default="jpeg2000,jpeg2000_klt,jpegxl",
                    help=f"classical anchors, comma separated, or 'none' (known: {', '.join(_anchors.ANCHORS)})")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (file order)")
@@ -123,8 +126,9 @@ def load_image(data: Path, rel: str) -> dict:
 class Codec:
     """Uniform view of an anchor or a TEC model for the benchmark loops."""
 
-    def __init__(self, name, label, kind, param_name, params, encode, decode):
+    def __init__(self, name, label, kind, param_name, params, encode, decode, model=None, effort=None):
         self.name, self.label, self.kind = name, label, kind
+        self.model, self.effort = model, effort           # TEC only: the model name and encoder effort
         self.param_name, self.params = param_name, tuple(params)
         self.encode, self.decode = encode, decode       # encode(img_dict, param) -> bytes; decode(bytes)
 
@@ -163,7 +167,8 @@ def resolve_model(name: str) -> tuple[str | None, str]:
     return None, f"model {name!r} is ambiguous ({', '.join(cands)})"
 
 
-def tec_codec(name: str, qualities, threads: int) -> Codec:
+def tec_codec(name: str, qualities, threads: int, effort: str = "default") -> Codec:
+    """A TEC model at encoder ``effort``; a non-default effort is named "<model>+<effort>"."""
     from . import api
 
     try:
@@ -175,12 +180,16 @@ def tec_codec(name: str, qualities, threads: int) -> Codec:
 
     def enc(img, q, array=None):
         a = img["array"] if array is None else array
-        return api.encode(a, bands=img["bands"], quality=int(q), nodata=img.get("nodata"), model=name)
+        return api.encode(a, bands=img["bands"], quality=int(q), nodata=img.get("nodata"), model=name,
+                          effort=effort)
 
     def dec(data):
         return api.decode(data)
 
-    return Codec(name, f"TEC {name}", "tec", "quality", qualities, enc, dec)
+    if effort == "default":
+        return Codec(name, f"TEC {name}", "tec", "quality", qualities, enc, dec, name, effort)
+    return Codec(f"{name}+{effort}", f"TEC {name}, effort {effort}", "tec", "quality", qualities, enc, dec,
+                 name, effort)
 
 
 def select_codecs(args) -> tuple[list[Codec], dict]:
@@ -193,7 +202,9 @@ def select_codecs(args) -> tuple[list[Codec], dict]:
             continue
         if resolved != name:
             log.info("model %s -> %s", name, resolved)
-        codecs.append(tec_codec(resolved, [int(q) for q in _csv_list(args.qualities)], args.threads))
+        for effort in _csv_list(args.efforts):
+            codecs.append(tec_codec(resolved, [int(q) for q in _csv_list(args.qualities)], args.threads,
+                                    effort))
     for name in _csv_list(args.anchors):
         anchor = _anchors.get_anchor(name)
         ok, why = anchor.available()
@@ -352,7 +363,7 @@ def measure_throughput(codec: Codec, scene: dict, param, reps: int) -> dict:
 
 _MEMORY_CHILD = textwrap.dedent("""
     import json, resource, sys, time
-    kind, name, param, threads, path = sys.argv[1:6]
+    kind, name, param, threads, path, effort = sys.argv[1:7]
     threads = int(threads)
     import numpy as np
     z = np.load(path, allow_pickle=False)
@@ -376,7 +387,7 @@ _MEMORY_CHILD = textwrap.dedent("""
         from terracodec import api
         base = rss()
         t0 = time.perf_counter()
-        data = api.encode(a, bands=bands, quality=int(param), nodata=nodata, model=name)
+        data = api.encode(a, bands=bands, quality=int(param), nodata=nodata, model=name, effort=effort)
         out = api.decode(data)
     else:
         from terracodec import anchors
@@ -391,7 +402,7 @@ _MEMORY_CHILD = textwrap.dedent("""
 """)
 
 
-def measure_memory(kind: str, name: str, param, scene: dict, threads: int) -> dict:
+def measure_memory(kind: str, name: str, param, scene: dict, threads: int, effort: str = "default") -> dict:
     """Peak RSS (VmHWM of a fresh interpreter) of encode + decode of the scene."""
     with tempfile.TemporaryDirectory(prefix="tec-bench-") as tmp:
         path = os.path.join(tmp, "scene.npz")
@@ -399,7 +410,8 @@ def measure_memory(kind: str, name: str, param, scene: dict, threads: int) -> di
         np.savez(path, array=scene["array"], bands=np.array(scene["bands"]), nodata=nd)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=os.pathsep.join(
             [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-        proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, kind, name, str(param), str(threads), path],
+        proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, kind, name, str(param), str(threads), path,
+                               effort],
                               capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -661,7 +673,12 @@ def _finite(x):
 # -- main ----------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser("tec bench" if Path(sys.argv[0]).name == "tec" else None).parse_args(argv)
+    parser = build_parser("tec bench" if Path(sys.argv[0]).name == "tec" else None)
+    args = parser.parse_args(argv)
+    from .tilecodec import EFFORTS
+
+    if not _csv_list(args.efforts) or any(e not in EFFORTS for e in _csv_list(args.efforts)):
+        parser.error(f"--efforts: comma-separated values of {', '.join(EFFORTS)}, got {args.efforts!r}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     progress = not args.no_progress
@@ -701,6 +718,8 @@ def main(argv=None) -> int:
     tec_names = [c.name for c in codecs if c.kind == "tec"]
     anchor_names = [c.name for c in codecs if c.kind == "anchor"]
     pairs = [(t, a) for t in tec_names for a in anchor_names]
+    # a model at a higher effort against itself at the default one
+    pairs += [(c.name, c.model) for c in codecs if c.kind == "tec" and c.name != c.model and c.model in results]
     pairs += [(a, "jpeg2000") for a in ("jpeg2000_klt", "jpegxl") if a in results and "jpeg2000" in results]
     bd_rows = []
     for a, b in pairs:
@@ -754,7 +773,8 @@ def main(argv=None) -> int:
             param = args.memory_quality if codec.kind == "tec" else pick_param(codec, results[codec.name])
             log.info("peak memory %s (%s=%s) in a subprocess", codec.name, codec.param_name, param)
             try:
-                memory["codecs"][codec.name] = measure_memory(codec.kind, codec.name, param, scene, args.threads)
+                memory["codecs"][codec.name] = measure_memory(codec.kind, codec.model or codec.name, param, scene,
+                                                              args.threads, codec.effort or "default")
             except Exception as exc:
                 log.warning("memory %s failed: %s", codec.name, exc)
                 memory["codecs"][codec.name] = {"error": str(exc)}

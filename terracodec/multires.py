@@ -423,7 +423,8 @@ def _fit_prediction(feats: np.ndarray, cells: np.ndarray):
 
 
 def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: np.ndarray | None = None,
-                  filled: np.ndarray | None = None, plan: list | None = None, levels: list | None = None):
+                  filled: np.ndarray | None = None, plan: list | None = None, levels: list | None = None,
+                  effort: str = "default"):
     """-> (body bytes, decoded tile) of least J = SSE + lam * bits, chosen group by group: each
     group's level is walked from a start, and a predicted group may also drop its codestream.
 
@@ -434,7 +435,9 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     ``levels`` of the tile's central crop) gives a (codec, level) per group in coding order: a group
     with a plan entry tries only that codec, and a JPEG 2000 walk starts at its level. ``levels``
     (a list) gets each group's (codec, level). With nodata (``mask``), the groups code the tile
-    filled by fill_nodata (``filled``, when already computed) and SSE counts valid pixels only."""
+    filled by fill_nodata (``filled``, when already computed) and SSE counts valid pixels only.
+    With ``effort`` "best" (tilecodec.EFFORTS), AV1's chosen level is coded again at
+    av1.BEST_SPEED instead of av1.SPEED."""
     from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend
 
     count, h, w = tile.shape
@@ -487,7 +490,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
             lo, hi = (0, av1.LEVELS - 1) if codec == "av1" else (J2K_LEVEL_MIN, J2K_LEVEL_MAX)
             level, _ = _descend(coder, start, lo, hi, step=1, max_tries=8)
             if codec == "av1":
-                coder.finish_av1(level)
+                coder.finish_av1(level, av1.BEST_SPEED if effort == "best" else av1.SPEED)
             # far from the start the other prediction may be the cheaper one (its side bits weigh
             # less at a finer level): it is tried there and walked on when it is
             for other in coded.values():
@@ -609,9 +612,9 @@ class _GroupCoder:
         r = component_values(av1.decode(stored, self.shape), self.shift, self.means, self.basis_q)
         return self._finish(stored, r, self.shift)
 
-    def finish_av1(self, level: int):
-        """Code ``level`` again at av1.SPEED (the walk used the fast av1.WALK_SPEED); keep the cheaper."""
-        final = self._av1(level, av1.SPEED)
+    def finish_av1(self, level: int, speed: int = av1.SPEED):
+        """Code ``level`` again at libaom ``speed`` (the walk used the fast av1.WALK_SPEED); keep the cheaper."""
+        final = self._av1(level, speed)
         if final[0] < self.results[level][0]:
             self.results[level] = final
 

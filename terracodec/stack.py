@@ -260,7 +260,8 @@ def _coded_alone(payload: bytes):
 def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, nodata=None,
                       lam: float | None = None, level: float | None = None,
                       keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True,
-                      klt: str | None = None, mode_decision: bool = True, classical: bool = True):
+                      klt: str | None = None, mode_decision: bool = True, classical: bool = True,
+                      effort: str = tilecodec.DEFAULT_EFFORT):
     """Code one tile position over all dates: ``tiles`` (T, B, h, w).
 
     Either ``lam`` (a rate-distortion slope, see tilecodec.rd_lambda: the network level of least
@@ -270,7 +271,8 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     ``mode_decision``: a date with references is also coded alone and the cheaper payload is kept
     (smaller at a fixed level, lower J with ``lam``), so TEC-TT never costs more than coding the
     date alone. ``classical=False`` (benchmarks, tests) never replaces the model's code by the
-    classical one. -> list of (payload, kind, decoded pixels) per date."""
+    classical one; ``effort`` is the classical encoder's (tilecodec.EFFORTS). -> list of
+    (payload, kind, decoded pixels) per date."""
     import torch
 
     from .models.tec import IN_CHANNELS, pad_replicate
@@ -301,7 +303,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
         if level is None and classical:
             # as the image codec does: the classical code at the same slope, and when a float32
             # estimate of the model's cost is far above it, skip the float64 model passes
-            classical_code = tilecodec.encode_classical(tile, nodata, lam)
+            classical_code = tilecodec.encode_classical(tile, nodata, lam, effort=effort)
             est = tilecodec._estimate_learned_cost(tile, model.image, tilecodec.network_level(lam), mask, lam)
             if est > tilecodec.LEARNED_GIVE_UP * classical_code[1]:
                 out.append(_coded_alone(classical_code[0]))
@@ -535,13 +537,15 @@ class StackWriter:
     atomically. Only the compressed tiles and one row of tiles of pixels are held in memory.
     ``classical=False`` keeps every tile the models can code learned (see encode_tile_stack).
     ``workers`` threads (default: up to 4, one per core) code the tile positions of a row with
-    TEC-TT, or every (position, date) pair without it; the bytes do not depend on the count."""
+    TEC-TT, or every (position, date) pair without it; the bytes do not depend on the count.
+    ``effort`` is the classical encoder's (as :func:`terracodec.write`'s)."""
 
     def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
                  model: str | None = None, nodata=None, *, dates, temporal: bool = True,
                  keyframe_interval: int | None = None, tile_size: int | None = None, crs_wkt=None,
                  geotransform=None, metadata=None, progress: bool = False,
-                 created_by: str = "terracodec", classical: bool = True, workers: int | None = None):
+                 created_by: str = "terracodec", classical: bool = True, workers: int | None = None,
+                 effort: str | None = None):
         from . import api
         from .bands import resolve_bands
 
@@ -551,6 +555,7 @@ class StackWriter:
         self.path = path if hasattr(path, "write") else os.fspath(path)
         self.dtype = api._check_dtype(dtype)
         self.quality = api._check_quality(quality)
+        self.effort = tilecodec.check_effort(effort)
         self.tile_size = api._check_tile_size(api.default_tile_size(self.width, self.height)
                                               if tile_size is None else tile_size)
         self.nodata = api._check_nodata(nodata, self.dtype)
@@ -651,13 +656,15 @@ class StackWriter:
         if self._tt is not None:
             return [(p, k) for p, k, _ in encode_tile_stack(tiles, self._tt, dates=self.dates, nodata=nd,
                                                             lam=self._lam, keyframe_interval=self._ki,
-                                                            classical=self._classical)]
+                                                            classical=self._classical, effort=self.effort)]
         if self._lossless:
             return [tilecodec.encode_tile(tiles, nodata=nd, lossless=True)]
-        return [tilecodec.encode_tile(tiles, quality=self.quality, model=self._record["name"], nodata=nd)]
+        return [tilecodec.encode_tile(tiles, quality=self.quality, model=self._record["name"], nodata=nd,
+                                      effort=self.effort)]
 
     def close(self) -> dict:
         """Write the file (atomically). Returns the header fields written."""
+        from . import api
         from .format import INDEX_ENTRY_SIZE, PREFIX_SIZE, ContainerWriter, TecHeader, deflate_header
 
         if self._closed:
@@ -672,7 +679,7 @@ class StackWriter:
         stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0) + kinds.get(KIND_MULTIRES, 0),
                  "lossless_tiles": kinds.get(KIND_LOSSLESS, 0), "learned_tiles": kinds.get(KIND_LEARNED, 0),
                  "temporal_tiles": kinds.get(KIND_TEMPORAL, 0), "coarse_grid_tiles": kinds.get(KIND_MULTIRES, 0),
-                 "av1_tiles": self._av1_tiles, "compression_ratio": 0.0}
+                 "av1_tiles": self._av1_tiles, "compression_ratio": 0.0, **api.effort_stats(self.effort)}
         fields = dict(self._fields, stats=stats)
         payload_bytes = sum(len(p) for row in self._payloads for p, _ in row)
         raw = len(self.dates) * self.count * self.height * self.width * self.dtype.itemsize
