@@ -187,7 +187,7 @@ class Encoder:
     """CreateCopy target: receives horizontal strips of whole tile rows from the C++ driver.
 
     ``params_json`` holds: path, width, height, count, dtype, bands (str, list or null), quality,
-    model, nodata, tile_size, crs_wkt, geotransform, metadata, num_threads (optional).
+    model, nodata, tile_size, crs_wkt, geotransform, metadata, num_threads and effort (optional).
 
     Time stack (``-co TEMPORAL=YES``): ``dates`` (one ISO date per group of ``count`` source bands)
     and ``keyframe_interval`` (or null); strips then hold ``len(dates) * count`` bands, date-major,
@@ -208,7 +208,7 @@ class Encoder:
         kwargs = dict(quality=int(p.get("quality", 5)), model=p.get("model"), nodata=nodata,
                       tile_size=p.get("tile_size"), crs_wkt=p.get("crs_wkt"),
                       geotransform=p.get("geotransform"), metadata=p.get("metadata") or None,
-                      workers=_workers(p.get("num_threads")))
+                      workers=_workers(p.get("num_threads")), effort=p.get("effort"))
         self.dates = p.get("dates")
         if self.dates is not None:
             from .stack import StackWriter, check_dates, is_temporal_model

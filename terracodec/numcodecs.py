@@ -69,7 +69,9 @@ chunk's band axis; None = the default for the band count, which exists for 4, 10
 tiles of at most that many pixels a side, which bounds the encoder's memory for big chunks; with
 TEC-TT each tile position is coded over the chunk's dates), ``temporal`` (True: TEC-TT for chunks
 with >= 2 dates, see above; False: every date coded alone), ``keyframe_interval`` (TEC-TT: dates
-between keyframes inside a chunk; None = 8, :data:`terracodec.stack.DEFAULT_KEYFRAME_INTERVAL`).
+between keyframes inside a chunk; None = 8, :data:`terracodec.stack.DEFAULT_KEYFRAME_INTERVAL`),
+``effort`` (``"default"`` or ``"best"``: how hard the encoder searches, see :func:`terracodec.write`;
+it is in the config only when not the default, so configs written before it existed stay equal).
 
 Errors are terracodec's (:mod:`terracodec.errors`, all ValueError/RuntimeError subclasses): a
 wrong dtype or shape -> TecInputError, band trouble -> TecBandError, a corrupt chunk ->
@@ -153,17 +155,23 @@ class TerraCodec(Codec):
     codec_id = "terracodec"
 
     def __init__(self, *, quality: int = 5, model: str | None = None, bands=None, nodata=None,
-                 tile_size: int | None = None, temporal: bool = True, keyframe_interval: int | None = None):
+                 tile_size: int | None = None, temporal: bool = True, keyframe_interval: int | None = None,
+                 effort: str | None = None):
         (self.quality, self.model, self.bands, self.nodata, self.tile_size, self.temporal,
          self.keyframe_interval) = _check_config(quality, model, bands, nodata, tile_size, temporal,
                                                  keyframe_interval)
+        try:
+            self.effort = tilecodec.check_effort(effort)
+        except TecInputError as exc:
+            raise TecInputError(f"TerraCodec: {exc}") from None
 
     # -- config --------------------------------------------------------------------------------------
     def get_config(self) -> dict:
         return {"id": self.codec_id, "quality": self.quality, "model": self.model,
                 "bands": None if self.bands is None else list(self.bands), "nodata": self.nodata,
                 "tile_size": self.tile_size, "temporal": self.temporal,
-                "keyframe_interval": self.keyframe_interval}
+                "keyframe_interval": self.keyframe_interval,
+                **({} if self.effort == tilecodec.DEFAULT_EFFORT else {"effort": self.effort})}
 
     @classmethod
     def from_config(cls, config: dict) -> "TerraCodec":
@@ -291,7 +299,7 @@ class TerraCodec(Codec):
         for _, _, y0, x0 in positions:
             tiles = np.ascontiguousarray(dates[:, :, y0:y0 + ts, x0:x0 + ts])
             res = stack.encode_tile_stack(tiles, tt, dates=None, nodata=nodata, lam=lam,
-                                          keyframe_interval=self._keyframes())
+                                          keyframe_interval=self._keyframes(), effort=self.effort)
             coded.append([payload for payload, _, _ in res])
         return [coded[k][t] for t in range(dates.shape[0]) for k in range(len(positions))]
 
@@ -362,7 +370,8 @@ class TerraCodec(Codec):
     def _encode_tile(self, tile: np.ndarray, nodata) -> bytes:
         if self.model == LOSSLESS_MODEL:
             return tilecodec.encode_tile(tile, nodata=nodata, lossless=True)[0]
-        return tilecodec.encode_tile(tile, quality=self.quality, model=self.model, nodata=nodata)[0]
+        return tilecodec.encode_tile(tile, quality=self.quality, model=self.model, nodata=nodata,
+                                     effort=self.effort)[0]
 
     def _decode_tile(self, payload: bytes, desc: str) -> np.ndarray:
         model = None if self.model in tilecodec.BUILTIN_MODELS else self.model

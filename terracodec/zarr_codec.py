@@ -13,7 +13,7 @@ bytes->bytes compressor after it::
                           serializer=TerraCodecV3(quality=6), compressors=None)
 
 The array metadata records ``{"name": "terracodec", "configuration": {quality, model, bands, nodata,
-tile_size, temporal, keyframe_interval}}``; reading it needs this class registered under
+tile_size, temporal, keyframe_interval}}`` (and ``effort`` when not the default); reading it needs this class registered under
 ``terracodec`` in zarr's codec registry: the package's ``zarr.codecs`` entry point does that without
 importing terracodec first, and importing this module does it too. The chunk bytes are those of
 :class:`terracodec.numcodecs.TerraCodec` (one TEC tile payload per (bands, y, x) chunk; a (time,
@@ -57,12 +57,13 @@ class TerraCodecV3(ArrayBytesCodecPartialDecodeMixin, ArrayBytesCodec):
     tile_size: int | None = None
     temporal: bool = True
     keyframe_interval: int | None = None
+    effort: str = "default"
 
     def __init__(self, *, quality: int = 5, model: str | None = None, bands=None, nodata=None,
                  tile_size: int | None = None, temporal: bool = True,
-                 keyframe_interval: int | None = None) -> None:
+                 keyframe_interval: int | None = None, effort: str | None = None) -> None:
         codec = TerraCodec(quality=quality, model=model, bands=bands, nodata=nodata, tile_size=tile_size,
-                           temporal=temporal, keyframe_interval=keyframe_interval)
+                           temporal=temporal, keyframe_interval=keyframe_interval, effort=effort)
         object.__setattr__(self, "quality", codec.quality)
         object.__setattr__(self, "model", codec.model)
         object.__setattr__(self, "bands", None if codec.bands is None else tuple(codec.bands))
@@ -70,6 +71,7 @@ class TerraCodecV3(ArrayBytesCodecPartialDecodeMixin, ArrayBytesCodec):
         object.__setattr__(self, "tile_size", codec.tile_size)
         object.__setattr__(self, "temporal", codec.temporal)
         object.__setattr__(self, "keyframe_interval", codec.keyframe_interval)
+        object.__setattr__(self, "effort", codec.effort)
 
     # -- metadata ------------------------------------------------------------------------------------
     @classmethod
@@ -87,7 +89,7 @@ class TerraCodecV3(ArrayBytesCodecPartialDecodeMixin, ArrayBytesCodec):
         """The equivalent numcodecs codec (the one that does the work)."""
         return TerraCodec(quality=self.quality, model=self.model, bands=self.bands, nodata=self.nodata,
                           tile_size=self.tile_size, temporal=self.temporal,
-                          keyframe_interval=self.keyframe_interval)
+                          keyframe_interval=self.keyframe_interval, effort=self.effort)
 
     def validate(self, *, shape, dtype, chunk_grid) -> None:
         """Reject unusable arrays when the array is created, not at the first chunk."""

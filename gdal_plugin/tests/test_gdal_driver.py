@@ -481,6 +481,25 @@ def test_createcopy_num_threads_sets_the_tile_threads(source, tmp_path):
         assert not list(tmp_path.glob("bad.tec*"))
 
 
+def test_createcopy_effort(source, tmp_path):
+    """-co EFFORT=BEST reaches the encoder (through a worker process: the Python API's bytes) and is
+    shown as TEC metadata; an unknown effort fails cleanly and leaves no file."""
+    import terracodec as tec
+
+    out = tmp_path / "best.tec"
+    run("gdal_translate", "-q", "-of", "TEC", "-co", "MODEL=classical", "-co", "QUALITY=3", "-co", "EFFORT=BEST",
+        source, out, TEC_PYTHON_WORKER="YES")
+    assert "EFFORT=best" in run("gdalinfo", "-mdd", "TEC", out).stdout
+    with tec.open(out) as ds:
+        assert ds.stats["effort"] == "best"
+        src = gtiff_read(source)
+        expected = tec.decode(tec.encode(src, bands=ds.bands, quality=3, model="classical", effort="best"))
+        np.testing.assert_array_equal(ds.read(), expected)
+    proc = run("gdal_translate", "-of", "TEC", "-co", "EFFORT=fast", source, tmp_path / "bad.tec", check=False)
+    _assert_clean_failure(proc, "EFFORT")
+    assert not list(tmp_path.glob("bad.tec*"))
+
+
 # -- QGIS (headless PyQGIS under Debian's python3, the plugin attached to QGIS' interpreter) --------------
 QGIS_PYTHON = "/usr/bin/python3"
 

@@ -1,0 +1,116 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Encoder effort: "best" searches harder (AV1's final images at libaom speed 5), writes the same
+format for the same decoder, is recorded in the header, and reaches every front end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import DATA, read_tif
+
+import terracodec as tec
+from terracodec import tilecodec as tc
+from terracodec.cli import cli
+from terracodec.errors import TecInputError
+from terracodec.numcodecs import TerraCodec
+
+CHIP = "l2a_12band_bigearthnet.tif"      # one tile whose 10 m group is AV1 at qualities 4-7
+
+
+@pytest.fixture(scope="module")
+def chip():
+    array, meta = read_tif(DATA / CHIP)
+    return array, meta
+
+
+def _cost(tile, payload, quality):
+    return tc.rd_cost(tile, tc.decode_tile(payload), None, len(payload), tc.rd_lambda(quality))
+
+
+@pytest.mark.parametrize("quality", [4, 6])
+def test_best_effort_costs_less_where_av1_codes_the_10m_bands(chip, quality):
+    """The same tile, the same decoder: lower J = SSE + lambda * bits with effort "best", and the
+    same bytes when it is coded again."""
+    tile = chip[0]
+    default = tc.encode_tile(tile, quality=quality, model="classical")[0]
+    best = tc.encode_tile(tile, quality=quality, model="classical", effort="best")[0]
+    assert tc.uses_av1(default) and tc.uses_av1(best)
+    assert _cost(tile, best, quality) < _cost(tile, default, quality)
+    assert tc.encode_tile(tile, quality=quality, model="classical", effort="best")[0] == best
+
+
+def test_default_effort_is_the_encoder_as_before(chip):
+    """effort=None and effort="default" give the same bytes."""
+    array, meta = chip
+    data = tec.encode(array, bands=meta["bands"], quality=5, model="classical")
+    assert tec.encode(array, bands=meta["bands"], quality=5, model="classical", effort="default") == data
+
+
+def test_best_effort_is_recorded_and_shown(tmp_path, chip):
+    array, meta = chip
+    path = tmp_path / "best.tec"
+    tec.write(path, array, bands=meta["bands"], quality=5, model="classical", effort="best")
+    with tec.open(path) as ds:
+        assert ds.stats["effort"] == "best"
+        out = ds.read()
+    assert out.shape == array.shape
+    info = CliRunner().invoke(cli, ["info", str(path)])
+    assert info.exit_code == 0 and "encoder effort best" in info.output
+    plain = tmp_path / "default.tec"
+    tec.write(plain, array, bands=meta["bands"], quality=5, model="classical")
+    with tec.open(plain) as ds:
+        assert "effort" not in ds.stats
+
+
+@pytest.mark.parametrize("bad", ["fast", "BEST!", 3, ""])
+def test_unknown_effort_is_a_clear_error(chip, bad):
+    array, meta = chip
+    with pytest.raises(TecInputError, match="effort must be one of default, best"):
+        tec.encode(array, bands=meta["bands"], quality=5, effort=bad)
+    with pytest.raises(TecInputError, match="effort"):
+        TerraCodec(quality=5, effort=bad)
+
+
+def test_cli_effort(tmp_path):
+    out = tmp_path / "x.tec"
+    r = CliRunner().invoke(cli, ["compress", str(DATA / CHIP), str(out), "-q", "6", "--model", "classical",
+                                 "--effort", "best", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert tec.open(out).stats["effort"] == "best"
+    r = CliRunner().invoke(cli, ["compress", str(DATA / CHIP), str(tmp_path / "y.tec"), "--effort", "max"])
+    assert r.exit_code == 2 and "--effort" in r.output and not (tmp_path / "y.tec").exists()
+
+
+def test_stack_effort(tmp_path, chip):
+    array, meta = chip
+    stack = np.stack([array, array[:, ::-1]])
+    path = tmp_path / "s.tec"
+    tec.write(path, stack, bands=meta["bands"], quality=5, model="classical", dates=["2021-06-01", "2021-06-06"],
+              effort="best")
+    with tec.open(path) as ds:
+        assert ds.stats["effort"] == "best"
+        assert np.array_equal(ds.read(date=1).shape, array.shape)
+
+
+def test_numcodecs_and_zarr_config(chip):
+    """A non-default effort is in the config (and round-trips); the default one is not, so configs
+    written before efforts existed are unchanged."""
+    array, meta = chip
+    assert "effort" not in TerraCodec(quality=5).get_config()
+    codec = TerraCodec(quality=6, model="classical", bands=meta["bands"], effort="best")
+    config = json.loads(json.dumps(codec.get_config()))
+    assert config["effort"] == "best"
+    again = TerraCodec.from_config(config)
+    chunk = again.encode(array)
+    assert chunk == codec.encode(array)
+    assert chunk != TerraCodec(quality=6, model="classical", bands=meta["bands"]).encode(array)
+    assert np.array_equal(np.asarray(again.decode(chunk)).shape, array.shape)
+    pytest.importorskip("zarr")
+    from terracodec.zarr_codec import TerraCodecV3
+
+    v3 = TerraCodecV3(quality=6, model="classical", effort="best")
+    assert v3.to_dict()["configuration"]["effort"] == "best"
+    assert TerraCodecV3.from_dict(v3.to_dict()) == v3
+    assert "effort" not in TerraCodecV3(quality=6).to_dict()["configuration"]
