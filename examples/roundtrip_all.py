@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Round trip of every image in ../shared/data through the Python API: a robustness sweep.
 
-    .venv/bin/python examples/roundtrip_all.py [--qualities 1,8] [--model NAME] [--dates 4]
+    .venv/bin/python examples/roundtrip_all.py [--qualities 1,8] [--model NAME] [--dates 4] [--effort best]
 
 Every single-date image (s2l2a, s2l1c, partial_bands, other_sensors) and a few dates spread over each
 time series are encoded and decoded at each quality; each line gives bits per pixel per band,
@@ -28,6 +28,7 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument("--qualities", default="1,8")
 p.add_argument("--model", default=None)
 p.add_argument("--dates", type=int, default=4, help="dates per time series")
+p.add_argument("--effort", default=None, help="encoder effort (default, best)")
 args = p.parse_args()
 
 
@@ -51,7 +52,8 @@ for path in singles + [f for picked in series for f in picked]:
     for quality in (int(q) for q in args.qualities.split(",")):
         start = time.perf_counter()
         try:
-            data = tec.encode(array, bands=meta["bands"], quality=quality, nodata=meta["nodata"], model=args.model)
+            data = tec.encode(array, bands=meta["bands"], quality=quality, nodata=meta["nodata"], model=args.model,
+                              effort=args.effort)
             out = tec.decode(data)
         except Exception as exc:                                  # any failure is a finding
             failures += 1
@@ -73,7 +75,7 @@ for picked in series:
     stack = np.stack([a for a, _ in arrays])
     try:
         data = tec.encode(stack, bands=arrays[0][1]["bands"], quality=4, nodata=arrays[0][1]["nodata"],
-                          dates=[f.stem[:10] for f in picked], model=args.model)
+                          dates=[f.stem[:10] for f in picked], model=args.model, effort=args.effort)
         out = tec.decode(data)
         ok = out.shape == stack.shape
     except Exception as exc:

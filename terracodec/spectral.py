@@ -62,11 +62,14 @@ def inverse(comps: np.ndarray, means: np.ndarray, basis_q: np.ndarray) -> np.nda
     An explicit loop over bands in a fixed order: no BLAS, so the result does not depend on the
     thread count."""
     b, h, w = comps.shape
-    flat = comps.reshape(b, -1).astype(np.float64) * COMPONENT_SCALE
+    flat = comps.reshape(b, -1).astype(np.float64)
+    flat *= COMPONENT_SCALE
     out = np.empty_like(flat)
+    term = np.empty(flat.shape[1])
     for i in range(b):
-        acc = np.full(flat.shape[1], means[i])
-        for k in range(b):
-            acc += basis_q[i, k] * flat[k]
-        out[i] = acc
+        acc = out[i]
+        acc.fill(means[i])
+        for k in range(b):                # acc += basis_q[i, k] * flat[k], without temporaries
+            np.multiply(flat[k], basis_q[i, k], out=term)
+            acc += term
     return out.reshape(b, h, w)

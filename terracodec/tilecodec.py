@@ -223,10 +223,11 @@ def rd_lambda(quality: int) -> float:
 
 
 def tile_sse(ref: np.ndarray, test: np.ndarray, mask: np.ndarray | None) -> float:
-    diff = ref.astype(np.float64) - test.astype(np.float64)
+    diff = np.subtract(ref, test, dtype=np.float64)
     if mask is not None:
         diff = diff[~mask]
-    return float(np.sum(diff * diff))
+    diff *= diff
+    return float(np.sum(diff))
 
 
 def rd_cost(ref, test, mask, payload_bytes: int, lam: float) -> float:
@@ -642,8 +643,10 @@ def component_values(comps: np.ndarray, shift: int, means, basis_q) -> np.ndarra
     j2k_components followed by the KLT."""
     from . import spectral
 
-    comps = comps.astype(np.float64) * 2 ** shift
-    return spectral.inverse(comps / spectral.COMPONENT_SCALE, means, basis_q)
+    comps = comps.astype(np.float64)
+    comps *= 2 ** shift
+    comps /= spectral.COMPONENT_SCALE
+    return spectral.inverse(comps, means, basis_q)
 
 
 def j2k_decode_checked(stream: bytes, shape: tuple, what: str) -> np.ndarray:
@@ -686,7 +689,9 @@ def decode_classical(payload: bytes, head: TileHeader) -> np.ndarray:
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     info = np.iinfo(dtype)
-    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    rounded = np.rint(values)
+    np.clip(rounded, info.min, info.max, out=rounded)
+    return rounded.astype(dtype)
 
 
 # -- learned (kind 0) ------------------------------------------------------------------------------
