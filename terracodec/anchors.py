@@ -45,9 +45,13 @@ are excluded from the KLT statistics. The anchors do not store a nodata mask.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import os
 import struct
+import sys
+import threading
 
 import numpy as np
 
@@ -62,6 +66,35 @@ def _imagecodecs():
     except ImportError:                                        # pragma: no cover
         return None
     return imagecodecs
+
+
+_LOAD_LOCK = threading.Lock()
+_LOADED: dict = {}
+
+
+def codec_module(name: str):
+    """imagecodecs' extension module ``name`` ("_jpeg2k", "_avif"), loaded so that it calls the
+    codec libraries bundled with it.
+
+    In a process that loaded other copies of those libraries first (gdal_translate and QGIS link
+    Debian's libaom and OpenJPEG through libgdal), the dynamic linker would resolve the module's
+    codec calls to those, and the encoders could write other bytes than in a plain Python process.
+    RTLD_DEEPBIND (glibc; ignored where it does not exist) makes the module and its libraries look
+    up their own symbols first."""
+    module = _LOADED.get(name)          # only modules whose import has finished (tiles decode in threads)
+    if module is not None:
+        return module
+    import imagecodecs  # noqa: F401  (the package itself without the flag)
+
+    with _LOAD_LOCK:
+        if name not in _LOADED:
+            flags = sys.getdlopenflags()
+            try:
+                sys.setdlopenflags(flags | getattr(os, "RTLD_DEEPBIND", 0))
+                _LOADED[name] = importlib.import_module(f"imagecodecs.{name}")
+            finally:
+                sys.setdlopenflags(flags)
+        return _LOADED[name]
 
 
 def _as_bands(array) -> np.ndarray:
@@ -97,7 +130,7 @@ def _fill_nodata(a: np.ndarray, nodata) -> tuple[np.ndarray, np.ndarray | None]:
 
 # -- JPEG 2000 ------------------------------------------------------------------------------------------
 def _j2k_encode(comps: np.ndarray, level: float, threads: int) -> bytes:
-    ic = _imagecodecs()
+    ic = codec_module("_jpeg2k")
     data = np.ascontiguousarray(comps[0] if comps.shape[0] == 1 else comps)
     kw = {} if comps.shape[0] == 1 else {"planar": True}
     return bytes(ic.jpeg2k_encode(data, level=float(level), codecformat="J2K", mct=False,
@@ -105,7 +138,7 @@ def _j2k_encode(comps: np.ndarray, level: float, threads: int) -> bytes:
 
 
 def _j2k_decode(data, threads: int) -> np.ndarray:
-    ic = _imagecodecs()
+    ic = codec_module("_jpeg2k")
     out = ic.jpeg2k_decode(bytes(data), planar=True, numthreads=threads)
     return out[None] if out.ndim == 2 else out
 

@@ -16,6 +16,7 @@ import struct
 
 import numpy as np
 
+from .anchors import codec_module
 from .errors import TecFormatError
 
 DEPTH = 12
@@ -102,8 +103,7 @@ def sample_step(comps: np.ndarray) -> int:
 def encode(comps: np.ndarray, level: int, speed: int = SPEED) -> bytes:
     """int16 components (n, h, w) -> the AV1 stream at ``level`` (0-62, higher is finer), coded at
     libaom ``speed``."""
-    import imagecodecs
-
+    codec = codec_module("_avif")
     n, h, w = comps.shape
     lo = comps.reshape(n, -1).min(axis=1).astype(np.int64)
     step = sample_step(comps)
@@ -115,7 +115,7 @@ def encode(comps: np.ndarray, level: int, speed: int = SPEED) -> bytes:
         planes = np.zeros((h, w, PLANES), np.uint16)
         group = samples[first:first + PLANES]
         planes[..., _RGB_OF_PLANE[:len(group)]] = np.moveaxis(group, 0, -1)
-        avif = bytes(imagecodecs.avif_encode(planes, level=quality, speed=speed, bitspersample=DEPTH,
+        avif = bytes(codec.avif_encode(planes, level=quality, speed=speed, bitspersample=DEPTH,
                                              pixelformat="yuv444", matrix=0, numthreads=1))
         bare = _bare(avif, h, w)
         if bare is None:
@@ -128,8 +128,7 @@ def encode(comps: np.ndarray, level: int, speed: int = SPEED) -> bytes:
 def decode(stream: bytes, shape: tuple) -> np.ndarray:
     """The AV1 stream of ``shape`` = (n, h, w) components -> int16 components; TecFormatError when
     it is truncated, corrupt or of another shape."""
-    import imagecodecs
-
+    codec = codec_module("_avif")
     n, h, w = shape
     pos = _HEAD.size + 2 * n
     if len(stream) < pos:
@@ -154,7 +153,7 @@ def decode(stream: bytes, shape: tuple) -> np.ndarray:
             raise TecFormatError("AV1 stream truncated in an image")
         avif = avif_file(data, h, w, av1c) if form == BARE else data
         try:
-            planes = imagecodecs.avif_decode(avif, numthreads=1)
+            planes = codec.avif_decode(avif, numthreads=1)
         except Exception as exc:          # imagecodecs raises its own AvifError
             raise TecFormatError(f"corrupt AV1 image in a kind 4 tile: {exc}") from None
         if planes.shape != (h, w, PLANES) or planes.dtype != np.uint16:

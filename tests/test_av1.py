@@ -141,3 +141,29 @@ def test_files_count_their_av1_tiles(tmp_path):
         reader = ContainerReader(path)
         counted = sum(tc.uses_av1(reader.read_tile(i)) for i in range(reader.header.tile_count))
         assert tec.open(path).stats["av1_tiles"] == counted == expected
+
+
+@pytest.mark.parametrize("system_lib", ["libaom.so.3", "libopenjp2.so.7"])
+def test_other_codec_libraries_in_the_process_do_not_change_the_bytes(tmp_path, system_lib):
+    """A host that loaded another libaom or OpenJPEG globally first (gdal_translate, QGIS) gets the
+    same AV1 and JPEG 2000 bytes as a plain process: imagecodecs' modules bind to their own copies."""
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL(system_lib)
+    except OSError:
+        pytest.skip(f"{system_lib} is not installed here")
+    comps = _components((4, 96, 80), seed=3)
+    np.save(tmp_path / "comps.npy", comps)
+    script = (
+        "import ctypes, sys, numpy as np\n"
+        f"ctypes.CDLL({system_lib!r}, mode=ctypes.RTLD_GLOBAL)\n"
+        "from terracodec import av1, tilecodec as tc\n"
+        "c = np.load(sys.argv[1])\n"
+        "sys.stdout.buffer.write(av1.encode(c, 40) + b'|' + tc.j2k_stream(c, 60))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "comps.npy")], capture_output=True,
+                         check=True).stdout
+    assert out == av1.encode(comps, 40) + b"|" + tc.j2k_stream(comps, 60)
+

@@ -435,12 +435,11 @@ def test_createcopy_default_blocksize_equals_python_default(source, tmp_path, wi
 
 
 def test_createcopy_with_the_classical_model(source, tmp_path):
-    """-co MODEL=classical writes a file that names it. Through a worker process it holds the same
-    pixels as the Python API's. In process, the AV1 encoder can be the host's: gdal_translate links
-    the system libaom, whose symbols take precedence over imagecodecs' own copy, so that file may
-    differ; GDAL then reads the same pixels from it as Python, at about the same PSNR."""
+    """-co MODEL=classical writes a file that names it, with the Python API's bytes both in process
+    and through a worker process. In process, gdal_translate has Debian's libaom and OpenJPEG
+    loaded through libgdal; terracodec loads imagecodecs' codec modules with RTLD_DEEPBIND so that
+    they call their own copies (with the host's libaom the AV1 10 m groups came out different)."""
     import terracodec as tec
-    from terracodec.metrics import psnr10000
 
     src = gtiff_read(source)
     outs = {}
@@ -457,11 +456,10 @@ def test_createcopy_with_the_classical_model(source, tmp_path):
         assert f"AV1_TILES={ds.stats['av1_tiles']}" in run("gdalinfo", "-mdd", "TEC", outs["YES"]).stdout
         reference = tec.decode(tec.encode(src, bands=ds.bands, quality=3, model="classical"))
         np.testing.assert_array_equal(ds.read(), reference)
-    in_process = api_read(outs["NO"])
+    assert outs["NO"].read_bytes() == outs["YES"].read_bytes()
     back = tmp_path / "back.tif"
     run("gdal_translate", "-q", "-of", "GTiff", outs["NO"], back)
-    np.testing.assert_array_equal(gtiff_read(back), in_process)
-    assert abs(psnr10000(src, in_process) - psnr10000(src, reference)) < 0.5
+    np.testing.assert_array_equal(gtiff_read(back), reference)
 
 
 def test_createcopy_num_threads_sets_the_tile_threads(source, tmp_path):
