@@ -116,7 +116,7 @@ def encode(comps: np.ndarray, level: int, speed: int = SPEED) -> bytes:
         group = samples[first:first + PLANES]
         planes[..., _RGB_OF_PLANE[:len(group)]] = np.moveaxis(group, 0, -1)
         avif = bytes(codec.avif_encode(planes, level=quality, speed=speed, bitspersample=DEPTH,
-                                             pixelformat="yuv444", matrix=0, numthreads=1))
+                                       pixelformat="yuv444", matrix=0, numthreads=1))
         bare = _bare(avif, h, w)
         if bare is None:
             parts.append(_IMAGE.pack(WHOLE, len(avif)) + avif)

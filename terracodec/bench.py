@@ -34,6 +34,7 @@ import numpy as np
 
 from . import anchors as _anchors
 from .metrics import bd_rate, bpppb, mse, pchip_eval, pchip_slopes, psnr10000
+from .tilecodec import DEFAULT_EFFORT, EFFORTS
 
 log = logging.getLogger("terracodec.bench")
 
@@ -73,7 +74,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "'none' for anchors only (default: tec-fp,tec-hp)")
     p.add_argument("--qualities", default=",".join(map(str, QUALITIES)),
                    help="TEC qualities (default: 1..8)")
-    p.add_argument("--efforts", default="default",
+    p.add_argument("--efforts", default=DEFAULT_EFFORT,
                    help="TEC encoder efforts, comma separated (default, best); each model is run at each "
                         "(default: default)")
     p.add_argument("--anchors", default="jpeg2000,jpeg2000_klt,jpegxl",
@@ -167,7 +168,7 @@ def resolve_model(name: str) -> tuple[str | None, str]:
     return None, f"model {name!r} is ambiguous ({', '.join(cands)})"
 
 
-def tec_codec(name: str, qualities, threads: int, effort: str = "default") -> Codec:
+def tec_codec(name: str, qualities, threads: int, effort: str = DEFAULT_EFFORT) -> Codec:
     """A TEC model at encoder ``effort``; a non-default effort is named "<model>+<effort>"."""
     from . import api
 
@@ -186,10 +187,9 @@ def tec_codec(name: str, qualities, threads: int, effort: str = "default") -> Co
     def dec(data):
         return api.decode(data)
 
-    if effort == "default":
-        return Codec(name, f"TEC {name}", "tec", "quality", qualities, enc, dec, name, effort)
-    return Codec(f"{name}+{effort}", f"TEC {name}, effort {effort}", "tec", "quality", qualities, enc, dec,
-                 name, effort)
+    key, label = (name, f"TEC {name}") if effort == DEFAULT_EFFORT else (f"{name}+{effort}",
+                                                                          f"TEC {name}, effort {effort}")
+    return Codec(key, label, "tec", "quality", qualities, enc, dec, name, effort)
 
 
 def select_codecs(args) -> tuple[list[Codec], dict]:
@@ -402,7 +402,7 @@ _MEMORY_CHILD = textwrap.dedent("""
 """)
 
 
-def measure_memory(kind: str, name: str, param, scene: dict, threads: int, effort: str = "default") -> dict:
+def measure_memory(kind: str, name: str, param, scene: dict, threads: int, effort: str = DEFAULT_EFFORT) -> dict:
     """Peak RSS (VmHWM of a fresh interpreter) of encode + decode of the scene."""
     with tempfile.TemporaryDirectory(prefix="tec-bench-") as tmp:
         path = os.path.join(tmp, "scene.npz")
@@ -675,8 +675,6 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser("tec bench" if Path(sys.argv[0]).name == "tec" else None)
     args = parser.parse_args(argv)
-    from .tilecodec import EFFORTS
-
     if not _csv_list(args.efforts) or any(e not in EFFORTS for e in _csv_list(args.efforts)):
         parser.error(f"--efforts: comma-separated values of {', '.join(EFFORTS)}, got {args.efforts!r}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -774,7 +772,7 @@ def main(argv=None) -> int:
             log.info("peak memory %s (%s=%s) in a subprocess", codec.name, codec.param_name, param)
             try:
                 memory["codecs"][codec.name] = measure_memory(codec.kind, codec.model or codec.name, param, scene,
-                                                              args.threads, codec.effort or "default")
+                                                              args.threads, codec.effort or DEFAULT_EFFORT)
             except Exception as exc:
                 log.warning("memory %s failed: %s", codec.name, exc)
                 memory["codecs"][codec.name] = {"error": str(exc)}

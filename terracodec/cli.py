@@ -29,6 +29,7 @@ import warnings
 import click
 
 from .errors import TecError
+from .tilecodec import DEFAULT_EFFORT, EFFORTS
 
 _EXPECTED = (TecError, FileNotFoundError, IsADirectoryError, PermissionError)
 
@@ -94,7 +95,7 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
 @click.option("--dates", "dates_opt", default=None,
               help="With --stack: comma-separated ISO dates (default: ACQUISITION_DATE tags, else a "
                    "YYYY-MM-DD in the file names).")
-@click.option("--effort", type=click.Choice(["default", "best"]), default="default", show_default=True,
+@click.option("--effort", type=click.Choice(EFFORTS), default=DEFAULT_EFFORT, show_default=True,
               help="Encoder effort: 'best' makes files 1-4 % smaller where the 10 m bands are coded as AV1, "
                    "for 1.3-1.7x the encode time (the decoder is the same).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -398,7 +399,8 @@ def info(path, as_json):
         f"crs:          {d['crs'] or '(none)'}",
         f"geotransform: {', '.join(f'{v:g}' for v in gt) if gt else '(none)'}",
         f"model:        {model.get('name')}" + (f" (sha256 {sha}...)" if sha else ""),
-        f"quality:      {d['quality']}" + (f" (encoder effort {d['stats']['effort']})" if d['stats'].get('effort') else ""),
+        f"quality:      {d['quality']}"
+        + (f" (encoder effort {d['stats']['effort']})" if d['stats'].get('effort') else ""),
         f"tiles:        {d['tiles_x']} x {d['tiles_y']} of {d['tile_size']} px (overlap {d['tile_overlap']} px), "
         f"{d['stats'].get('learned_tiles', 0)} learned, {d['fallback_tiles']} classical"
         + (f" ({d['stats']['coarse_grid_tiles']} with bands on coarser grids"

@@ -20,7 +20,8 @@ import numpy as np
 
 from . import av1
 from .errors import TecFormatError
-from .tilecodec import BARE_J2K, SHIFT_MASK, _to_dtype, component_values, j2k_decode_checked, j2k_dress, j2k_store
+from .tilecodec import (BARE_J2K, DEFAULT_EFFORT, SHIFT_MASK, _to_dtype, component_values, j2k_decode_checked,
+                        j2k_dress, j2k_store)
 
 FACTORS = (6, 2)                     # tried largest first: a 60 m band also fits a 20 m grid roughly
 MODES = {"bilinear": 0, "nearest": 1}
@@ -424,7 +425,7 @@ def _fit_prediction(feats: np.ndarray, cells: np.ndarray):
 
 def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: np.ndarray | None = None,
                   filled: np.ndarray | None = None, plan: list | None = None, levels: list | None = None,
-                  effort: str = "default"):
+                  effort: str = DEFAULT_EFFORT):
     """-> (body bytes, decoded tile) of least J = SSE + lam * bits, chosen group by group: each
     group's level is walked from a start, and a predicted group may also drop its codestream.
 
