@@ -293,6 +293,21 @@ def test_temporal_createcopy_lossless_is_exact(series):
             assert np.array_equal(ds.read(date=date), series["stack"][i])
 
 
+def test_temporal_createcopy_with_effort(series):
+    """-co EFFORT=BEST reaches the stack writer too: recorded in the header and shown by gdalinfo."""
+    import terracodec
+
+    vrt = write_vrt(series, series["dir"] / "stack_best.vrt")
+    out = series["dir"] / "best.tec"
+    run("gdal_translate", "-q", "-of", "TEC", "-co", "TEMPORAL=YES", "-co", "MODEL=classical", "-co", "QUALITY=3",
+        "-co", "EFFORT=BEST", "-co", f"BLOCKSIZE={TILE}", vrt, out)
+    with terracodec.open(out) as ds:
+        assert ds.dates == DATES and ds.stats["effort"] == "best"
+        for i, date in enumerate(DATES):
+            assert psnr10000(ds.read(date=date), series["stack"][i]) > 30
+    assert "EFFORT=best" in run("gdalinfo", "-mdd", "TEC", out).stdout
+
+
 def test_temporal_createcopy_rejects_bad_band_groups(series, tmp_path):
     cases = {
         "mismatch": (dict(names_per_date={2: ["B02", "B03", "B04", "B8A"]}), ("same bands", "B8A", "2023-11-01")),
