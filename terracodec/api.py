@@ -457,7 +457,7 @@ class Writer:
                 "av1_tiles": self.av1_tiles,
                 "floor_tiles": self.floor_tiles,
                 "compression_ratio": round(raw / total, 3),
-                **effort_stats(self.effort)}
+                **tilecodec.effort_record(self.effort)}
 
     def close(self) -> None:
         """Finish the file (atomic rename). Raises TecInputError when rows are missing."""
@@ -521,11 +521,6 @@ class Writer:
                 self.abort()
         except Exception:
             pass
-
-
-def effort_stats(effort: str) -> dict:
-    """The header stats' record of the encoder effort: none for the default (files as before)."""
-    return {} if effort == tilecodec.DEFAULT_EFFORT else {"effort": effort}
 
 
 # -- one-shot encoding ------------------------------------------------------------------------------------

@@ -503,7 +503,8 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         best, codec, level, coder = min(walked, key=lambda item: item[0][0])
         # the next JPEG 2000 walk starts at this group's level, or above kind 1's after an AV1
         # group (coarse groups' levels are usually above the first group's)
-        j2k_start = level if codec == "j2k" else int(np.clip(kind1_level + AV1_NEXT_J2K, J2K_LEVEL_MIN, J2K_LEVEL_MAX))
+        j2k_start = level if codec == "j2k" else int(np.clip(kind1_level + AV1_NEXT_J2K, J2K_LEVEL_MIN,
+                                                             J2K_LEVEL_MAX))
         if levels is not None:
             levels.append((codec, level))
         if done:                                         # prediction alone may be cheaper
@@ -696,9 +697,8 @@ def _cells(stream, shape, param, means, basis_q) -> np.ndarray:
     """A group's decoded residual on its grid (``shape`` = (bands, cells_y, cells_x))."""
     if stream is None:
         return np.broadcast_to(means[:, None, None], shape)
-    if isinstance(stream, Av1Stream):
-        return component_values(av1.decode(stream, shape), param & SHIFT_MASK, means, basis_q)
-    comps = j2k_decode_checked(stream, shape, "kind 4 tile")
+    comps = av1.decode(stream, shape) if isinstance(stream, Av1Stream) else \
+        j2k_decode_checked(stream, shape, "kind 4 tile")
     return component_values(comps, param & SHIFT_MASK, means, basis_q)
 
 

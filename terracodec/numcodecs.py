@@ -171,7 +171,7 @@ class TerraCodec(Codec):
                 "bands": None if self.bands is None else list(self.bands), "nodata": self.nodata,
                 "tile_size": self.tile_size, "temporal": self.temporal,
                 "keyframe_interval": self.keyframe_interval,
-                **({} if self.effort == tilecodec.DEFAULT_EFFORT else {"effort": self.effort})}
+                **tilecodec.effort_record(self.effort)}
 
     @classmethod
     def from_config(cls, config: dict) -> "TerraCodec":

@@ -664,7 +664,6 @@ class StackWriter:
 
     def close(self) -> dict:
         """Write the file (atomically). Returns the header fields written."""
-        from . import api
         from .format import INDEX_ENTRY_SIZE, PREFIX_SIZE, ContainerWriter, TecHeader, deflate_header
 
         if self._closed:
@@ -679,7 +678,7 @@ class StackWriter:
         stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0) + kinds.get(KIND_MULTIRES, 0),
                  "lossless_tiles": kinds.get(KIND_LOSSLESS, 0), "learned_tiles": kinds.get(KIND_LEARNED, 0),
                  "temporal_tiles": kinds.get(KIND_TEMPORAL, 0), "coarse_grid_tiles": kinds.get(KIND_MULTIRES, 0),
-                 "av1_tiles": self._av1_tiles, "compression_ratio": 0.0, **api.effort_stats(self.effort)}
+                 "av1_tiles": self._av1_tiles, "compression_ratio": 0.0, **tilecodec.effort_record(self.effort)}
         fields = dict(self._fields, stats=stats)
         payload_bytes = sum(len(p) for row in self._payloads for p, _ in row)
         raw = len(self.dates) * self.count * self.height * self.width * self.dtype.itemsize

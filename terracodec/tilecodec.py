@@ -57,6 +57,12 @@ def check_effort(effort) -> str:
     return effort.lower()
 
 
+def effort_record(effort: str) -> dict:
+    """``{"effort": effort}`` for a header's stats or a codec config, ``{}`` for the default effort
+    (so files and configs written before efforts existed stay the same)."""
+    return {} if effort == DEFAULT_EFFORT else {"effort": effort}
+
+
 def dtype_code(dtype) -> int:
     try:
         return DTYPE_CODES[np.dtype(dtype)]
@@ -447,11 +453,12 @@ def start_level(tile: np.ndarray, nodata, mask: np.ndarray | None, lam: float) -
 
 
 def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, plan: list | None = None,
-                    levels: list | None = None, effort: str = DEFAULT_EFFORT) -> tuple[bytes, float, np.ndarray] | None:
-    """-> (kind 4 payload, J, decoded tile) when some band of the tile sits on a coarser grid, else None; the
-    JPEG 2000 walks start near ``kind1_level`` (kind 1's best level); ``plan`` and ``levels`` are
-    multires.encode_groups's (codec, level) per group, ``effort`` its search effort. Nodata pixels are filled first
-    (multires.fill_nodata) and restored from the header's mask."""
+                    levels: list | None = None,
+                    effort: str = DEFAULT_EFFORT) -> tuple[bytes, float, np.ndarray] | None:
+    """-> (kind 4 payload, J, decoded tile) when some band of the tile sits on a coarser grid, else
+    None; the JPEG 2000 walks start near ``kind1_level`` (kind 1's best level); ``plan`` and
+    ``levels`` are multires.encode_groups's (codec, level) per group, ``effort`` its search effort.
+    Nodata pixels are filled first (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
 
     mask = nodata_mask(tile, nodata)

@@ -13,8 +13,8 @@ bytes->bytes compressor after it::
                           serializer=TerraCodecV3(quality=6), compressors=None)
 
 The array metadata records ``{"name": "terracodec", "configuration": {quality, model, bands, nodata,
-tile_size, temporal, keyframe_interval}}`` (and ``effort`` when not the default); reading it needs this class registered under
-``terracodec`` in zarr's codec registry: the package's ``zarr.codecs`` entry point does that without
+tile_size, temporal, keyframe_interval}}`` (and ``effort`` when not the default); reading it needs
+this class registered under ``terracodec`` in zarr's codec registry: the package's ``zarr.codecs`` entry point does that without
 importing terracodec first, and importing this module does it too. The chunk bytes are those of
 :class:`terracodec.numcodecs.TerraCodec` (one TEC tile payload per (bands, y, x) chunk; a (time,
 bands, y, x) chunk of >= 2 dates is coded with TEC-TT unless ``temporal=False``), so a v3 chunk and
@@ -38,6 +38,7 @@ from zarr.registry import register_codec
 
 from .errors import TecBandError, TecFormatError, TecInputError
 from .numcodecs import SUPPORTED_DTYPES, TerraCodec
+from .tilecodec import DEFAULT_EFFORT
 
 __all__ = ["TerraCodecV3", "CODEC_NAME"]
 
@@ -57,7 +58,7 @@ class TerraCodecV3(ArrayBytesCodecPartialDecodeMixin, ArrayBytesCodec):
     tile_size: int | None = None
     temporal: bool = True
     keyframe_interval: int | None = None
-    effort: str = "default"
+    effort: str = DEFAULT_EFFORT
 
     def __init__(self, *, quality: int = 5, model: str | None = None, bands=None, nodata=None,
                  tile_size: int | None = None, temporal: bool = True,
