@@ -14,11 +14,11 @@ bytes->bytes compressor after it::
 
 The array metadata records ``{"name": "terracodec", "configuration": {quality, model, bands, nodata,
 tile_size, temporal, keyframe_interval}}`` (and ``effort`` when not the default); reading it needs
-this class registered under ``terracodec`` in zarr's codec registry: the package's ``zarr.codecs`` entry point does that without
-importing terracodec first, and importing this module does it too. The chunk bytes are those of
-:class:`terracodec.numcodecs.TerraCodec` (one TEC tile payload per (bands, y, x) chunk; a (time,
-bands, y, x) chunk of >= 2 dates is coded with TEC-TT unless ``temporal=False``), so a v3 chunk and
-a v2 chunk of the same array are byte-identical.
+this class registered under ``terracodec`` in zarr's codec registry: the package's ``zarr.codecs``
+entry point does that without importing terracodec first, and importing this module does it too.
+The chunk bytes are those of :class:`terracodec.numcodecs.TerraCodec` (one TEC tile payload per
+(bands, y, x) chunk; a (time, bands, y, x) chunk of >= 2 dates is coded with TEC-TT unless
+``temporal=False``), so a v3 chunk and a v2 chunk of the same array are byte-identical.
 
 Partial reads: the codec implements zarr's partial-decode interface, so (when it is the only codec,
 the recommended set-up) zarr hands it the chunk's store path, and errors name the chunk key
