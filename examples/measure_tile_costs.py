@@ -69,15 +69,20 @@ def compare(old_path: Path, new_path: Path) -> None:
           f"{sum(v['seconds'] for v in old.values()):.1f} -> {sum(v['seconds'] for v in new.values()):.1f} s")
 
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("out", nargs="?", type=Path)
-parser.add_argument("--qualities", default="1,2,3,4,6,8")
-parser.add_argument("--effort", default=None, help="encoder effort (fast, default, best)")
-parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
-args = parser.parse_args()
-if args.compare:
-    compare(*args.compare)
-elif args.out:
-    measure(args.out, [int(q) for q in args.qualities.split(",")], args.effort)
-else:
-    parser.error("give OUT.json, or --compare OLD.json NEW.json")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", type=Path)
+    parser.add_argument("--qualities", default="1,2,3,4,6,8")
+    parser.add_argument("--effort", default=None, help="encoder effort (default, best)")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
+    args = parser.parse_args()
+    if args.compare:
+        compare(*args.compare)
+    elif args.out:
+        measure(args.out, [int(q) for q in args.qualities.split(",")], args.effort)
+    else:
+        parser.error("give OUT.json, or --compare OLD.json NEW.json")
+
+
+if __name__ == "__main__":
+    main()

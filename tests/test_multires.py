@@ -348,3 +348,49 @@ def test_low_pass_samples_move_to_block_centres():
         moved = tc.low_pass_to_blocks(low, r)
         blocks = tc.box_reduce(ramp, f)[0]
         assert np.allclose(moved[:, :-1, :-1], blocks[:, :-1, :-1])
+
+
+def test_rice_code_round_trips_and_rejects_damage():
+    """The coefficients' adaptive Golomb-Rice code gives its integers back, escapes included, and a
+    truncated or padded stream is a format error, not other integers."""
+    rng = np.random.default_rng(2)
+    values = np.concatenate([[0, -1, 1, 2 ** 31 - 1, -(2 ** 31) + 1],
+                             np.rint(rng.standard_cauchy(400) * 300).clip(-1e9, 1e9)]).astype(np.int64)
+    data = mr.rice_encode(values.tolist())
+    assert np.array_equal(mr.rice_decode(data, len(values)), values)
+    assert len(mr.rice_encode([0] * 64)) <= 16                 # under 2 bits each: k adapts down to 0
+    for bad in (data[:-3], data + b"\x00"):
+        with pytest.raises(TecFormatError):
+            mr.rice_decode(bad, len(values))
+
+
+def test_coefficient_steps_are_exact_powers():
+    for t in (0, 1, 2, 3, 63, 64, 65, 66, 67, 100, 255):
+        assert mr.coefficient_step(t) == 2.0 ** ((t - 64) / 4)
+
+
+def test_coded_coefficients_round_trip_and_pay(bigearthnet, monkeypatch):
+    """At quality 2 the coarse groups' prediction coefficients are coded as integers (interp bit 6):
+    the tile decodes to the encoder's own view, in full and at 1/2, and costs less than with
+    float16 coefficients."""
+    tile, _ = bigearthnet
+    lam = tc.rd_lambda(2)
+    plan = [("j2k", 60), ("j2k", 66), ("j2k", 70)]       # same start levels for both codes
+    payload, j, _ = tc.encode_multires(tile, None, lam, 60, plan=plan)
+    decoded = []
+    original = mr.decode_coefficients
+    monkeypatch.setattr(mr, "decode_coefficients", lambda *a: decoded.append(1) or original(*a))
+    _decodes_as_encoded(tile, payload, j, lam)
+    assert decoded
+    monkeypatch.setattr(mr, "_code_coefficients", lambda *a: None)
+    half, j_half, _ = tc.encode_multires(tile, None, lam, 60, plan=plan)
+    assert j < j_half and len(payload) < len(half)
+
+
+def test_coded_coefficients_in_the_first_group_are_a_format_error(bigearthnet):
+    tile, _ = bigearthnet
+    payload = tc.unseal(tc.encode_multires(tile, None, tc.rd_lambda(5), 60)[0])
+    body = _body_offset(tc.seal(payload))
+    bad = payload[:body + 2] + bytes([payload[body + 2] | mr.CODED_COEF]) + payload[body + 3:]
+    with pytest.raises(TecFormatError):
+        tc.decode_tile(tc.seal(bad))
