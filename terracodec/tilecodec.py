@@ -314,13 +314,13 @@ def strip_j2k_comments(stream: bytes) -> bytes:
 
 # Which codes the tile walks, from its central crop (:func:`central_crop`): kind 4 coded on the crop
 # (about 1/16 of a 512 tile's pixels, 0.1 s) against the crop's kind 1 cost. Under KIND4_ALONE
-# times it, kind 1's walk on the tile is skipped (kind 4 wins there: 27 of 46 train tiles of 256 to
-# 544 px x qualities 2-8); over KIND1_ALONE times it, kind 4 is skipped (7 of 46, at qualities 2
-# and 4). On all 46 this kept the kind of lower cost on the tile (examples/measure_kind_choice.py).
-# The crop undervalues kind 4 (its neighbourhood prediction's coefficients weigh 16x more there):
-# crop ratios of 1.02-1.07 went with tile ratios of 0.84-1.0, hence the margin above 1.
+# times it, kind 1's walk on the tile is skipped; over KIND1_ALONE times it, kind 4 is skipped
+# (examples/measure_kind_choice.py, 46 train tiles of 256 to 544 px x qualities 2-8: 29 and 4 of
+# them, with 0.007 % of mean J lost, by one tile that kind 4 would have coded 0.3 % cheaper). The
+# crop undervalues kind 4 (its prediction coefficients weigh 16x more there): crop ratios of
+# 1.00-1.06 went with tile ratios of 0.86-1.02, hence the margin above 1.
 KIND4_ALONE = 0.97
-KIND1_ALONE = 1.10
+KIND1_ALONE = 1.08
 
 
 def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None = None,
