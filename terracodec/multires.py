@@ -467,7 +467,7 @@ def decode_coefficients(q: np.ndarray, index: int, scales: np.ndarray) -> np.nda
 
 
 def _code_coefficients(coef: np.ndarray, gram: np.ndarray, scales: np.ndarray, lam: float,
-                       factor: int) -> tuple[bytes, np.ndarray, float]:
+                       factor: int) -> tuple[bytes, np.ndarray, float] | None:
     """-> (side bytes, coefficients as decoded, cost) of the step of least COEF_ERROR_WEIGHT x added
     prediction error (from ``gram``, per cell times factor**2) + lam x bits, or None when no step
     fits in the u16 length. A bit estimate over all steps picks the 5 that are coded."""
@@ -547,9 +547,9 @@ def _fit_prediction(earlier: np.ndarray, cells: np.ndarray, param: int, lam: flo
     coef = np.linalg.solve(gram, feats @ target.T).T
     half = np.clip(coef, -60000, 60000).astype("<f2")
     e = half.astype(np.float64) - coef
-    half_cost = float(np.einsum("ik,kl,il->", e, gram, e)) * factor ** 2 * COEF_ERROR_WEIGHT + lam * 8 * half.nbytes
-    coded = _code_coefficients(coef, gram, coefficient_scales(len(earlier), param),
-                               lam, factor)
+    half_cost = float(np.einsum("ik,kl,il->", e, gram, e)) * factor ** 2 * COEF_ERROR_WEIGHT \
+        + lam * 8 * half.nbytes
+    coded = _code_coefficients(coef, gram, coefficient_scales(len(earlier), param), lam, factor)
     if coded is not None and coded[2] < half_cost:
         side, hat, is_coded = coded[0], coded[1], True
     else:
@@ -592,7 +592,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
                                                          _fit_matrix(w, factor, px, mode))
         earlier = cell_means(decoded[done], grid) if done else None
         # a coarse group's prediction is tried with and without neighbour cells at the start level
-        # (the features cost 2 bytes per coefficient); the walk goes on with the cheaper
+        # (the features cost up to 2 bytes per coefficient); the walk goes on with the cheaper
         options = PREDICTIONS if done and factor > 1 else (0,)
         fits = {spatial: _fit_prediction(earlier, cells, spatial, lam, factor) if done else None
                 for spatial in options}
@@ -772,7 +772,8 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
         pos += _GROUP.size
         bands = list(body[pos:pos + n])
         pos += n
-        codec_av1, coded, mode = bool(mode & AV1_STREAM), bool(mode & CODED_COEF), mode & ~(AV1_STREAM | CODED_COEF)
+        codec_av1, coded = bool(mode & AV1_STREAM), bool(mode & CODED_COEF)
+        mode &= ~(AV1_STREAM | CODED_COEF)
         if (not 1 <= factor <= 16 or mode not in MODES.values() or py >= factor or px >= factor
                 or (codec_av1 and param & (NO_STREAM | BARE_J2K))
                 or n == 0 or len(bands) != n or any(b >= count or b in done for b in bands)
