@@ -315,12 +315,13 @@ def strip_j2k_comments(stream: bytes) -> bytes:
 # Which codes the tile walks, from its central crop (:func:`central_crop`): kind 4 coded on the crop
 # (about 1/16 of a 512 tile's pixels, 0.1 s) against the crop's kind 1 cost. Under KIND4_ALONE
 # times it, kind 1's walk on the tile is skipped; over KIND1_ALONE times it, kind 4 is skipped
-# (examples/measure_kind_choice.py, 46 train tiles of 256 to 544 px x qualities 2-8: 29 and 4 of
+# (examples/measure_kind_choice.py, 46 train tiles of 256 to 544 px x qualities 2-8: 29 and 1 of
 # them, with 0.007 % of mean J lost, by one tile that kind 4 would have coded 0.3 % cheaper). The
 # crop undervalues kind 4 (its prediction coefficients weigh 16x more there): crop ratios of
-# 1.00-1.06 went with tile ratios of 0.86-1.02, hence the margin above 1.
+# 1.00-1.06 went with tile ratios of 0.86-1.02, hence the margin above 1. At 1.08 the train tiles
+# lost nothing more, but the first val majortom tile at q1 (crop ratio in 1.08-1.10) lost 7.8 % J.
 KIND4_ALONE = 0.97
-KIND1_ALONE = 1.08
+KIND1_ALONE = 1.10
 
 
 def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None = None,
