@@ -364,6 +364,17 @@ def test_rice_code_round_trips_and_rejects_damage():
             mr.rice_decode(bad, len(values))
 
 
+def test_rice_decoder_on_random_bytes_gives_integers_or_a_format_error():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        data = rng.integers(0, 256, rng.integers(0, 40)).astype(np.uint8).tobytes()
+        n = int(rng.integers(0, 60))
+        try:
+            assert len(mr.rice_decode(data, n)) == n
+        except TecFormatError:
+            pass
+
+
 def test_coefficient_steps_are_exact_powers():
     for t in (0, 1, 2, 3, 63, 64, 65, 66, 67, 100, 255):
         assert mr.coefficient_step(t) == 2.0 ** ((t - 64) / 4)
