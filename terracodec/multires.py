@@ -58,12 +58,13 @@ _COEF_HEAD = struct.Struct("<BH")    # with CODED_COEF: step index, bytes of the
 # With CODED_COEF a coefficient is q * step / scale: the scale of its feature's values (reflectance for
 # the cell means and their shifts, 1 for the constant, (reflectance / 1000)**2 for the quadratic
 # terms), so that one step bounds each feature's error in the prediction alike.
-COEF_SCALES = (2048.0, 1.0, 32.0)    # cell means and shifts, constant, quadratic terms (8192: +0.12 % J)
+COEF_SCALES = (2048.0, 1.0, 32.0)    # cell means and shifts, constant, quadratic terms (8192: +0.08 % J)
 _QUARTER_OCTAVES = (1.0, 1.189207115002721, 1.4142135623730951, 1.681792830507429)   # 2 ** (k / 4)
 COEF_LIMIT = 2 ** 31 - 1
 # The step is chosen by lambda x bits + this x the prediction error the rounding adds: the residual
 # codestream codes much of that error again, so it costs less than its SSE (on the 36 tiles of
-# examples/measure_tile_costs.py, mean J: 1 -0.73 %, 0.5 -0.97 %, 0.25 -1.04 % against float16 only).
+# examples/measure_tile_costs.py, mean J against float16 only: 1 -0.73 %, 0.5 -0.97 %, 0.25 -1.02 %,
+# with the cell-mean scale 8192).
 COEF_ERROR_WEIGHT = 0.25
 
 
