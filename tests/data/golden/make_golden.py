@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Write the golden .tec files of tests/test_golden.py and record what they decode to.
+
+    .venv/bin/python tests/data/golden/make_golden.py [CASE ...]
+
+A golden file is written once, by the terracodec of its time, and kept: later decoders must give
+the same pixels (manifest.json: sha256 of the decoded array, its shape and dtype, the writer's
+version and which coding tools the file uses). To add a file written by an older version, run this
+script with that version's package first on the path, e.g. from a `git worktree` at that commit:
+`PYTHONPATH=/path/to/worktree .venv/bin/python tests/data/golden/make_golden.py kind4_f16`.
+
+The sources are the crops of tests/data (PROVENANCE.md) and, for the AV1 and stack cases, crops of
+train files of ../shared/data (named below).
+"""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent
+SHARED = HERE.parents[2].parent / "shared" / "data"
+
+
+def read(path, window=None):
+    from terracodec.geotiff import read_geotiff
+
+    array, meta = read_geotiff(path)
+    if window is not None:
+        (r0, r1), (c0, c1) = window
+        array = array[:, r0:r1, c0:c1]
+    return np.ascontiguousarray(array), meta
+
+
+def _image(name, quality, **kw):
+    def build():
+        import terracodec as tec
+
+        array, meta = read(DATA / name)
+        return tec.encode(array, meta["bands"], quality=quality, nodata=meta["nodata"], **kw), array
+    return build
+
+
+def _av1():
+    import terracodec as tec
+
+    array, meta = read(SHARED / "s2l2a" / "majortom_T33NZA-0U199R_2022-07-06.tif", ((200, 392), (200, 392)))
+    return tec.encode(array, meta["bands"], quality=6), array
+
+
+def _stack():
+    """Three dates of the train series eolearn_TestEOPatch-33T (B10 dropped), learned tiles only
+    (kind 0 keyframe, kind 3 TEC-TT dates)."""
+    from terracodec import stack
+
+    folder = SHARED / "timeseries" / "eolearn_TestEOPatch-33T"
+    dates = ["2015-07-11", "2015-08-30", "2015-09-09"]
+    arrays = []
+    for d in dates:
+        array, meta = read(folder / f"{d}.tif", ((7, 55), (11, 59)))
+        keep = [i for i, b in enumerate(meta["bands"]) if b != "B10"]
+        arrays.append(array[keep])
+    bands = [b for b in meta["bands"] if b != "B10"]
+    array = np.stack(arrays)
+    return stack.encode_stack(array, bands, quality=5, dates=dates, tile_size=32, classical=False), array
+
+
+CASES = {
+    # name: (file, builder); kind4_f16 was written at b7e8dbc, before coded coefficients
+    "kind4_f16": ("kind4_f16_bigearthnet_q4.tec", _image("l2a_12band_bigearthnet.tif", 4)),
+    "kind4_coded": ("kind4_coded_bigearthnet_q3.tec", _image("l2a_12band_bigearthnet.tif", 3)),
+    "l1c_13band": ("l1c_13band_eurosat_q6.tec", _image("l1c_13band_eurosat.tif", 6)),
+    "nodata_10band": ("nodata_10band_rsgislib_q4.tec", _image("sref_10band_nodata_rsgislib.tif", 4)),
+    "four_band": ("four_band_openeo_q5.tec", _image("l2a_4band_openeo.tif", 5)),
+    "lossless": ("lossless_openeo.tec", _image("l2a_4band_openeo.tif", 5, model="lossless")),
+    "av1": ("av1_majortom_q6.tec", _av1),
+    "stack": ("stack_eolearn_3dates_q5.tec", _stack),
+}
+
+
+def decoded_facts(data: bytes) -> dict:
+    """What a file decodes to, and which tools its decoding used (coded coefficients: interp bit 6)."""
+    import terracodec as tec
+    from terracodec import multires
+
+    calls = []
+    original = getattr(multires, "decode_coefficients", None)     # absent before coded coefficients
+    if original is not None:
+        multires.decode_coefficients = lambda *a: calls.append(1) or original(*a)
+    try:
+        out = tec.decode(data)
+    finally:
+        if original is not None:
+            multires.decode_coefficients = original
+    with tec.open(data) as ds:
+        stats = ds.stats
+    return {"sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(), "shape": list(out.shape),
+            "dtype": str(out.dtype), "coded_coefficients": bool(calls), "av1_tiles": int(stats.get("av1_tiles", 0)),
+            "temporal_tiles": int(stats.get("temporal_tiles", 0)), "learned_tiles": int(stats.get("learned_tiles", 0))}
+
+
+def _writer(tec) -> str:
+    """terracodec's version and the git commit of the package that wrote the file."""
+    import subprocess
+
+    package = Path(tec.__file__).resolve().parent
+    commit = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return f"terracodec {tec.__version__} ({commit or 'no git'})"
+
+
+def main(names) -> None:
+    import terracodec as tec
+    from terracodec.metrics import psnr10000
+
+    manifest_path = HERE / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    for name in names:
+        file, build = CASES[name]
+        data, source = build()
+        facts = decoded_facts(data)
+        out = tec.decode(data)
+        psnr = psnr10000(source.astype(np.float64), out.astype(np.float64))
+        facts["psnr10000"] = None if np.isinf(psnr) else round(float(psnr), 2)     # None: exact
+        facts["written_by"] = _writer(tec)
+        (HERE / file).write_bytes(data)
+        manifest[file] = facts
+        print(file, len(data), "bytes", facts)
+    manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or [n for n in CASES if n != "kind4_f16"])

@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Files written by earlier versions still decode to the same pixels.
+
+tests/data/golden/ holds small .tec files, each written once by the terracodec of its day and never
+rewritten (tests/data/golden/make_golden.py; manifest.json records the sha256 of the decoded array
+and the writer's commit). A decoder change that alters any of their pixels fails here: an archive
+must read back the same in ten years.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import terracodec
+from terracodec import multires, tilecodec
+from terracodec.format import ContainerReader
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _coefficient_counts(path) -> list[int]:
+    """Prediction coefficients per group of every kind 4 tile of the file."""
+    out = []
+    with ContainerReader(path) as reader:
+        for i, entry in enumerate(reader.entries):
+            if entry.kind == tilecodec.KIND_MULTIRES:
+                raw = tilecodec.unseal(reader.read_tile(i))
+                raw, head, _ = tilecodec.split_restoration(raw, tilecodec.TileHeader(raw))
+                out += [group[2].size for group in
+                        multires._parse_groups(raw[head.body:], head.count, head.height, head.width)]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_golden_file_decodes_to_the_recorded_pixels(name):
+    facts = MANIFEST[name]
+    data = (GOLDEN / name).read_bytes()
+    out = terracodec.decode(data)
+    assert list(out.shape) == facts["shape"] and str(out.dtype) == facts["dtype"]
+    assert _digest(out) == facts["sha256"], f"{name} (written by {facts['written_by']}) decodes differently"
+    with terracodec.open(GOLDEN / name) as ds:                     # the file reader, date by date
+        read = np.stack([ds.read(date=d) for d in ds.dates]) if len(ds.dates) > 1 else ds.read()
+        assert _digest(read) == facts["sha256"]
+        assert int(ds.stats.get("av1_tiles", 0)) == facts["av1_tiles"]
+        assert int(ds.stats.get("temporal_tiles", 0)) == facts["temporal_tiles"]
+
+
+def test_golden_files_cover_both_coefficient_codes(monkeypatch):
+    """One golden kind 4 file stores its prediction coefficients as float16 (written before coded
+    coefficients existed), another as coded integers (interp bit 6)."""
+    used = {}
+    for name, coded in (("kind4_f16_bigearthnet_q4.tec", False), ("kind4_coded_bigearthnet_q3.tec", True)):
+        assert MANIFEST[name]["coded_coefficients"] is coded
+        calls = []
+        original = multires.decode_coefficients
+        monkeypatch.setattr(multires, "decode_coefficients", lambda *a: calls.append(1) or original(*a))
+        terracodec.decode((GOLDEN / name).read_bytes())
+        monkeypatch.undo()
+        used[name] = bool(calls)
+        assert any(_coefficient_counts(GOLDEN / name)), f"{name} has no predicted coarse group"
+    assert used == {"kind4_f16_bigearthnet_q4.tec": False, "kind4_coded_bigearthnet_q3.tec": True}
+
+
+def test_golden_stack_and_av1_files_use_those_tools():
+    assert MANIFEST["stack_eolearn_3dates_q5.tec"]["temporal_tiles"] > 0
+    assert MANIFEST["stack_eolearn_3dates_q5.tec"]["learned_tiles"] > 0
+    assert MANIFEST["av1_majortom_q6.tec"]["av1_tiles"] > 0
+    assert MANIFEST["lossless_openeo.tec"]["psnr10000"] is None          # exact
