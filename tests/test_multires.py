@@ -364,6 +364,13 @@ def test_rice_code_round_trips_and_rejects_damage():
             mr.rice_decode(bad, len(values))
 
 
+def test_rice_code_follows_the_format_text():
+    """docs/FORMAT.md "Coded coefficients", by hand: 0 -> u 0, k 4: 0 0000; -1 -> u 1, k 3: 0 001;
+    5 -> u 10, k 3: 10 010; 40 -> u 80, k 3: ten 1s, 0, 000; then 4 zero bits of padding."""
+    assert mr.rice_encode([0, -1, 5, 40]) == bytes.fromhex("00cbff00")
+    assert mr.rice_decode(bytes.fromhex("00cbff00"), 4).tolist() == [0, -1, 5, 40]
+
+
 def test_rice_decoder_on_random_bytes_gives_integers_or_a_format_error():
     rng = np.random.default_rng(0)
     for _ in range(2000):
