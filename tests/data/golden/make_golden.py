@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Write the golden .tec files of tests/test_golden.py and record what they decode to.
 
-    .venv/bin/python tests/data/golden/make_golden.py [CASE ...]
+    .venv/bin/python tests/data/golden/make_golden.py [CASE ...] [--force]
 
 A golden file is written once, by the terracodec of its time, and kept: later decoders must give
 the same pixels (manifest.json: sha256 of the decoded array, its shape and dtype, the writer's
-version and which coding tools the file uses). To add a file written by an older version, run this
-script with that version's package first on the path, e.g. from a `git worktree` at that commit:
+version and which coding tools the file uses); existing files are left alone unless --force. To
+add a file written by an older version, run this script with that version's package first on the
+path, e.g. from a `git worktree` at that commit:
 `PYTHONPATH=/path/to/worktree .venv/bin/python tests/data/golden/make_golden.py kind4_f16`.
 
 The sources are the crops of tests/data (PROVENANCE.md) and, for the AV1 and stack cases, crops of
@@ -111,7 +112,7 @@ def _writer(tec) -> str:
     return f"terracodec {tec.__version__} ({commit or 'no git'})"
 
 
-def main(names) -> None:
+def main(names, force: bool = False) -> None:
     import terracodec as tec
     from terracodec.metrics import psnr10000
 
@@ -119,6 +120,9 @@ def main(names) -> None:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     for name in names:
         file, build = CASES[name]
+        if (HERE / file).exists() and not force:
+            # a golden file is the record of what an older writer wrote: rewriting it hides a break
+            sys.exit(f"{file} exists; golden files are not rewritten (--force to replace it anyway)")
         data, source = build()
         facts = decoded_facts(data)
         out = tec.decode(data)
@@ -132,4 +136,6 @@ def main(names) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [n for n in CASES if n != "kind4_f16"])
+    force = "--force" in sys.argv
+    names = [a for a in sys.argv[1:] if a != "--force"]
+    main(names or [n for n in CASES if n != "kind4_f16"], force)
