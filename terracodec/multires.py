@@ -21,13 +21,14 @@ import numpy as np
 
 from . import av1
 from .errors import TecFormatError
-from .tilecodec import (BARE_J2K, DEFAULT_EFFORT, SHIFT_MASK, _to_dtype, component_values, j2k_decode_checked,
-                        j2k_dress, j2k_store)
+from .tilecodec import (BARE_J2K, DEFAULT_EFFORT, SHIFT_MASK, _to_dtype, basis_side, component_values,
+                        j2k_decode_checked, j2k_dress, j2k_store, parse_basis)
 
 FACTORS = (6, 2)                     # tried largest first: a 60 m band also fits a 20 m grid roughly
 MODES = {"bilinear": 0, "nearest": 1}
 AV1_STREAM = 0x80                    # group mode bit 7: the components are AV1 images, not JPEG 2000
 CODED_COEF = 0x40                    # group mode bit 6: the prediction coefficients are Rice-coded integers
+SPARSE_BASIS = 0x20                  # group mode bit 5: only the basis columns of nonzero components (basis_side)
 AV1_STEP_PER_SLOPE = 3.2             # the AV1 walk starts where the quantizer step is this x sqrt(lambda)
 AV1_NEXT_J2K = 4                     # after an AV1 group the next OpenJPEG walk starts this far above kind 1's level
 FIT_RMS = 1.0                        # a band "is" on a coarse grid when the refit is off by < 1 on average
@@ -701,8 +702,7 @@ class _GroupCoder:
         self.comps, self.shift = j2k_components(spectral.forward(resid, self.means, self.basis_q), rate_shift(lam))
         self.av1_scale = 2.0 ** self.shift * av1.sample_step(self.comps)
         block_mask = _BLOCK_MASK.pack(spatial >> MASK_SHIFT) if spatial & SELECTED else b""
-        self.side = block_mask + fit.side + self.means.astype("<f2").tobytes() \
-            + np.rint(self.basis_q * 127).astype(np.int8).tobytes()
+        self.side = block_mask + fit.side + self.means.astype("<f2").tobytes()
         self.spatial, self.shape = spatial, resid.shape
         # a coarse group without nodata measures its error on the grid (see _grid_sse), not on pixels
         self.on_grid = grid[0] > 1 and self.valid is None
@@ -710,14 +710,18 @@ class _GroupCoder:
             self.cells_fit, self.grams = cells, _grams(self.size, grid)
         self.results: dict[int, tuple[float, bytes, np.ndarray]] = {}
 
-    def _finish(self, stream: bytes, r: np.ndarray, param: int):
+    def _finish(self, stream: bytes, comps: np.ndarray, r: np.ndarray, param: int):
+        """``comps``: the decoded components (their all-zero ones need no basis column)."""
         factor, mode, py, px = self.grid
         if self.codec == "av1" and not param & NO_STREAM:
             mode |= AV1_STREAM
         if self.coded:
             mode |= CODED_COEF
+        basis, sparse = basis_side(self.basis_q, comps)
+        if sparse:
+            mode |= SPARSE_BASIS
         body = _GROUP.pack(factor, mode, py, px, len(self.bands), (param | self.spatial) & 0xFF) + bytes(self.bands) \
-            + self.side + struct.pack("<I", len(stream)) + stream
+            + self.side + basis + struct.pack("<I", len(stream)) + stream
         coarse = self.pred + r
         if self.on_grid:
             return _grid_sse(coarse - self.cells_fit, *self.grams) + self.lam * 8 * len(body), body, coarse
@@ -737,16 +741,16 @@ class _GroupCoder:
                 self.results[level] = self._av1(level, av1.WALK_SPEED)
                 return self.results[level][0]
             stream = j2k_stream(self.comps, level)
-            r = component_values(j2k_decode_checked(stream, self.shape, "kind 4 tile"), self.shift,
-                                 self.means, self.basis_q)
+            comps = j2k_decode_checked(stream, self.shape, "kind 4 tile")
+            r = component_values(comps, self.shift, self.means, self.basis_q)
             stored, bare = j2k_store(stream, self.shape)
-            self.results[level] = self._finish(stored, r, self.shift | bare)
+            self.results[level] = self._finish(stored, comps, r, self.shift | bare)
         return self.results[level][0]
 
     def _av1(self, level: int, speed: int):
         stored = av1.encode(self.comps, level, speed)
-        r = component_values(av1.decode(stored, self.shape), self.shift, self.means, self.basis_q)
-        return self._finish(stored, r, self.shift)
+        comps = av1.decode(stored, self.shape)
+        return self._finish(stored, comps, component_values(comps, self.shift, self.means, self.basis_q), self.shift)
 
     def finish_av1(self, level: int, speed: int = av1.SPEED):
         """Code ``level`` again at libaom ``speed`` (the walk used the fast av1.WALK_SPEED); keep the cheaper."""
@@ -756,7 +760,8 @@ class _GroupCoder:
 
     def alone(self):
         """The group without codestream: the prediction plus the residual means."""
-        return self._finish(b"", np.broadcast_to(self.means[:, None, None], self.shape), NO_STREAM)
+        return self._finish(b"", np.zeros((len(self.bands), 1)), np.broadcast_to(self.means[:, None, None], self.shape),
+                            NO_STREAM)
 
 
 def _parse_groups(body: bytes, count: int, h: int, w: int):
@@ -773,8 +778,8 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
         pos += _GROUP.size
         bands = list(body[pos:pos + n])
         pos += n
-        codec_av1, coded = bool(mode & AV1_STREAM), bool(mode & CODED_COEF)
-        mode &= ~(AV1_STREAM | CODED_COEF)
+        codec_av1, coded, sparse = bool(mode & AV1_STREAM), bool(mode & CODED_COEF), bool(mode & SPARSE_BASIS)
+        mode &= ~(AV1_STREAM | CODED_COEF | SPARSE_BASIS)
         if (not 1 <= factor <= 16 or mode not in MODES.values() or py >= factor or px >= factor
                 or (codec_av1 and param & (NO_STREAM | BARE_J2K))
                 or n == 0 or len(bands) != n or any(b >= count or b in done for b in bands)
@@ -809,11 +814,12 @@ def _parse_groups(body: bytes, count: int, h: int, w: int):
                 raise TecFormatError("kind 4 tile truncated in a group's coefficients")
             coef = np.frombuffer(body, "<f2", n * p, pos).astype(np.float64).reshape(n, p)
             pos += 2 * n * p
-        if len(body) < pos + 2 * n + n * n + 4:
+        if len(body) < pos + 2 * n:
             raise TecFormatError("kind 4 tile truncated in a group's side information")
         means = np.frombuffer(body, "<f2", n, pos).astype(np.float64)
-        basis_q = np.frombuffer(body, np.int8, n * n, pos + 2 * n).astype(np.float64).reshape(n, n) / 127
-        pos += 2 * n + n * n
+        basis_q, pos = parse_basis(body, pos + 2 * n, n, sparse, "kind 4 group")
+        if len(body) < pos + 4:
+            raise TecFormatError("kind 4 tile truncated in a group's side information")
         (length,) = struct.unpack_from("<I", body, pos)
         pos += 4
         if len(body) < pos + length:

@@ -314,14 +314,14 @@ def strip_j2k_comments(stream: bytes) -> bytes:
 
 # Which codes the tile walks, from its central crop (:func:`central_crop`): kind 4 coded on the crop
 # (about 1/16 of a 512 tile's pixels, 0.1 s) against the crop's kind 1 cost. Under KIND4_ALONE
-# times it, kind 1's walk on the tile is skipped; over KIND1_ALONE times it, kind 4 is skipped
-# (examples/measure_kind_choice.py, 46 train tiles of 256 to 544 px x qualities 2-8: 29 and 1 of
-# them, with 0.007 % of mean J lost, by one tile that kind 4 would have coded 0.3 % cheaper). The
-# crop undervalues kind 4 (its prediction coefficients weigh 16x more there): crop ratios of
-# 1.00-1.06 went with tile ratios of 0.86-1.02, hence the margin above 1. At 1.08 the train tiles
-# lost nothing more, but the first val majortom tile at q1 (crop ratio in 1.08-1.10) lost 7.8 % J.
+# times it, kind 1's walk on the tile is skipped; over KIND1_ALONE times it, kind 4 is skipped. The
+# crop undervalues kind 4, most at low qualities, where side information (weighing 16x more on the
+# crop) is much of a code: with sparse bases (SPARSE_BASIS) the crop ratio of the first val majortom
+# tile at q1 is 1.17 for a tile ratio of 0.57. examples/measure_kind_choice.py, 55 train tiles x
+# qualities 1, 2, 4, 6, 8: 28 walk kind 4 only and 9 kind 1 only, with no J lost (1.10: 15 kind 1
+# only, 0.13 % of mean J lost, on q1 tiles).
 KIND4_ALONE = 0.97
-KIND1_ALONE = 1.10
+KIND1_ALONE = 1.20
 
 
 def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None = None,
@@ -520,11 +520,14 @@ def _classical_coder(tile: np.ndarray, nodata, mask: np.ndarray | None, min_shif
     at OpenJPEG level ``level``, components shifted by at least ``min_shift`` (the KLT is fitted once)."""
     comps, means, basis_q = _klt_components(tile, mask, compact=True)
     comps, shift = j2k_components(comps, min_shift)
-    side = means.astype("<f2").tobytes() + np.rint(basis_q * 127).astype(np.int8).tobytes()
+    side = means.astype("<f2").tobytes()
 
     def code_at(level):
-        stored, bare = j2k_store(j2k_stream(comps, level), comps.shape)
-        return seal(pack_header(KIND_CLASSICAL, tile, nodata, mask, shift | SIDE_COMPACT | bare) + side + stored)
+        stream = j2k_stream(comps, level)
+        basis, sparse = basis_side(basis_q, j2k_decode_checked(stream, comps.shape, "classical tile"))
+        stored, bare = j2k_store(stream, comps.shape)
+        param = shift | SIDE_COMPACT | bare | (SPARSE_BASIS if sparse else 0)
+        return seal(pack_header(KIND_CLASSICAL, tile, nodata, mask, param) + side + basis + stored)
 
     return code_at
 
@@ -615,27 +618,63 @@ def j2k_store(stream: bytes, shape: tuple) -> tuple[bytes, int]:
 
 
 SIDE_COMPACT = 0x10       # classical param bit 4: f16 means and int8 basis (x127), not f32 / f16
+SPARSE_BASIS = 0x20       # classical param bit 5 (with bit 4): only the basis columns of nonzero components
 SHIFT_MASK = 0x0F         # classical param bits 0-3: the component shift s
+
+
+def basis_side(basis_q: np.ndarray, decoded_comps: np.ndarray) -> tuple[bytes, bool]:
+    """-> (stored bytes, sparse) of a quantized KLT basis: its n x n int8 values (x127), or, when some
+    components decoded to all zeros (their columns multiply nothing), a mask of the kept columns
+    (bit k % 8 of byte k // 8) and only those columns (n x kept, row-major). At low rates JPEG 2000
+    drops most of the weak components, and their columns were up to a fifth of a small tile."""
+    q = np.rint(basis_q * 127).astype(np.int8)
+    kept = decoded_comps.reshape(len(decoded_comps), -1).any(axis=1)
+    if kept.all():
+        return q.tobytes(), False
+    return np.packbits(kept, bitorder="little").tobytes() + q[:, kept].tobytes(), True
+
+
+def parse_basis(payload: bytes, pos: int, n: int, sparse: bool, what: str) -> tuple[np.ndarray, int]:
+    """basis_side's bytes at ``pos`` -> (basis (n, n) float64, position after them)."""
+    if not sparse:
+        if len(payload) < pos + n * n:
+            raise TecFormatError(f"{what} truncated in its basis")
+        return np.frombuffer(payload, np.int8, n * n, pos).astype(np.float64).reshape(n, n) / 127, pos + n * n
+    size = -(-n // 8)
+    if len(payload) < pos + size:
+        raise TecFormatError(f"{what} truncated in its basis mask")
+    bits = np.unpackbits(np.frombuffer(payload, np.uint8, size, pos), bitorder="little")
+    if bits[n:].any():
+        raise TecFormatError(f"{what} basis mask names more than its {n} components")
+    kept = bits[:n].astype(bool)
+    pos += size
+    r = int(kept.sum())
+    if len(payload) < pos + n * r:
+        raise TecFormatError(f"{what} truncated in its basis")
+    basis = np.zeros((n, n))
+    basis[:, kept] = np.frombuffer(payload, np.int8, n * r, pos).astype(np.float64).reshape(n, r) / 127
+    return basis, pos + n * r
 
 
 def _classical_parts(payload: bytes, head: TileHeader):
     """-> (means, basis_q, J2K codestream) of a classical tile."""
     n = head.count
     off = head.body
-    if head.param & ~(SIDE_COMPACT | SHIFT_MASK | BARE_J2K) or head.param & SHIFT_MASK > 8:
+    compact, sparse = bool(head.param & SIDE_COMPACT), bool(head.param & SPARSE_BASIS)
+    if (head.param & ~(SIDE_COMPACT | SPARSE_BASIS | SHIFT_MASK | BARE_J2K) or head.param & SHIFT_MASK > 8
+            or (sparse and not compact)):
         raise TecFormatError(f"classical tile has a bad param byte {head.param:#04x} "
-                             f"(component shift at most 8, flags 0x10 and 0x40)")
-    compact = bool(head.param & SIDE_COMPACT)
-    side = (2 * n + n * n) if compact else (4 * n + 2 * n * n)
-    if len(payload) < off + side:
+                             f"(component shift at most 8, flags 0x10, 0x20 (with 0x10) and 0x40)")
+    if len(payload) < off + (2 * n if compact else 4 * n + 2 * n * n):
         raise TecFormatError("classical tile truncated")
     if compact:
         means = np.frombuffer(payload, "<f2", n, off).astype(np.float64)
-        basis_q = np.frombuffer(payload, np.int8, n * n, off + 2 * n).astype(np.float64).reshape(n, n) / 127
+        basis_q, end = parse_basis(payload, off + 2 * n, n, sparse, "classical tile")
     else:
         means = np.frombuffer(payload, "<f4", n, off).astype(np.float64)
         basis_q = np.frombuffer(payload, "<f2", n * n, off + 4 * n).astype(np.float64).reshape(n, n)
-    stream = payload[off + side:]
+        end = off + 4 * n + 2 * n * n
+    stream = payload[end:]
     if head.param & BARE_J2K:
         stream = j2k_dress(stream, head.shape)
     return means, basis_q, stream

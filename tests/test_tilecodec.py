@@ -236,7 +236,8 @@ def test_classical_side_info_is_compact_and_old_layout_still_decodes(bright):
     payload, kind = tc.encode_tile(bright, quality=3)
     head = tc.TileHeader(tc.unseal(payload))
     assert kind == tc.KIND_CLASSICAL and head.param & tc.SIDE_COMPACT
-    stored = tc.unseal(payload)[head.body + 2 * n + n * n:]                       # after the side information
+    _, end = tc.parse_basis(tc.unseal(payload), head.body + 2 * n, n, bool(head.param & tc.SPARSE_BASIS), "tile")
+    stored = tc.unseal(payload)[end:]                                              # after the side information
     assert head.param & tc.BARE_J2K
     assert tc._classical_parts(tc.unseal(payload), head)[2] == tc.j2k_dress(stored, bright.shape)
     # the old layout, built by hand
@@ -248,10 +249,32 @@ def test_classical_side_info_is_compact_and_old_layout_still_decodes(bright):
                   + basis_q.astype("<f2").tobytes() + old_stream)
     want = spectral.inverse(_j2k_decode(old_stream, 1).astype(np.float64) / spectral.COMPONENT_SCALE, means, basis_q)
     np.testing.assert_array_equal(tc.decode_tile(old), tc._to_dtype(want, bright.dtype))
-    # unknown flag bits are refused, not guessed
-    raw = bytearray(tc.unseal(payload))
-    raw[7] |= 0x20
+    # flags that do not go together are refused, not guessed: a sparse basis needs the compact layout
+    raw = bytearray(tc.unseal(old))
+    raw[7] |= tc.SPARSE_BASIS
     with pytest.raises(TecFormatError, match="param"):
+        tc.decode_tile(tc.seal(bytes(raw)))
+
+
+def test_sparse_basis_keeps_the_pixels_and_saves_bytes(bright, monkeypatch):
+    """At a coarse level JPEG 2000 drops the weak KLT components; their basis columns are not stored
+    (param bit 5) and the tile decodes to the same pixels as with the whole basis."""
+    code_at = tc._classical_coder(bright, None, None, tc.rate_shift(tc.rd_lambda(1)))
+    sparse = code_at(40)
+    head = tc.TileHeader(tc.unseal(sparse))
+    assert head.param & tc.SPARSE_BASIS
+    real = tc.basis_side
+    monkeypatch.setattr(tc, "basis_side", lambda q, comps: real(q, np.ones((len(q), 1))))
+    dense = code_at(40)
+    assert not tc.TileHeader(tc.unseal(dense)).param & tc.SPARSE_BASIS
+    np.testing.assert_array_equal(tc.decode_tile(sparse), tc.decode_tile(dense))
+    assert len(sparse) < len(dense)
+    # a mask naming a component past the band count is a format error
+    raw = bytearray(tc.unseal(sparse))
+    n = bright.shape[0]
+    assert n % 8                                          # the mask's last byte has spare bits
+    raw[head.body + 2 * n + n // 8] |= 1 << (n % 8)
+    with pytest.raises(TecFormatError, match="mask"):
         tc.decode_tile(tc.seal(bytes(raw)))
 
 
@@ -387,7 +410,7 @@ def test_full_codestreams_still_decode(cloudy):
     if head.kind != tc.KIND_CLASSICAL:
         pytest.skip("the crop was not coded classical")
     n = cloudy.shape[0]
-    side_end = head.body + 2 * n + n * n
+    _, side_end = tc.parse_basis(payload, head.body + 2 * n, n, bool(head.param & tc.SPARSE_BASIS), "tile")
     full = tc.j2k_dress(payload[side_end:], cloudy.shape)
     raw = bytearray(payload[:side_end])
     raw[7] &= ~tc.BARE_J2K
