@@ -73,3 +73,17 @@ def test_golden_stack_and_av1_files_use_those_tools():
     assert MANIFEST["stack_eolearn_3dates_q5.tec"]["learned_tiles"] > 0
     assert MANIFEST["av1_majortom_q6.tec"]["av1_tiles"] > 0
     assert MANIFEST["lossless_openeo.tec"]["psnr10000"] is None          # exact
+
+
+def test_golden_sparse_basis_file_stores_a_sparse_basis(monkeypatch):
+    seen = []
+    real = tilecodec.parse_basis
+
+    def spy(*args):
+        seen.append(args[3])                                         # the sparse flag
+        return real(*args)
+
+    monkeypatch.setattr(tilecodec, "parse_basis", spy)
+    monkeypatch.setattr(multires, "parse_basis", spy)
+    terracodec.decode((GOLDEN / "sparse_basis_bigearthnet_q1.tec").read_bytes())
+    assert any(seen) and MANIFEST["sparse_basis_bigearthnet_q1.tec"]["sparse_basis"]

@@ -412,3 +412,17 @@ def test_coded_coefficients_in_the_first_group_are_a_format_error(bigearthnet):
     bad = payload[:body + 2] + bytes([payload[body + 2] | mr.CODED_COEF]) + payload[body + 3:]
     with pytest.raises(TecFormatError):
         tc.decode_tile(tc.seal(bad))
+
+
+def test_groups_keep_no_basis_column_for_components_that_decode_to_zero(bigearthnet, monkeypatch):
+    """At quality 1 some components of a kind 4 group decode to all zeros (or the group has no
+    codestream): its basis is stored sparse (interp bit 5), and the tile decodes as encoded."""
+    tile, _ = bigearthnet
+    lam = tc.rd_lambda(1)
+    payload, j, _ = tc.encode_multires(tile, None, lam, 60)
+    sparse = []
+    real = mr.parse_basis
+    monkeypatch.setattr(mr, "parse_basis", lambda body, pos, n, is_sparse, what: sparse.append(is_sparse)
+                        or real(body, pos, n, is_sparse, what))
+    _decodes_as_encoded(tile, payload, j, lam)
+    assert any(sparse)

@@ -72,6 +72,7 @@ CASES = {
     # name: (file, builder); kind4_f16 was written at b7e8dbc, before coded coefficients
     "kind4_f16": ("kind4_f16_bigearthnet_q4.tec", _image("l2a_12band_bigearthnet.tif", 4)),
     "kind4_coded": ("kind4_coded_bigearthnet_q3.tec", _image("l2a_12band_bigearthnet.tif", 3)),
+    "sparse_basis": ("sparse_basis_bigearthnet_q1.tec", _image("l2a_12band_bigearthnet.tif", 1)),
     "l1c_13band": ("l1c_13band_eurosat_q6.tec", _image("l1c_13band_eurosat.tif", 6)),
     "nodata_10band": ("nodata_10band_rsgislib_q4.tec", _image("sref_10band_nodata_rsgislib.tif", 4)),
     "four_band": ("four_band_openeo_q5.tec", _image("l2a_4band_openeo.tif", 5)),
@@ -79,6 +80,23 @@ CASES = {
     "av1": ("av1_majortom_q6.tec", _av1),
     "stack": ("stack_eolearn_3dates_q5.tec", _stack),
 }
+
+
+def _sparse_basis(data: bytes) -> bool:
+    """Whether a tile stores a sparse KLT basis (kind 1 param bit 5, kind 4 interp bit 5)."""
+    from terracodec import multires, tilecodec
+
+    real = getattr(tilecodec, "parse_basis", None)                 # absent before sparse bases
+    if real is None:
+        return False
+    seen = []
+    tilecodec.parse_basis = multires.parse_basis = lambda *a: seen.append(a[3]) or real(*a)
+    try:
+        import terracodec as tec
+        tec.decode(data)
+    finally:
+        tilecodec.parse_basis = multires.parse_basis = real
+    return any(seen)
 
 
 def decoded_facts(data: bytes) -> dict:
@@ -98,7 +116,8 @@ def decoded_facts(data: bytes) -> dict:
     with tec.open(data) as ds:
         stats = ds.stats
     return {"sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(), "shape": list(out.shape),
-            "dtype": str(out.dtype), "coded_coefficients": bool(calls), "av1_tiles": int(stats.get("av1_tiles", 0)),
+            "dtype": str(out.dtype), "coded_coefficients": bool(calls), "sparse_basis": _sparse_basis(data),
+            "av1_tiles": int(stats.get("av1_tiles", 0)),
             "temporal_tiles": int(stats.get("temporal_tiles", 0)), "learned_tiles": int(stats.get("learned_tiles", 0))}
 
 
