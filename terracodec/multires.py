@@ -468,6 +468,13 @@ def decode_coefficients(q: np.ndarray, index: int, scales: np.ndarray) -> np.nda
     return q * coefficient_step(index) / scales
 
 
+def _weighted_added_error(hat: np.ndarray, coef: np.ndarray, gram: np.ndarray, factor: int) -> float:
+    """COEF_ERROR_WEIGHT x the prediction error (per cell, times factor**2) that stored coefficients
+    ``hat`` add to the least-squares ``coef``: (hat - coef) gram (hat - coef)^T over the bands."""
+    e = hat - coef
+    return float(np.einsum("ik,kl,il->", e, gram, e)) * factor ** 2 * COEF_ERROR_WEIGHT
+
+
 def _code_coefficients(coef: np.ndarray, gram: np.ndarray, scales: np.ndarray, lam: float,
                        factor: int) -> tuple[bytes, np.ndarray, float] | None:
     """-> (side bytes, coefficients as decoded, cost) of the step of least COEF_ERROR_WEIGHT x added
@@ -486,9 +493,7 @@ def _code_coefficients(coef: np.ndarray, gram: np.ndarray, scales: np.ndarray, l
         if len(data) > 0xFFFF:
             continue
         hat = decode_coefficients(q, t, scales)
-        e = hat - coef
-        added = float(np.einsum("ik,kl,il->", e, gram, e)) * factor ** 2 * COEF_ERROR_WEIGHT
-        cost = added + lam * 8 * (_COEF_HEAD.size + len(data))
+        cost = _weighted_added_error(hat, coef, gram, factor) + lam * 8 * (_COEF_HEAD.size + len(data))
         if best is None or cost < best[2]:
             best = (_COEF_HEAD.pack(t, len(data)) + data, hat, cost)
     return best
@@ -548,9 +553,7 @@ def _fit_prediction(earlier: np.ndarray, cells: np.ndarray, param: int, lam: flo
     gram += np.eye(len(feats)) * max(1e-9 * np.trace(gram), 1e-12)
     coef = np.linalg.solve(gram, feats @ target.T).T
     half = np.clip(coef, -60000, 60000).astype("<f2")
-    e = half.astype(np.float64) - coef
-    half_cost = float(np.einsum("ik,kl,il->", e, gram, e)) * factor ** 2 * COEF_ERROR_WEIGHT \
-        + lam * 8 * half.nbytes
+    half_cost = _weighted_added_error(half.astype(np.float64), coef, gram, factor) + lam * 8 * half.nbytes
     coded = _code_coefficients(coef, gram, coefficient_scales(len(earlier), param), lam, factor)
     if coded is not None and coded[2] < half_cost:
         side, hat, is_coded = coded[0], coded[1], True
@@ -760,8 +763,8 @@ class _GroupCoder:
 
     def alone(self):
         """The group without codestream: the prediction plus the residual means."""
-        return self._finish(b"", np.zeros((len(self.bands), 1)), np.broadcast_to(self.means[:, None, None], self.shape),
-                            NO_STREAM)
+        no_components = np.zeros((len(self.bands), 1))       # nothing decoded: no basis column is kept
+        return self._finish(b"", no_components, np.broadcast_to(self.means[:, None, None], self.shape), NO_STREAM)
 
 
 def _parse_groups(body: bytes, count: int, h: int, w: int):
