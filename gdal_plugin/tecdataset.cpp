@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -48,7 +49,10 @@ namespace
 {
 
 constexpr GByte kMagic[8] = {0x89, 'T', 'E', 'C', '\r', '\n', 0x1a, '\n'};
-constexpr int kPrefixSize = 64;
+constexpr int kPrefixSize = 64;         // format 1
+constexpr int kPrefix2Size = 13;        // format 2: magic, u16 major, u16 minor, u8 flags
+constexpr int kTrailer2Size = 12;       // format 2, at the end: u32 header and index lengths, CRC32
+constexpr int kBareKind = 0x80;         // format 2 index kind bit 7: the payload is stored bare
 constexpr uint32_t kFlagHeaderDeflate = 1;  // prefix flags bit 0: the JSON header is zlib-compressed
 constexpr uint32_t kFlagHeaderDictionary = 2;  // bit 1: ... with kHeaderDictionary as preset dictionary
 
@@ -156,7 +160,61 @@ struct TileEntry
     uint32_t nLength;
     uint32_t nCRC;
     uint16_t nKind;
+    bool bBare;  // format 2: stored without the common tile header fields the file already holds
 };
+
+// LEB128 unsigned integer of at most 32 bits at abyBuf[nPos]; advances nPos, false if malformed.
+bool ReadLEB128(const std::vector<GByte> &abyBuf, size_t &nPos, uint32_t &nValue)
+{
+    uint64_t v = 0;
+    for (int nShift = 0; nShift < 35; nShift += 7)
+    {
+        if (nPos >= abyBuf.size())
+            return false;
+        const GByte b = abyBuf[nPos++];
+        v |= static_cast<uint64_t>(b & 0x7f) << nShift;
+        if (!(b & 0x80))
+        {
+            if (v > 0xffffffffu)
+                return false;
+            nValue = static_cast<uint32_t>(v);
+            return true;
+        }
+    }
+    return false;
+}
+
+// The full payload (with its CRC32) of a bare tile (docs/FORMAT.md, "Bare tiles"): the common
+// header's magic, kind, dtype code, band count, height, width and nodata come from the file.
+bool ExpandBareTile(const std::vector<GByte> &abyStored, int nKind, int nDTypeCode, int nBands,
+                    int nH, int nW, bool bHaveNoData, double dfNoData, std::vector<GByte> &abyOut)
+{
+    if (abyStored.size() < 2)
+        return false;
+    const GByte nParam = abyStored[0], nMode = abyStored[1];
+    size_t nPos = 2;
+    uint32_t nMaskLen = 0;
+    if (nMode != 0 && (!ReadLEB128(abyStored, nPos, nMaskLen) || nPos + nMaskLen > abyStored.size()))
+        return false;
+    const double dfValue = bHaveNoData ? dfNoData : std::numeric_limits<double>::quiet_NaN();
+    abyOut.assign({'T', 'E', 'C', 'T', static_cast<GByte>(nKind), static_cast<GByte>(nDTypeCode),
+                   static_cast<GByte>(nBands), nParam, static_cast<GByte>(nH & 0xff),
+                   static_cast<GByte>(nH >> 8), static_cast<GByte>(nW & 0xff),
+                   static_cast<GByte>(nW >> 8), nMode});
+    GByte abyValue[8];
+    memcpy(abyValue, &dfValue, 8);
+#if CPL_IS_LSB == 0
+    std::reverse(abyValue, abyValue + 8);
+#endif
+    abyOut.insert(abyOut.end(), abyValue, abyValue + 8);
+    for (int k = 0; k < 4; ++k)
+        abyOut.push_back(static_cast<GByte>(nMaskLen >> (8 * k)));
+    abyOut.insert(abyOut.end(), abyStored.begin() + nPos, abyStored.end());
+    const uint32_t nCRC = CRC32(abyOut.data(), abyOut.size());
+    for (int k = 0; k < 4; ++k)
+        abyOut.push_back(static_cast<GByte>(nCRC >> (8 * k)));
+    return true;
+}
 
 }  // namespace
 
@@ -351,6 +409,20 @@ bool TECDataset::ReadTile(int nTX, int nTY, std::vector<GByte> &abyOut)
                  "TEC: %s: tile (%d,%d) [index %lu]: payload CRC32 mismatch (corrupt file)",
                  pszName, nTX, nTY, static_cast<unsigned long>(iTile));
         return false;
+    }
+    if (e.bBare)
+    {
+        std::vector<GByte> abyFull;
+        const int nCode = base->m_eDT == GDT_Byte ? 1 : base->m_eDT == GDT_Int16 ? 2 : 3;
+        if (!ExpandBareTile(abyPayload, e.nKind, nCode, base->nBands, nH, nW, base->m_bHaveNoData,
+                            base->m_dfNoData, abyFull))
+        {
+            CPLError(CE_Failure, CPLE_AppDefined,
+                     "TEC: %s: tile (%d,%d) [index %lu]: bare tile payload truncated", pszName, nTX,
+                     nTY, static_cast<unsigned long>(iTile));
+            return false;
+        }
+        abyPayload.swap(abyFull);
     }
     const int nDTSize = GDALGetDataTypeSizeBytes(base->m_eDT);
     const size_t nBytes = static_cast<size_t>(base->nBands) * nW * nH * nDTSize;
@@ -639,75 +711,148 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
                  pszName);
         return nullptr;
     }
-    if (poOpenInfo->nHeaderBytes < kPrefixSize)
+    if (poOpenInfo->nHeaderBytes < kPrefix2Size)
     {
-        CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: file truncated (%d bytes, shorter than the "
-                 "64-byte prefix)", pszName, poOpenInfo->nHeaderBytes);
+        CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: file truncated (%d bytes)", pszName,
+                 poOpenInfo->nHeaderBytes);
         return nullptr;
     }
     const GByte *p = poOpenInfo->pabyHeader;
     const uint16_t nMajor = ReadLE<uint16_t>(p + 8);
     const uint16_t nMinor = ReadLE<uint16_t>(p + 10);
-    if (ReadLE<uint32_t>(p + 60) != CRC32(p, 60))
-    {
-        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: prefix CRC32 mismatch (corrupt file)",
-                 pszName);
-        return nullptr;
-    }
-    if (nMajor != 1)
+    if (nMajor != 1 && nMajor != 2)
     {
         CPLError(CE_Failure, CPLE_NotSupported,
-                 "TEC: %s: format version %u.%u is not supported (this driver reads 1.x)", pszName,
-                 nMajor, nMinor);
+                 "TEC: %s: format version %u.%u is not supported (this driver reads 1.x and 2.x)",
+                 pszName, nMajor, nMinor);
         return nullptr;
     }
-    const uint32_t nFlags = ReadLE<uint32_t>(p + 12);
-    const uint64_t nHeaderOff = ReadLE<uint64_t>(p + 16);
-    const uint32_t nHeaderLen = ReadLE<uint32_t>(p + 24);
-    const uint32_t nHeaderCRC = ReadLE<uint32_t>(p + 28);
-    const uint64_t nIndexOff = ReadLE<uint64_t>(p + 32);
-    const uint32_t nIndexCount = ReadLE<uint32_t>(p + 40);
-    const uint32_t nIndexCRC = ReadLE<uint32_t>(p + 44);
-
     VSILFILE *fp = poOpenInfo->fpL;
     if (VSIFSeekL(fp, 0, SEEK_END) != 0)
         return nullptr;
     const uint64_t nFileSize = VSIFTellL(fp);
-    const uint64_t nIndexBytes = static_cast<uint64_t>(nIndexCount) * kIndexEntrySize;
-    if (nHeaderOff < kPrefixSize || nHeaderLen == 0 || nHeaderOff + nHeaderLen > nFileSize ||
-        nHeaderLen > 64 * 1024 * 1024)
+    uint32_t nFlags = 0, nHeaderLen = 0, nIndexCount = 0;
+    uint64_t nPayloadEnd = 0;  // format 2: where the payloads end (the header starts)
+    // raw header (+1 byte for a terminating zero) and raw index, CRC-checked
+    std::vector<GByte> abyHeader, abyIndex;
+    auto readRegion = [fp](uint64_t nOff, std::vector<GByte> &aby)
     {
-        CPLError(CE_Failure, CPLE_FileIO,
-                 "TEC: %s: file truncated or corrupt (header at %llu, %u bytes; file is %llu "
-                 "bytes)",
-                 pszName, static_cast<unsigned long long>(nHeaderOff), nHeaderLen,
-                 static_cast<unsigned long long>(nFileSize));
-        return nullptr;
+        return VSIFSeekL(fp, nOff, SEEK_SET) == 0 &&
+               VSIFReadL(aby.data(), 1, aby.size(), fp) == aby.size();
+    };
+    if (nMajor == 1)
+    {
+        if (poOpenInfo->nHeaderBytes < kPrefixSize)
+        {
+            CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: file truncated (%d bytes, shorter than "
+                     "the 64-byte prefix)", pszName, poOpenInfo->nHeaderBytes);
+            return nullptr;
+        }
+        if (ReadLE<uint32_t>(p + 60) != CRC32(p, 60))
+        {
+            CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: prefix CRC32 mismatch (corrupt file)",
+                     pszName);
+            return nullptr;
+        }
+        nFlags = ReadLE<uint32_t>(p + 12);
+        const uint64_t nHeaderOff = ReadLE<uint64_t>(p + 16);
+        nHeaderLen = ReadLE<uint32_t>(p + 24);
+        const uint32_t nHeaderCRC = ReadLE<uint32_t>(p + 28);
+        const uint64_t nIndexOff = ReadLE<uint64_t>(p + 32);
+        nIndexCount = ReadLE<uint32_t>(p + 40);
+        const uint32_t nIndexCRC = ReadLE<uint32_t>(p + 44);
+        const uint64_t nIndexBytes = static_cast<uint64_t>(nIndexCount) * kIndexEntrySize;
+        if (nHeaderOff < kPrefixSize || nHeaderLen == 0 || nHeaderOff + nHeaderLen > nFileSize ||
+            nHeaderLen > kMaxHeaderSize)
+        {
+            CPLError(CE_Failure, CPLE_FileIO,
+                     "TEC: %s: file truncated or corrupt (header at %llu, %u bytes; file is %llu "
+                     "bytes)",
+                     pszName, static_cast<unsigned long long>(nHeaderOff), nHeaderLen,
+                     static_cast<unsigned long long>(nFileSize));
+            return nullptr;
+        }
+        if (nIndexOff < kPrefixSize || nIndexOff + nIndexBytes > nFileSize)
+        {
+            CPLError(CE_Failure, CPLE_FileIO,
+                     "TEC: %s: file truncated or corrupt (tile index at %llu, %u entries; file is "
+                     "%llu bytes)",
+                     pszName, static_cast<unsigned long long>(nIndexOff), nIndexCount,
+                     static_cast<unsigned long long>(nFileSize));
+            return nullptr;
+        }
+        abyHeader.resize(nHeaderLen);
+        if (!readRegion(nHeaderOff, abyHeader))
+        {
+            CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: cannot read the header", pszName);
+            return nullptr;
+        }
+        abyHeader.push_back(0);
+        if (CRC32(abyHeader.data(), nHeaderLen) != nHeaderCRC)
+        {
+            CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: header CRC32 mismatch (corrupt file)",
+                     pszName);
+            return nullptr;
+        }
+        abyIndex.resize(static_cast<size_t>(nIndexBytes));
+        if (!readRegion(nIndexOff, abyIndex))
+        {
+            CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: cannot read the tile index", pszName);
+            return nullptr;
+        }
+        if (CRC32(abyIndex.data(), abyIndex.size()) != nIndexCRC)
+        {
+            CPLError(CE_Failure, CPLE_AppDefined,
+                     "TEC: %s: tile index CRC32 mismatch (corrupt file)", pszName);
+            return nullptr;
+        }
     }
-    if (nIndexOff < kPrefixSize || nIndexOff + nIndexBytes > nFileSize)
+    else
     {
-        CPLError(CE_Failure, CPLE_FileIO,
-                 "TEC: %s: file truncated or corrupt (tile index at %llu, %u entries; file is "
-                 "%llu bytes)",
-                 pszName, static_cast<unsigned long long>(nIndexOff), nIndexCount,
-                 static_cast<unsigned long long>(nFileSize));
-        return nullptr;
+        // format 2: [prefix][payloads][header][index][trailer]
+        nFlags = p[12];
+        std::vector<GByte> abyTrailer(kTrailer2Size);
+        if (nFileSize < kPrefix2Size + kTrailer2Size ||
+            !readRegion(nFileSize - kTrailer2Size, abyTrailer))
+        {
+            CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: file truncated", pszName);
+            return nullptr;
+        }
+        nHeaderLen = ReadLE<uint32_t>(abyTrailer.data());
+        const uint32_t nIndexLen = ReadLE<uint32_t>(abyTrailer.data() + 4);
+        const uint32_t nCRC = ReadLE<uint32_t>(abyTrailer.data() + 8);
+        const uint64_t nTail = static_cast<uint64_t>(nHeaderLen) + nIndexLen + kTrailer2Size;
+        if (nHeaderLen == 0 || nHeaderLen > kMaxHeaderSize || nTail + kPrefix2Size > nFileSize)
+        {
+            CPLError(CE_Failure, CPLE_FileIO,
+                     "TEC: %s: file truncated or corrupt (the trailer gives a %u-byte header and a "
+                     "%u-byte tile index in a %llu-byte file)",
+                     pszName, nHeaderLen, nIndexLen, static_cast<unsigned long long>(nFileSize));
+            return nullptr;
+        }
+        nPayloadEnd = nFileSize - nTail;
+        abyHeader.resize(nHeaderLen);
+        abyIndex.resize(nIndexLen);
+        if (!readRegion(nPayloadEnd, abyHeader) || !readRegion(nPayloadEnd + nHeaderLen, abyIndex))
+        {
+            CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: cannot read the header", pszName);
+            return nullptr;
+        }
+        uint32_t nCheck = CRC32(p, kPrefix2Size);
+        nCheck = CRC32(abyHeader.data(), abyHeader.size(), nCheck);
+        nCheck = CRC32(abyIndex.data(), abyIndex.size(), nCheck);
+        nCheck = CRC32(abyTrailer.data(), 8, nCheck);
+        if (nCheck != nCRC)
+        {
+            CPLError(CE_Failure, CPLE_AppDefined,
+                     "TEC: %s: prefix, header or tile index CRC32 mismatch (corrupt or truncated "
+                     "file)", pszName);
+            return nullptr;
+        }
+        abyHeader.push_back(0);
     }
 
     // ---- header --------------------------------------------------------------------------------
-    std::vector<GByte> abyHeader(nHeaderLen + 1, 0);
-    if (VSIFSeekL(fp, nHeaderOff, SEEK_SET) != 0 ||
-        VSIFReadL(abyHeader.data(), 1, nHeaderLen, fp) != nHeaderLen)
-    {
-        CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: cannot read the header", pszName);
-        return nullptr;
-    }
-    if (CRC32(abyHeader.data(), nHeaderLen) != nHeaderCRC)
-    {
-        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: header CRC32 mismatch (corrupt file)",
-                 pszName);
-        return nullptr;
-    }
     size_t nJSONLen = nHeaderLen;
     if ((nFlags & ~(kFlagHeaderDeflate | kFlagHeaderDictionary)) != 0 ||
         ((nFlags & kFlagHeaderDictionary) && !(nFlags & kFlagHeaderDeflate)))
@@ -833,42 +978,52 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
         nLevels = oRoot.GetLong("levels");
     if (nLevels < 1)
         return bad("levels must be >= 1");
-    if (static_cast<GInt64>(nIndexCount) != nDates * nLevels * nTilesX * nTilesY)
+    const GInt64 nWantEntries = nDates * nLevels * nTilesX * nTilesY;
+    if (nMajor == 1 && static_cast<GInt64>(nIndexCount) != nWantEntries)
         return bad(CPLSPrintf("index has %u entries, expected %lld", nIndexCount,
-                              static_cast<long long>(nDates * nLevels * nTilesX * nTilesY)));
+                              static_cast<long long>(nWantEntries)));
+    if (nWantEntries > static_cast<GInt64>(abyIndex.size()))   // format 2: >= 6 bytes an entry
+        return bad("the tile index is shorter than the grid needs");
 
     // ---- tile index ------------------------------------------------------------------------------
-    std::vector<GByte> abyIndex(static_cast<size_t>(nIndexBytes));
-    if (VSIFSeekL(fp, nIndexOff, SEEK_SET) != 0 ||
-        VSIFReadL(abyIndex.data(), 1, abyIndex.size(), fp) != abyIndex.size())
-    {
-        CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: cannot read the tile index", pszName);
-        return nullptr;
-    }
-    if (CRC32(abyIndex.data(), abyIndex.size()) != nIndexCRC)
-    {
-        CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: tile index CRC32 mismatch (corrupt file)",
-                 pszName);
-        return nullptr;
-    }
     auto poDS = std::make_unique<TECDataset>();
-    poDS->m_aoIndex.resize(nIndexCount);
-    for (uint32_t i = 0; i < nIndexCount; ++i)
+    poDS->m_aoIndex.resize(static_cast<size_t>(nWantEntries));
+    size_t nPos = 0;
+    uint64_t nNext = kPrefix2Size;  // format 2: payloads follow each other from the prefix on
+    for (size_t i = 0; i < poDS->m_aoIndex.size(); ++i)
     {
-        const GByte *e = abyIndex.data() + static_cast<size_t>(i) * kIndexEntrySize;
         TileEntry &t = poDS->m_aoIndex[i];
-        t.nOffset = ReadLE<uint64_t>(e);
-        t.nLength = ReadLE<uint32_t>(e + 8);
-        t.nCRC = ReadLE<uint32_t>(e + 12);
-        t.nKind = ReadLE<uint16_t>(e + 16);
-        if (t.nOffset < kPrefixSize || t.nOffset + t.nLength > nFileSize)
+        if (nMajor == 1)
         {
-            CPLError(CE_Failure, CPLE_FileIO,
-                     "TEC: %s: file truncated (tile %u lies beyond the end of the file)", pszName,
-                     i);
-            return nullptr;
+            const GByte *e = abyIndex.data() + i * kIndexEntrySize;
+            t.nOffset = ReadLE<uint64_t>(e);
+            t.nLength = ReadLE<uint32_t>(e + 8);
+            t.nCRC = ReadLE<uint32_t>(e + 12);
+            t.nKind = ReadLE<uint16_t>(e + 16);
+            t.bBare = false;
+            if (t.nOffset < kPrefixSize || t.nOffset + t.nLength > nFileSize)
+            {
+                CPLError(CE_Failure, CPLE_FileIO,
+                         "TEC: %s: file truncated (tile %lu lies beyond the end of the file)",
+                         pszName, static_cast<unsigned long>(i));
+                return nullptr;
+            }
+            continue;
         }
+        if (nPos >= abyIndex.size())
+            return bad("corrupt tile index (fewer entries than the grid needs)");
+        const GByte nKind = abyIndex[nPos++];
+        if (!ReadLEB128(abyIndex, nPos, t.nLength) || nPos + 4 > abyIndex.size())
+            return bad("corrupt tile index");
+        t.nCRC = ReadLE<uint32_t>(abyIndex.data() + nPos);
+        nPos += 4;
+        t.nKind = nKind & ~kBareKind;
+        t.bBare = (nKind & kBareKind) != 0;
+        t.nOffset = nNext;
+        nNext += t.nLength;
     }
+    if (nMajor == 2 && (nPos != abyIndex.size() || nNext != nPayloadEnd))
+        return bad("corrupt tile index (its entries do not cover the payloads)");
 
     // ---- dataset -----------------------------------------------------------------------------------
     poDS->nRasterXSize = static_cast<int>(nWidth);
@@ -944,10 +1099,14 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
     const CPLJSONObject oStats = oRoot.GetObj("stats");
     if (oStats.GetType() == CPLJSONObject::Type::Object)
     {
-        if (IsNumber(oStats.GetObj("compression_ratio")))
-            poDS->GDALMajorObject::SetMetadataItem(
-                "COMPRESSION_RATIO", CPLSPrintf("%.3f", oStats.GetDouble("compression_ratio")),
-                "TEC");
+        // format 1 headers hold the ratio; format 2 readers measure it on the file
+        const double dfRatio =
+            IsNumber(oStats.GetObj("compression_ratio"))
+                ? oStats.GetDouble("compression_ratio")
+                : static_cast<double>(nDates) * nCount * nWidth * nHeight *
+                      GDALGetDataTypeSizeBytes(eDT) / static_cast<double>(nFileSize);
+        poDS->GDALMajorObject::SetMetadataItem("COMPRESSION_RATIO", CPLSPrintf("%.3f", dfRatio),
+                                               "TEC");
         // tile counts: classical tiles, tiles recoded to reach the PSNR floor, and tiles whose
         // reader needs an AV1 decoder
         for (const char *pszKey : {"fallback_tiles", "floor_tiles", "av1_tiles"})

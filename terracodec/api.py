@@ -434,21 +434,12 @@ class Writer:
         }
 
     def _header(self):
-        from .format import TecHeader, deflate_header
+        from .format import TecHeader
 
-        fields = self.header_fields()
-        # the header holds the compression ratio of the whole file, its own length included
-        for _ in range(4):
-            header = TecHeader(**fields)
-            fields["stats"] = self._stats(len(deflate_header(header.to_json().encode("utf-8"))))
-        return TecHeader(**fields)
+        return TecHeader(**self.header_fields())
 
-    def _stats(self, header_len: int = 0) -> dict:
-        from .format import INDEX_ENTRY_SIZE, PREFIX_SIZE
-
-        n = self.tiles_x * self.tiles_y
-        total = PREFIX_SIZE + self.payload_bytes + header_len + INDEX_ENTRY_SIZE * n
-        raw = self.count * self.width * self.height * self.dtype.itemsize
+    def _stats(self) -> dict:
+        # no compression ratio: readers measure it on the file (TecDataset.compression_ratio)
         kinds = self.kinds
         return {"fallback_tiles": kinds.get(tilecodec.KIND_CLASSICAL, 0) + kinds.get(tilecodec.KIND_MULTIRES, 0),
                 "lossless_tiles": kinds.get(tilecodec.KIND_LOSSLESS, 0),
@@ -456,7 +447,6 @@ class Writer:
                 "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
                 "av1_tiles": self.av1_tiles,
                 "floor_tiles": self.floor_tiles,
-                "compression_ratio": round(raw / total, 3),
                 **tilecodec.effort_record(self.effort)}
 
     def close(self) -> None:

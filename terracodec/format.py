@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """The ``.tec`` container (docs/FORMAT.md): prefix, opaque tile payloads, JSON header, tile index.
 
+Writers write format 2 (a compact prefix and index, and tile payloads stored without the fields
+of their common header that the container already holds); readers read formats 1 and 2.
+
 Standard library + numpy only (through :mod:`terracodec.tilecodec`): reading a container needs no torch.
 
     header = TecHeader(width=..., height=..., count=..., dtype="uint16", bands=[...], tile_size=256)
@@ -36,8 +39,9 @@ __all__ = [
 ]
 
 MAGIC = b"\x89TEC\r\n\x1a\n"
-VERSION = (1, 0)
-PREFIX_SIZE = 64
+VERSION = (2, 0)                        # what writers write; readers read majors 1 and 2
+READ_MAJORS = (1, 2)
+PREFIX_SIZE = 64                        # format 1: fixed prefix and index entry sizes
 INDEX_ENTRY_SIZE = 24
 MAX_HEADER_SIZE = 64 * 1024 * 1024      # readers reject larger headers (the GDAL driver does too)
 FLAG_HEADER_DEFLATE = 1                  # prefix flags bit 0: the JSON header is zlib-compressed
@@ -77,6 +81,15 @@ KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIR
 _PREFIX = struct.Struct("<8sHHIQIIQII12x")     # bytes 0..59; bytes 60..63 hold its CRC32
 _CRC = struct.Struct("<I")
 _ENTRY = struct.Struct("<QIIH6x")
+# Format 2: magic, major, minor, u8 flags; then LEB128 header offset, header length and index
+# length; then a CRC32 of the prefix before it, the header and the index (docs/FORMAT.md).
+_PREFIX2_HEAD = struct.Struct("<8sHHB")
+PREFIX2_MAX = _PREFIX2_HEAD.size + 3 * 10 + 4
+BARE = 0x80                             # format 2 index kind bit 7: the payload is stored bare
+# The common tile header (tilecodec.pack_header): magic, kind, dtype code, count, param, height,
+# width, mask mode, nodata (f64), mask length. A bare payload keeps param, mode and the mask.
+_TILE_HEAD = struct.Struct("<4sBBBBHHBdI")
+_DTYPE_CODES = {"uint8": 1, "int16": 2, "uint16": 3}
 assert _PREFIX.size == PREFIX_SIZE - 4 and _ENTRY.size == INDEX_ENTRY_SIZE
 
 _DTYPE_RANGE = {"uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
@@ -97,6 +110,73 @@ def deflate_header(text: bytes) -> bytes:
 
 def _crc(data) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+# -- format 2 pieces ---------------------------------------------------------------------------------
+_TRAILER = struct.Struct("<III")        # format 2, the file's last 12 bytes: header and index lengths, CRC32
+PREFIX2_SIZE = _PREFIX2_HEAD.size       # 13 bytes: magic, major, minor, flags
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_leb128(buf, pos: int, what: str) -> tuple[int, int]:
+    """-> (value, position after it); at most 5 bytes (a u32)."""
+    value = 0
+    for shift in range(0, 35, 7):
+        if pos >= len(buf):
+            raise TecFormatError(f"{what} truncated")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if value > _MAX_U32:
+                break
+            return value, pos
+    raise TecFormatError(f"{what}: a length does not fit 32 bits")
+
+
+def _nodata_bytes(nodata) -> bytes:
+    """The nodata field of a tile's common header (f64, NaN when the raster has none)."""
+    return struct.pack("<d", float("nan") if nodata is None else float(nodata))
+
+
+def bare_tile(payload) -> tuple[bytes, tuple] | None:
+    """Format 2 storage of a TEC tile payload: ``(stored bytes, (kind, dtype code, count, height,
+    width, nodata field))``, the stored bytes being its param byte, mask mode, LEB128 mask length
+    (when the mode is not 0), mask and body; the rest of its common header and its CRC32 come back
+    from the container (:func:`expand_tile`). None when ``payload`` is not a well-formed payload."""
+    data = memoryview(payload).cast("B")
+    if len(data) < _TILE_HEAD.size + 4 or data[:4] != TILE_MAGIC:
+        return None
+    _, kind, code, count, param, height, width, mode, _, mask_len = _TILE_HEAD.unpack_from(data)
+    end = _TILE_HEAD.size + mask_len
+    if (mode == 0 and mask_len) or end > len(data) - 4 or \
+            _crc(data[:-4]) != _CRC.unpack_from(data, len(data) - 4)[0]:
+        return None
+    stored = bytes((param, mode)) + (_leb128(mask_len) if mode else b"") + bytes(data[_TILE_HEAD.size:-4])
+    return stored, (kind, code, count, height, width, bytes(data[13:21]))
+
+
+def expand_tile(stored, kind: int, dtype: str, count: int, height: int, width: int, nodata) -> bytes:
+    """The payload (with its CRC32) of a bare tile: the inverse of :func:`bare_tile`."""
+    if len(stored) < 2:
+        raise TecFormatError(f"bare tile payload too short ({len(stored)} bytes)")
+    param, mode = stored[0], stored[1]
+    pos, mask_len = 2, 0
+    if mode:
+        mask_len, pos = _read_leb128(stored, 2, "bare tile payload")
+        if pos + mask_len > len(stored):
+            raise TecFormatError("bare tile payload truncated inside its nodata mask")
+    payload = (struct.pack("<4sBBBBHHB", TILE_MAGIC, kind, _DTYPE_CODES[dtype], count, param, height,
+                           width, mode) + _nodata_bytes(nodata) + _CRC.pack(mask_len) + bytes(stored[pos:]))
+    return payload + _CRC.pack(_crc(payload))
 
 
 def _default_created_by() -> str:
@@ -300,6 +380,14 @@ class TecHeader:
         row, col = ty * t, tx * t
         return row, col, min(t, self.height - row), min(t, self.width - col)
 
+    def coded_shape(self, index: int) -> tuple[int, int]:
+        """Entry index -> (height, width) of the pixels its payload codes: the tile's window grown by
+        ``tile_overlap`` on each side, clipped to the raster."""
+        row, col, h, w = self.tile_window(index)
+        o = self.tile_overlap
+        return (min(self.height, row + h + o) - max(0, row - o),
+                min(self.width, col + w + o) - max(0, col - o))
+
     def tiles_for_window(self, row_off: int, col_off: int, height: int, width: int,
                          date: int = 0, level: int = 0) -> list[int]:
         """Entry indexes (row-major) of the tiles a pixel window touches; the window must lie
@@ -332,9 +420,15 @@ class TileEntry:
     length: int
     crc32: int
     kind: int
+    bare: bool = False              # format 2: stored without its common header (expand_tile)
 
     def pack(self) -> bytes:
+        """The format 1 entry."""
         return _ENTRY.pack(self.offset, self.length, self.crc32, self.kind)
+
+    def pack2(self) -> bytes:
+        """The format 2 entry: u8 kind (bit 7: bare), LEB128 length, u32 CRC32."""
+        return bytes((self.kind | (BARE if self.bare else 0),)) + _leb128(self.length) + _CRC.pack(self.crc32)
 
 
 # -- writer ---------------------------------------------------------------------------------------
@@ -348,9 +442,13 @@ class ContainerWriter:
     relative to its position at construction and nothing is closed or deleted.
     """
 
-    def __init__(self, target):
+    def __init__(self, target, format_version: int = VERSION[0]):
+        if format_version not in READ_MAJORS:
+            raise TecInputError(f"format_version must be one of {READ_MAJORS}, got {format_version!r}")
+        self.format_version = format_version
         self._lock = threading.Lock()
         self._entries: list[TileEntry] = []
+        self._bare_fields: list[tuple[int, tuple]] = []     # (entry, header fields a bare tile left out)
         self._done = False           # finished or aborted
         self._finished = False
         self.path = None
@@ -379,8 +477,12 @@ class ContainerWriter:
             self._f = target
             self._base = target.tell()
         try:
-            self._write(bytes(PREFIX_SIZE))
-            self._pos = PREFIX_SIZE
+            if format_version == 1:
+                self._write(bytes(PREFIX_SIZE))         # patched by finish()
+                self._pos = PREFIX_SIZE
+            else:
+                self._write(_PREFIX2_HEAD.pack(MAGIC, format_version, 0, FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY))
+                self._pos = PREFIX2_SIZE
         except BaseException:
             self.abort()
             raise
@@ -416,12 +518,16 @@ class ContainerWriter:
             n = len(self._entries)
             if index is not None and index != n:
                 raise TecInputError(f"tiles must be added in index order: expected tile {n}, got {index}")
+            bare = bare_tile(data) if self.format_version >= 2 else None
+            if bare is not None:
+                data = memoryview(bare[0])
+                self._bare_fields.append((n, bare[1]))
             try:
                 self._write(data)
             except BaseException:
                 self.abort()
                 raise
-            self._entries.append(TileEntry(self._pos, len(data), _crc(data), kind))
+            self._entries.append(TileEntry(self._pos, len(data), _crc(data), kind, bare is not None))
             self._pos += len(data)
             return n
 
@@ -433,7 +539,7 @@ class ContainerWriter:
                 if not isinstance(header, TecHeader):
                     raise TypeError(f"finish() needs a TecHeader, got {type(header).__name__}")
                 if header.levels != 1:
-                    raise TecInputError("format 1.0 writers store one level (levels = 1)")
+                    raise TecInputError("writers store one level (levels = 1)")
                 head = header.to_json().encode("utf-8")
                 if len(head) > MAX_HEADER_SIZE:
                     raise TecInputError(f"header is {len(head)} bytes; at most {MAX_HEADER_SIZE} allowed")
@@ -441,18 +547,10 @@ class ContainerWriter:
                 if len(self._entries) != header.index_count:
                     raise TecInputError(f"{len(self._entries)} tiles were added but the header's grid "
                                         f"needs {header.index_count}")
-                index = b"".join(e.pack() for e in self._entries)
-                header_offset = self._pos
-                index_offset = header_offset + len(head)
-                self._write(head)
-                self._write(index)
-                prefix = _PREFIX.pack(MAGIC, VERSION[0], VERSION[1], FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY,
-                                      header_offset, len(head),
-                                      _crc(head), index_offset, len(self._entries), _crc(index))
-                prefix += _CRC.pack(_crc(prefix))
-                self._f.seek(self._base)
-                self._write(prefix)
-                self._f.seek(self._base + index_offset + len(index))
+                if self.format_version == 1:
+                    self._finish_v1(head)
+                else:
+                    self._finish_v2(header, head)
                 self._f.flush()
                 if self._tmp is not None:
                     os.fsync(self._f.fileno())
@@ -464,6 +562,39 @@ class ContainerWriter:
                 self._abort_locked()
                 raise
             self._done = self._finished = True
+
+    def _finish_v1(self, head: bytes) -> None:
+        index = b"".join(e.pack() for e in self._entries)
+        header_offset = self._pos
+        index_offset = header_offset + len(head)
+        self._write(head)
+        self._write(index)
+        prefix = _PREFIX.pack(MAGIC, 1, 0, FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY, header_offset,
+                              len(head), _crc(head), index_offset, len(self._entries), _crc(index))
+        prefix += _CRC.pack(_crc(prefix))
+        self._f.seek(self._base)
+        self._write(prefix)
+        self._f.seek(self._base + index_offset + len(index))
+
+    def _finish_v2(self, header: "TecHeader", head: bytes) -> None:
+        # a bare tile's header fields come back from the file's header: they must agree with it
+        want = (_DTYPE_CODES[header.dtype], header.count)
+        nodata = _nodata_bytes(header.nodata)
+        for n, (kind, code, count, height, width, tile_nodata) in self._bare_fields:
+            shape = header.coded_shape(n)
+            if (code, count) != want or (height, width) != shape or tile_nodata != nodata:
+                raise TecInputError(
+                    f"tile {n}'s payload (dtype code {code}, {count} bands, {height}x{width}, nodata "
+                    f"{struct.unpack('<d', tile_nodata)[0]}) does not match the header (dtype "
+                    f"{header.dtype}, {header.count} bands, {shape[0]}x{shape[1]}, nodata {header.nodata})")
+        index = b"".join(e.pack2() for e in self._entries)
+        if len(index) > _MAX_U32:
+            raise TecInputError(f"the tile index is {len(index)} bytes; at most {_MAX_U32} fit")
+        prefix = _PREFIX2_HEAD.pack(MAGIC, self.format_version, 0, FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY)
+        lengths = _TRAILER.pack(len(head), len(index), 0)[:8]
+        self._write(head)
+        self._write(index)
+        self._write(lengths + _CRC.pack(_crc(prefix + head + index + lengths)))
 
     def abort(self) -> None:
         """Give up: delete the temporary file (path targets). Safe to call more than once."""
@@ -513,10 +644,11 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def write_container_bytes(header: TecHeader, tiles: Iterable[tuple[bytes, int]]) -> bytes:
+def write_container_bytes(header: TecHeader, tiles: Iterable[tuple[bytes, int]],
+                          format_version: int = VERSION[0]) -> bytes:
     """Build a whole container in memory from ``(payload, kind)`` pairs in index order."""
     buf = io.BytesIO()
-    w = ContainerWriter(buf)
+    w = ContainerWriter(buf, format_version)
     for payload, kind in tiles:
         w.add_tile(payload, kind)
     w.finish(header)
@@ -611,6 +743,13 @@ class ContainerReader:
         head = self._read(0, min(size, PREFIX_SIZE))
         if head[:len(MAGIC)] != MAGIC[:len(head)]:
             raise TecFormatError(f"{name}: not a .tec file (bad magic {head[:8].hex(' ')})")
+        if len(head) >= 12:
+            major, minor = struct.unpack_from("<HH", head, 8)
+            if major == 2:
+                return self._open_v2(head)
+            if major > max(READ_MAJORS) and size < PREFIX_SIZE:
+                raise TecVersionError(f"{name}: written by .tec format version {major}.{minor}; this "
+                                      f"reader supports {', '.join(f'{m}.x' for m in READ_MAJORS)}")
         if size < PREFIX_SIZE:
             raise TecFormatError(f"{name}: file truncated ({size} bytes, shorter than the "
                                  f"{PREFIX_SIZE}-byte prefix)")
@@ -619,10 +758,11 @@ class ContainerReader:
         (prefix_crc,) = _CRC.unpack_from(head, PREFIX_SIZE - 4)
         crc_ok = prefix_crc == _crc(head[:PREFIX_SIZE - 4])
         self.version = (major, minor)
-        if major > VERSION[0]:
+        if major > max(READ_MAJORS):
             raise TecVersionError(
                 f"{name}: written by .tec format version {major}.{minor}; this reader supports "
-                f"{VERSION[0]}.x" + ("" if crc_ok else " (or the prefix is corrupt: its CRC32 does not match)"))
+                f"{', '.join(f'{m}.x' for m in READ_MAJORS)}"
+                + ("" if crc_ok else " (or the prefix is corrupt: its CRC32 does not match)"))
         if not crc_ok:
             raise TecChecksumError(f"{name}: prefix CRC32 mismatch (corrupt file)")
         if major < 1:
@@ -646,6 +786,59 @@ class ContainerReader:
         raw_index = self._read(index_off, index_len)
         if _crc(raw_index) != index_crc:
             raise TecChecksumError(f"{name}: tile index CRC32 mismatch (corrupt file)")
+        self._parse_header(raw_header)
+        if index_count != self.header.index_count:
+            raise TecFormatError(f"{name}: tile index has {index_count} entries, the header's grid "
+                                 f"needs {self.header.index_count}")
+        entries = []
+        for i, (off, length, crc, kind) in enumerate(_ENTRY.iter_unpack(raw_index)):
+            if off < PREFIX_SIZE or off + length > size:
+                what = "truncated" if off + length > size else "corrupt"
+                raise TecFormatError(f"{name}: file {what}: {self._describe(i)} at offset {off}, "
+                                     f"{length} bytes, lies outside the file ({size} bytes)")
+            entries.append(TileEntry(off, length, crc, kind))
+        self.entries: list[TileEntry] = entries
+
+    def _open_v2(self, head: bytes) -> None:
+        """Format 2: [13-byte prefix][payloads][header][index][12-byte trailer]."""
+        name, size = self.name, self.size
+        if size < PREFIX2_SIZE + _TRAILER.size:
+            raise TecFormatError(f"{name}: file truncated ({size} bytes)")
+        _, major, minor, self.flags = _PREFIX2_HEAD.unpack_from(head)
+        self.version = (major, minor)
+        trailer = self._read(size - _TRAILER.size, _TRAILER.size)
+        header_len, index_len, crc = _TRAILER.unpack(trailer)
+        header_off = size - _TRAILER.size - index_len - header_len
+        if header_len == 0 or header_len > MAX_HEADER_SIZE or header_off < PREFIX2_SIZE:
+            raise TecFormatError(f"{name}: file truncated or corrupt (the trailer gives a {header_len}-byte "
+                                 f"header and a {index_len}-byte tile index in a {size}-byte file)")
+        region = self._read(header_off, header_len + index_len)
+        if _crc(head[:PREFIX2_SIZE] + region + trailer[:8]) != crc:
+            raise TecChecksumError(f"{name}: prefix, header or tile index CRC32 mismatch (corrupt or "
+                                   f"truncated file)")
+        self._parse_header(region[:header_len])
+        raw_index = region[header_len:]
+        entries, pos, off = [], 0, PREFIX2_SIZE
+        for i in range(self.header.index_count):
+            if pos >= len(raw_index):
+                raise TecFormatError(f"{name}: tile index has {i} entries, the header's grid needs "
+                                     f"{self.header.index_count}")
+            kind = raw_index[pos]
+            length, pos = _read_leb128(raw_index, pos + 1, f"{name}: tile index")
+            if pos + 4 > len(raw_index):
+                raise TecFormatError(f"{name}: tile index truncated")
+            (crc,) = _CRC.unpack_from(raw_index, pos)
+            pos += 4
+            entries.append(TileEntry(off, length, crc, kind & ~BARE, bool(kind & BARE)))
+            off += length
+        if pos != len(raw_index) or off != header_off:
+            raise TecFormatError(f"{name}: corrupt tile index (its entries cover {off - PREFIX2_SIZE} "
+                                 f"bytes of payloads, the file has {header_off - PREFIX2_SIZE}"
+                                 + ("" if pos == len(raw_index) else ", and bytes are left after them") + ")")
+        self.entries = entries
+
+    def _parse_header(self, raw_header: bytes) -> None:
+        name = self.name
         if self.flags & ~(FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY) or (
                 self.flags & FLAG_HEADER_DICTIONARY and not self.flags & FLAG_HEADER_DEFLATE):
             raise TecFormatError(f"{name}: unknown prefix flags {self.flags:#x} (a newer format?)")
@@ -662,17 +855,6 @@ class ContainerReader:
             self.header = TecHeader.from_json(raw_header)
         except TecFormatError as exc:
             raise TecFormatError(f"{name}: {exc}") from None
-        if index_count != self.header.index_count:
-            raise TecFormatError(f"{name}: tile index has {index_count} entries, the header's grid "
-                                 f"needs {self.header.index_count}")
-        entries = []
-        for i, (off, length, crc, kind) in enumerate(_ENTRY.iter_unpack(raw_index)):
-            if off < PREFIX_SIZE or off + length > size:
-                what = "truncated" if off + length > size else "corrupt"
-                raise TecFormatError(f"{name}: file {what}: {self._describe(i)} at offset {off}, "
-                                     f"{length} bytes, lies outside the file ({size} bytes)")
-            entries.append(TileEntry(off, length, crc, kind))
-        self.entries: list[TileEntry] = entries
 
     def _describe(self, index: int) -> str:
         date, level, ty, tx = self.header.tile_position(index)
@@ -690,6 +872,12 @@ class ContainerReader:
         if _crc(data) != e.crc32:
             raise TecChecksumError(f"{self.name}: {self._describe(index)}: payload CRC32 mismatch "
                                    f"(corrupt tile)")
+        if e.bare:
+            h = self.header
+            try:
+                data = expand_tile(data, e.kind, h.dtype, h.count, *h.coded_shape(index), h.nodata)
+            except TecFormatError as exc:
+                raise TecFormatError(f"{self.name}: {self._describe(index)}: {exc}") from None
         if len(data) >= 5 and data[:4] == TILE_MAGIC and data[4] != e.kind:
             raise TecFormatError(f"{self.name}: {self._describe(index)}: index says kind {e.kind}, "
                                  f"payload says kind {data[4]}")

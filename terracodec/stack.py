@@ -664,7 +664,7 @@ class StackWriter:
 
     def close(self) -> dict:
         """Write the file (atomically). Returns the header fields written."""
-        from .format import INDEX_ENTRY_SIZE, PREFIX_SIZE, ContainerWriter, TecHeader, deflate_header
+        from .format import ContainerWriter, TecHeader
 
         if self._closed:
             raise TecInputError("the stack writer is closed")
@@ -678,15 +678,8 @@ class StackWriter:
         stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0) + kinds.get(KIND_MULTIRES, 0),
                  "lossless_tiles": kinds.get(KIND_LOSSLESS, 0), "learned_tiles": kinds.get(KIND_LEARNED, 0),
                  "temporal_tiles": kinds.get(KIND_TEMPORAL, 0), "coarse_grid_tiles": kinds.get(KIND_MULTIRES, 0),
-                 "av1_tiles": self._av1_tiles, "compression_ratio": 0.0, **tilecodec.effort_record(self.effort)}
+                 "av1_tiles": self._av1_tiles, **tilecodec.effort_record(self.effort)}
         fields = dict(self._fields, stats=stats)
-        payload_bytes = sum(len(p) for row in self._payloads for p, _ in row)
-        raw = len(self.dates) * self.count * self.height * self.width * self.dtype.itemsize
-        n_tiles = len(self.dates) * self.tiles_x * self.tiles_y
-        for _ in range(3):                    # the ratio counts the whole file, header included
-            head_len = len(deflate_header(TecHeader(**fields).to_json().encode("utf-8")))   # as stored
-            stats["compression_ratio"] = round(raw / (PREFIX_SIZE + payload_bytes + head_len
-                                                      + INDEX_ENTRY_SIZE * n_tiles), 3)
         with ContainerWriter(self.path) as w:
             for row in self._payloads:
                 for p, k in row:

@@ -49,10 +49,11 @@ def lossless_payloads(header: TecHeader, image: np.ndarray) -> list[tuple[bytes,
 
 @pytest.fixture
 def sample():
-    """(header, image, container bytes) for a 3x2 grid with cropped edge tiles (small: ~4 kB)."""
+    """(header, image, format 1 container bytes) for a 3x2 grid with cropped edge tiles (small:
+    ~4 kB). Format 1 files must stay readable; the tests that edit their bytes know its layout."""
     header = make_header(width=40, height=20, tile_size=16)
     image = raster(header)
-    return header, image, write_container_bytes(header, lossless_payloads(header, image))
+    return header, image, write_container_bytes(header, lossless_payloads(header, image), format_version=1)
 
 
 def regions(data: bytes):
@@ -88,7 +89,7 @@ def replace_header(data: bytes, obj, deflate: bool = True) -> bytes:
 # -- round trips ------------------------------------------------------------------------------------
 def test_round_trip_bytes_and_decode(sample):
     header, image, data = sample
-    assert data[:8] == MAGIC and PREFIX_SIZE == 64 and VERSION == (1, 0)
+    assert data[:8] == MAGIC and PREFIX_SIZE == 64 and VERSION == (2, 0)
     r = ContainerReader(data)
     assert r.header == header and r.version == (1, 0) and r.flags == FLAG_HEADER_DEFLATE | 2
     assert len(r.entries) == header.index_count == 6
@@ -104,7 +105,7 @@ def test_round_trip_bytes_and_decode(sample):
 def test_round_trip_path_memoryview_and_peek(sample, tmp_path):
     header, image, data = sample
     path = tmp_path / "scene.tec"
-    with ContainerWriter(path) as w:
+    with ContainerWriter(path, format_version=1) as w:
         for i, (payload, kind) in enumerate(lossless_payloads(header, image)):
             assert w.add_tile(payload, kind, index=i) == i
         w.finish(header)
@@ -124,7 +125,7 @@ def test_writer_on_file_object_at_an_offset(sample):
     header, image, data = sample
     buf = io.BytesIO()
     buf.write(b"junk")
-    w = ContainerWriter(buf)
+    w = ContainerWriter(buf, format_version=1)
     for payload, kind in lossless_payloads(header, image):
         w.add_tile(payload, kind)
     w.finish(header)
@@ -315,7 +316,7 @@ def test_writer_replaces_existing_target(sample, tmp_path):
     header, image, data = sample
     target = tmp_path / "scene.tec"
     target.write_bytes(b"old")
-    with ContainerWriter(target) as w:
+    with ContainerWriter(target, format_version=1) as w:
         for payload, kind in lossless_payloads(header, image):
             w.add_tile(payload, kind)
         w.finish(header)
@@ -452,8 +453,10 @@ def _with_version(data: bytes, major: int, minor: int) -> bytes:
 
 def test_future_major_version_rejected(sample):
     _, _, data = sample
-    with pytest.raises(TecVersionError, match=r"2\.0"):
-        ContainerReader(_with_version(data, 2, 0))
+    with pytest.raises(TecVersionError, match=r"3\.0"):
+        ContainerReader(_with_version(data, 3, 0))
+    with pytest.raises(TecVersionError, match=r"3\.1"):           # shorter than a format 1 prefix
+        ContainerReader(_with_version(data, 3, 1)[:40])
     with pytest.raises(TecFormatError, match="version 0"):
         ContainerReader(_with_version(data, 0, 9))
 
@@ -546,3 +549,98 @@ def test_format_spec_lists_the_header_dictionary():
     start = spec.index("```\n", spec.index("preset dictionary")) + 4
     block = spec[start:spec.index("\n```", start)]
     assert "".join(block.split("\n")).encode("ascii") == HEADER_DICTIONARY
+
+
+# -- format 2 ------------------------------------------------------------------------------------------
+@pytest.fixture
+def sample2():
+    """(header, image, format 2 container bytes) of the same grid, with nodata pixels (mask mode
+    1) in one tile."""
+    header = make_header(width=40, height=20, tile_size=16)
+    image = raster(header)
+    image[:, 0, :5] = 0
+    return header, image, write_container_bytes(header, lossless_payloads(header, image))
+
+
+def test_format2_round_trip_is_smaller_and_bare(sample2):
+    header, image, data = sample2
+    payloads = lossless_payloads(header, image)
+    v1 = write_container_bytes(header, payloads, format_version=1)
+    r = ContainerReader(data)
+    assert data[:8] == MAGIC and r.version == (2, 0)
+    assert all(e.bare and e.kind == KIND_LOSSLESS for e in r.entries)
+    assert [r.read_tile(i) for i in range(6)] == [p for p, _ in payloads]      # payloads come back whole
+    assert r.header == ContainerReader(v1).header
+    # 64-byte prefix -> 25 bytes with the trailer; 24-byte entries -> 7; about 27 header bytes per tile
+    assert len(v1) - len(data) >= (64 - 25) + 6 * (24 - 7) + 6 * 25
+    assert tilecodec.TileHeader(r.read_tile(0)).mask is not None
+
+
+def test_format2_arbitrary_payloads_are_stored_as_given():
+    header = make_header(width=5, height=3, tile_size=2, count=1, bands=["B04"], nodata=None)
+    tiles = [(bytes([i]) * i, i % 3) for i in range(header.index_count)]     # tile 0 is empty
+    r = ContainerReader(write_container_bytes(header, tiles))
+    assert [r.read_tile(i) for i in range(len(tiles))] == [p for p, _ in tiles]
+    assert [(e.kind, e.bare) for e in r.entries] == [(k, False) for _, k in tiles]
+
+
+def test_format2_payload_that_disagrees_with_the_header_is_refused(tmp_path):
+    header = make_header(width=4, height=4, tile_size=4, count=1, bands=["B04"], nodata=None)
+    for tile, nodata in ((np.ones((1, 4, 3), np.uint16), None),          # wrong width
+                         (np.ones((1, 4, 4), np.uint8), None),           # wrong dtype
+                         (np.ones((1, 4, 4), np.uint16), 7)):            # wrong nodata
+        target = tmp_path / "x.tec"
+        with pytest.raises(TecInputError, match="does not match the header"):
+            with ContainerWriter(target) as w:
+                w.add_tile(tilecodec.encode_lossless(tile, nodata), KIND_LOSSLESS)
+                w.finish(header)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_format2_truncated_at_every_cut_point(sample2):
+    _, _, data = sample2
+    for cut in range(len(data)):
+        with pytest.raises(TecFormatError):
+            ContainerReader(data[:cut])
+
+
+def test_format2_every_single_bit_flip_is_detected(sample2):
+    """A flipped bit anywhere gives a TecFormatError (or subclass) at open or when its tile is
+    read, never wrong pixels."""
+    header, image, data = sample2
+    payloads = [p for p, _ in lossless_payloads(header, image)]
+    for pos in range(len(data)):
+        for bit in (0, 7):
+            bad = bytearray(data)
+            bad[pos] ^= 1 << bit
+            try:
+                r = ContainerReader(bytes(bad))
+                tiles = [r.read_tile(i) for i in range(6)]
+            except TecFormatError:
+                continue
+            assert tiles == payloads and r.header == header, (pos, bit)
+            raise AssertionError(f"flip at byte {pos} bit {bit} went unnoticed")
+
+
+def test_format2_bad_index_is_a_format_error(sample2):
+    header, _, data = sample2
+    r = ContainerReader(data)
+    head_len, index_len, _ = struct.unpack_from("<III", data, len(data) - 12)
+    start = len(data) - 12 - index_len
+    index = bytearray(data[start:len(data) - 12])
+
+    def rebuilt(new_index: bytes) -> bytes:
+        body = data[:start] + new_index
+        lengths = struct.pack("<II", head_len, len(new_index))
+        return body + lengths + struct.pack("<I", zlib.crc32(data[:13] + body[len(body) - len(new_index) - head_len:] + lengths))
+
+    assert ContainerReader(rebuilt(bytes(index))).header == header        # the helper itself is right
+    longer = bytearray(index)
+    longer[1] += 1                                          # tile 0 one byte longer: payloads overrun
+    with pytest.raises(TecFormatError, match="corrupt tile index"):
+        ContainerReader(rebuilt(bytes(longer)))
+    with pytest.raises(TecFormatError, match="corrupt tile index"):
+        ContainerReader(rebuilt(bytes(index) + b"\x00"))   # bytes left over
+    with pytest.raises(TecFormatError):
+        ContainerReader(rebuilt(bytes(index[:-3])))         # an entry short
+    assert len(r.entries) == 6

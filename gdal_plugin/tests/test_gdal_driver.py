@@ -344,7 +344,31 @@ def _assert_clean_failure(proc, *needles):
         assert (n.search(proc.stderr) if isinstance(n, re.Pattern) else n in proc.stderr), proc.stderr
 
 
+def _with_stored_payload(data: bytes, index: int, edit) -> bytes:
+    """The format 2 file ``data`` with tile ``index``'s stored payload replaced by ``edit(stored)``
+    (same length), and its index CRC and the trailer's CRC recomputed: a file whose checksums are
+    right but whose payload is not."""
+    import struct
+    import zlib
+
+    from terracodec.format import ContainerReader, TileEntry
+
+    entries = ContainerReader(data).entries
+    hlen, ilen, _ = struct.unpack_from("<III", data, len(data) - 12)
+    hoff = len(data) - 12 - ilen - hlen
+    e = entries[index]
+    stored = edit(data[e.offset:e.offset + e.length])
+    assert len(stored) == e.length
+    entries[index] = TileEntry(e.offset, e.length, zlib.crc32(stored), e.kind, e.bare)
+    index_bytes = b"".join(x.pack2() for x in entries)
+    body = data[:e.offset] + stored + data[e.offset + e.length:hoff + hlen] + index_bytes
+    lengths = struct.pack("<II", hlen, len(index_bytes))
+    return body + lengths + struct.pack("<I", zlib.crc32(body[:13] + body[hoff:] + lengths))
+
+
 def test_corrupt_truncated_and_foreign_files(encoded, tmp_path):
+    from terracodec.format import ContainerReader
+
     data = encoded.read_bytes()
     trunc = tmp_path / "trunc.tec"
     trunc.write_bytes(data[: len(data) // 2])
@@ -353,19 +377,18 @@ def test_corrupt_truncated_and_foreign_files(encoded, tmp_path):
     short.write_bytes(data[:40])
     _assert_clean_failure(run("gdalinfo", short, check=False), "truncated")
     badhdr = tmp_path / "badhdr.tec"
-    hoff = int.from_bytes(data[16:24], "little")
+    hlen, ilen = int.from_bytes(data[-12:-8], "little"), int.from_bytes(data[-8:-4], "little")
     b = bytearray(data)
-    b[hoff + 3] ^= 0x55
+    b[len(data) - 12 - ilen - hlen + 3] ^= 0x55              # a header byte
     badhdr.write_bytes(bytes(b))
     _assert_clean_failure(run("gdalinfo", badhdr, check=False), "CRC")
     foreign = tmp_path / "random.tec"
     foreign.write_bytes(np.random.default_rng(0).bytes(5000))
     _assert_clean_failure(run("gdalinfo", foreign, check=False), "not recognized")
-    # a corrupt tile payload: the CRC check in C++ names the tile
-    ioff = int.from_bytes(data[32:40], "little")
-    poff = int.from_bytes(data[ioff + 24 * 4: ioff + 24 * 4 + 8], "little")
+    # a corrupt tile payload: the CRC check names the tile
+    e = ContainerReader(data).entries[4]
     b = bytearray(data)
-    b[poff + 30] ^= 0xFF
+    b[e.offset + e.length // 2] ^= 0xFF
     bad = tmp_path / "badtile.tec"
     bad.write_bytes(bytes(b))
     assert run("gdalinfo", bad).returncode == 0              # metadata still fine
@@ -376,22 +399,12 @@ def test_corrupt_truncated_and_foreign_files(encoded, tmp_path):
 
 
 def test_python_decoder_error_names_the_tile(encoded, tmp_path):
-    """A payload whose CRC is right but which the decoder rejects: the Python exception surfaces."""
-    import struct
-    import zlib
+    """A payload whose CRCs are right but which the decoder rejects: the Python exception surfaces."""
+    def garble(stored: bytes) -> bytes:            # a bad param byte (kind 1), bad groups (kind 4)
+        return bytes([0x0F, stored[1]]) + b"\xff" * 8 + stored[10:]
 
-    data = bytearray(encoded.read_bytes())
-    ioff, count = int.from_bytes(data[32:40], "little"), int.from_bytes(data[40:44], "little")
-    e = ioff + 24 * 4
-    poff, plen = struct.unpack_from("<QI", data, e)
-    data[poff: poff + 4] = b"XXXX"                           # break the tile magic
-    # re-seal the payload's own trailing CRC32 so only the magic is wrong
-    struct.pack_into("<I", data, poff + plen - 4, zlib.crc32(bytes(data[poff: poff + plen - 4])))
-    struct.pack_into("<I", data, e + 12, zlib.crc32(bytes(data[poff: poff + plen])))
-    struct.pack_into("<I", data, 44, zlib.crc32(bytes(data[ioff: ioff + 24 * count])))
-    struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
     bad = tmp_path / "baddecode.tec"
-    bad.write_bytes(bytes(data))
+    bad.write_bytes(_with_stored_payload(encoded.read_bytes(), 4, garble))
     proc = run("gdal_translate", bad, tmp_path / "y.tif", check=False)
     _assert_clean_failure(proc, _TILE_1_1, "TecFormatError")
 
