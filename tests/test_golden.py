@@ -87,3 +87,15 @@ def test_golden_sparse_basis_file_stores_a_sparse_basis(monkeypatch):
     monkeypatch.setattr(multires, "parse_basis", spy)
     terracodec.decode((GOLDEN / "sparse_basis_bigearthnet_q1.tec").read_bytes())
     assert any(seen) and MANIFEST["sparse_basis_bigearthnet_q1.tec"]["sparse_basis"]
+
+
+def test_golden_files_cover_both_container_formats():
+    """Format 1 files (64-byte prefix) and format 2 files (bare tiles) are both in the set, and
+    each opens as the version it was written in."""
+    versions = {name: tuple(ContainerReader(GOLDEN / name).version) for name in MANIFEST}
+    assert versions["stack_eolearn_3dates_q5.tec"] == versions["kind4_f16_bigearthnet_q4.tec"] == (1, 0)
+    assert versions["format2_nodata_10band_rsgislib_q4.tec"] == (2, 0)
+    assert versions["format2_stack_eolearn_3dates_q5.tec"] == (2, 0)
+    with ContainerReader(GOLDEN / "format2_nodata_10band_rsgislib_q4.tec") as r:
+        assert len(r.entries) > 1 and all(e.bare for e in r.entries) and r.header.tile_overlap > 0
+    assert MANIFEST["format2_nodata_10band_rsgislib_q4.tec"]["format_version"] == [2, 0]

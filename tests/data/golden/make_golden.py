@@ -79,6 +79,10 @@ CASES = {
     "lossless": ("lossless_openeo.tec", _image("l2a_4band_openeo.tif", 5, model="lossless")),
     "av1": ("av1_majortom_q6.tec", _av1),
     "stack": ("stack_eolearn_3dates_q5.tec", _stack),
+    # format 2 (bare tiles, compact index): a 2 x 2 grid with overlap and nodata, and a stack
+    "format2_nodata": ("format2_nodata_10band_rsgislib_q4.tec",
+                       _image("sref_10band_nodata_rsgislib.tif", 4, tile_size=32)),
+    "format2_stack": ("format2_stack_eolearn_3dates_q5.tec", _stack),
 }
 
 
@@ -115,7 +119,9 @@ def decoded_facts(data: bytes) -> dict:
             multires.decode_coefficients = original
     with tec.open(data) as ds:
         stats = ds.stats
-    return {"sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(), "shape": list(out.shape),
+    from terracodec.format import ContainerReader
+
+    return {"format_version": list(ContainerReader(data).version),"sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(), "shape": list(out.shape),
             "dtype": str(out.dtype), "coded_coefficients": bool(calls), "sparse_basis": _sparse_basis(data),
             "av1_tiles": int(stats.get("av1_tiles", 0)),
             "temporal_tiles": int(stats.get("temporal_tiles", 0)), "learned_tiles": int(stats.get("learned_tiles", 0))}
