@@ -372,10 +372,10 @@ class TecHeader:
     def tile_window(self, index: int) -> tuple[int, int, int, int]:
         """Entry index -> pixel window ``(row_off, col_off, height, width)`` (edge tiles are cropped).
 
-        Only level 0 has a defined geometry in format 1.0."""
+        Only level 0 has a defined geometry (formats 1 and 2)."""
         _, level, ty, tx = self.tile_position(index)
         if level != 0:
-            raise TecInputError(f"tile {index} is on level {level}; format 1.0 defines level 0 only")
+            raise TecInputError(f"tile {index} is on level {level}; the format defines level 0 only")
         t = self.tile_size
         row, col = ty * t, tx * t
         return row, col, min(t, self.height - row), min(t, self.width - col)
@@ -401,7 +401,7 @@ class TecHeader:
         if not 0 <= date < len(self.dates):
             raise TecInputError(f"date {date} out of range (the file has {len(self.dates)})")
         if level != 0:
-            raise TecInputError(f"level {level}: format 1.0 defines level 0 only")
+            raise TecInputError(f"level {level}: the format defines level 0 only")
         t = self.tile_size
         rows = range(row_off // t, (row_off + height - 1) // t + 1)
         cols = range(col_off // t, (col_off + width - 1) // t + 1)
@@ -507,7 +507,7 @@ class ContainerWriter:
         """Append one payload; returns its entry index. Tiles come in index order (``index``, if
         given, must be the next one). A payload starting with the tile magic must carry ``kind``."""
         if kind not in KINDS:
-            raise TecInputError(f"unknown tile kind {kind!r}; format 1.0 knows {KINDS}")
+            raise TecInputError(f"unknown tile kind {kind!r}; the format knows {KINDS}")
         data = memoryview(payload).cast("B")
         if len(data) > _MAX_U32:
             raise TecInputError(f"tile payload of {len(data)} bytes does not fit a u32 length")
