@@ -382,8 +382,8 @@ def _plain_walk(tile, nodata, mask, lam, start: int, step: int) -> tuple[bytes, 
 
     def cost_at(level):
         if level not in costs:
-            payloads[level] = p = code_at(level)
-            decoded = decode_tile(p)
+            p, decoded = code_at(level)
+            payloads[level] = p
             costs[level] = rd_cost(tile, decoded, mask, len(p), lam)
             if not cheapest or costs[level] < costs[next(iter(cheapest))]:
                 cheapest.clear()
@@ -444,8 +444,8 @@ def start_level(tile: np.ndarray, nodata, mask: np.ndarray | None, lam: float) -
     code_at = _classical_coder(crop, nodata, crop_mask, rate_shift(lam))
 
     def cost_at(level):
-        p = code_at(level)
-        return rd_cost(crop, decode_tile(p), crop_mask, len(p), lam)
+        p, decoded = code_at(level)
+        return rd_cost(crop, decoded, crop_mask, len(p), lam)
 
     best, costs = _descend(cost_at, guess, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=3, max_tries=8)
     if any(costs.get(best + d) == costs[best] for d in (-3, -1, 1, 3)):
@@ -505,8 +505,8 @@ def encode_classical_floor(tile: np.ndarray, nodata, floor_db: float) -> bytes:
         lo, hi, best = J2K_LEVEL_MIN, J2K_LEVEL_MAX, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            p = code_at(mid)
-            if tile_psnr(tile, decode_tile(p), mask) >= floor_db:
+            p, decoded = code_at(mid)
+            if tile_psnr(tile, decoded, mask) >= floor_db:
                 best, hi = p, mid - 1
             else:
                 lo = mid + 1
@@ -516,18 +516,27 @@ def encode_classical_floor(tile: np.ndarray, nodata, floor_db: float) -> bytes:
 
 
 def _classical_coder(tile: np.ndarray, nodata, mask: np.ndarray | None, min_shift: int = 0):
-    """-> code_at(level): the classical payload of ``tile`` (``mask`` = nodata_mask(tile, nodata))
-    at OpenJPEG level ``level``, components shifted by at least ``min_shift`` (the KLT is fitted once)."""
+    """-> code_at(level): ``(payload, decoded tile)``, the classical payload of ``tile`` (``mask`` =
+    nodata_mask(tile, nodata)) at OpenJPEG level ``level``, components shifted by at least
+    ``min_shift`` (the KLT is fitted once), and the pixels :func:`decode_tile` gives for it. The
+    codestream is decoded once (the sparse basis needs its components anyway) and the pixels are
+    made from those components as decode_classical makes them."""
     comps, means, basis_q = _klt_components(tile, mask, compact=True)
     comps, shift = j2k_components(comps, min_shift)
     side = means.astype("<f2").tobytes()
+    side_means = np.frombuffer(side, "<f2").astype(np.float64)        # as the decoder reads them
+    n = tile.shape[0]
 
     def code_at(level):
         stream = j2k_stream(comps, level)
-        basis, sparse = basis_side(basis_q, j2k_decode_checked(stream, comps.shape, "classical tile"))
+        decoded_comps = j2k_decode_checked(stream, comps.shape, "classical tile")
+        basis, sparse = basis_side(basis_q, decoded_comps)
         stored, bare = j2k_store(stream, comps.shape)
         param = shift | SIDE_COMPACT | bare | (SPARSE_BASIS if sparse else 0)
-        return seal(pack_header(KIND_CLASSICAL, tile, nodata, mask, param) + side + basis + stored)
+        head = pack_header(KIND_CLASSICAL, tile, nodata, mask, param)
+        payload = seal(head + side + basis + stored)
+        values = component_values(decoded_comps, shift, side_means, parse_basis(basis, 0, n, sparse, "")[0])
+        return payload, restore_nodata(_to_dtype(values, tile.dtype), TileHeader(head))
 
     return code_at
 

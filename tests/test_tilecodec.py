@@ -256,16 +256,32 @@ def test_classical_side_info_is_compact_and_old_layout_still_decodes(bright):
         tc.decode_tile(tc.seal(bytes(raw)))
 
 
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_classical_coder_gives_the_decoders_pixels(bright, nodata):
+    """The level walks use the pixels the coder makes from its one JPEG 2000 decode: they must be
+    the decoder's, bit for bit (sparse and whole bases, nodata restored)."""
+    tile = bright.copy()
+    if nodata is not None:
+        tile[:, :7, :9] = nodata
+        tile[2, 20:25, 30:40] = nodata
+    mask = tc.nodata_mask(tile, nodata)
+    code_at = tc._classical_coder(tile, nodata, mask, tc.rate_shift(tc.rd_lambda(3)))
+    for level in (38, 50, 62):
+        payload, decoded = code_at(level)
+        np.testing.assert_array_equal(decoded, tc.decode_tile(payload))
+        assert decoded.dtype == tile.dtype
+
+
 def test_sparse_basis_keeps_the_pixels_and_saves_bytes(bright, monkeypatch):
     """At a coarse level JPEG 2000 drops the weak KLT components; their basis columns are not stored
     (param bit 5) and the tile decodes to the same pixels as with the whole basis."""
     code_at = tc._classical_coder(bright, None, None, tc.rate_shift(tc.rd_lambda(1)))
-    sparse = code_at(40)
+    sparse = code_at(40)[0]
     head = tc.TileHeader(tc.unseal(sparse))
     assert head.param & tc.SPARSE_BASIS
     real = tc.basis_side
     monkeypatch.setattr(tc, "basis_side", lambda q, comps: real(q, np.ones((len(q), 1))))
-    dense = code_at(40)
+    dense = code_at(40)[0]
     assert not tc.TileHeader(tc.unseal(dense)).param & tc.SPARSE_BASIS
     np.testing.assert_array_equal(tc.decode_tile(sparse), tc.decode_tile(dense))
     assert len(sparse) < len(dense)
@@ -336,7 +352,7 @@ def test_level_walk_starts_at_the_central_crops_best_level(cloudy, monkeypatch):
     code_at = tc._classical_coder(tile, None, None, tc.rate_shift(lam))
     exhaustive = []
     for level in range(start - 4, start + 5):
-        p = code_at(level)
+        p, _ = code_at(level)
         exhaustive.append(tc.rd_cost(tile, tc.decode_tile(p), None, len(p), lam))
     assert j == pytest.approx(min(exhaustive), rel=1e-12)
     # small tiles have no probe: they start at the slope's predicted level and walk by 3
