@@ -3,7 +3,10 @@
 //
 // * Identify, Open, the JSON header, the tile index (with CRC32 checks), georeferencing, band
 //   descriptions, nodata and metadata are handled here in C++: gdalinfo never starts Python.
-// * Pixels: IReadBlock reads the tile payload through VSI, checks its CRC32 and hands it to the
+//   Container formats 1 (64-byte prefix) and 2 (13-byte prefix, 12-byte trailer, LEB128 index,
+//   bare tile payloads) are read.
+// * Pixels: IReadBlock reads the tile payload through VSI, checks its CRC32, restores a bare
+//   payload's common header (ExpandBareTile) and hands it to the
 //   Python package (terracodec.gdal_bridge.decode_payload) which returns raw pixels. One tile
 //   holds every band, so a decoded tile fills the block cache of all bands at once.
 // * Overviews: power-of-two levels read through gdal_bridge.read_window(level=k), which decodes
