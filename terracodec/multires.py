@@ -1,7 +1,7 @@
 """Kind 4 tiles: bands resampled from a coarser grid are coded on that grid.
 
 Sentinel-2 measures B05-B07, B8A, B11, B12 at 20 m and B01, B09, B10 at 60 m. On a 10 m grid those
-bands are interpolations (bilinear or nearest) of 4x or 36x fewer samples, which a codec of the
+bands are interpolations (bilinear, nearest, or bilinear between samples on pixels) of 4x or 36x fewer samples, which a codec of the
 10 m pixels pays for again. The encoder finds, per band, the coarse grid (factor, interpolation,
 phase) that reproduces the band to rounding, groups bands of the same grid, and codes each group on
 its grid: coarse groups are first predicted from the bands decoded before them (a linear map of
@@ -25,7 +25,11 @@ from .tilecodec import (BARE_J2K, DEFAULT_EFFORT, SHIFT_MASK, _to_dtype, basis_s
                         j2k_decode_checked, j2k_dress, j2k_store, parse_basis)
 
 FACTORS = (6, 2)                     # tried largest first: a 60 m band also fits a 20 m grid roughly
-MODES = {"bilinear": 0, "nearest": 1}
+# interp: how a band was brought to the fine grid. "bilinear" and "nearest" take the coarse cells as
+# areas (a cell's centre between fine pixels, as GDAL and rasterio resample); "point" is bilinear
+# between cell centres that sit on fine pixels (Google Earth Engine exports, e.g. SSL4EO-S12: every
+# 2nd / 6th pixel is a sample of the coarse band and the pixels between are linear in between).
+MODES = {"bilinear": 0, "nearest": 1, "point": 2}
 AV1_STREAM = 0x80                    # group mode bit 7: the components are AV1 images, not JPEG 2000
 CODED_COEF = 0x40                    # group mode bit 6: the prediction coefficients are Rice-coded integers
 SPARSE_BASIS = 0x20                  # group mode bit 5: only the basis columns of nonzero components (basis_side)
@@ -75,7 +79,8 @@ def upsample_matrix(n: int, factor: int, phase: int, mode: int) -> np.ndarray:
     """(n, cells) interpolation matrix of one axis of ``n`` pixels from a grid ``factor`` times coarser.
 
     Cell j (any integer) has its centre at ``phase + factor * j + (factor - 1) / 2`` in pixel
-    units. Bilinear: pixel k sits at u = (k - phase - (factor - 1) / 2) / factor cells and takes
+    units, or at ``phase + factor * j`` (on a pixel) in mode "point". Bilinear: pixel k sits at
+    u = (k - phase - (factor - 1) / 2) / factor cells (point: u = (k - phase) / factor) and takes
     (1 - a) of cell floor(u) and a of the next (a = u - floor(u)). Nearest: pixel k takes cell
     floor((k - phase) / factor). The columns are the cells with a weight in some pixel, lowest first."""
     if factor == 1:
@@ -87,7 +92,8 @@ def upsample_matrix(n: int, factor: int, phase: int, mode: int) -> np.ndarray:
         u = np.zeros((n, int(cells.max()) - lo + 1))
         u[k, cells - lo] = 1.0
         return u
-    pos = (k - phase - (factor - 1) / 2) / factor
+    centre = 0 if mode == MODES["point"] else (factor - 1) / 2
+    pos = (k - phase - centre) / factor
     i0 = np.floor(pos).astype(int)
     a = pos - i0
     lo = int(i0.min())

@@ -15,7 +15,7 @@ from terracodec import tilecodec as tc  # noqa: E402
 from terracodec.errors import TecFormatError  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
-BILINEAR, NEAREST = mr.MODES["bilinear"], mr.MODES["nearest"]
+BILINEAR, NEAREST, POINT = mr.MODES["bilinear"], mr.MODES["nearest"], mr.MODES["point"]
 
 
 def read(name):
@@ -38,8 +38,58 @@ def test_upsampling_matrices():
     assert np.array_equal(mr.upsample_matrix(5, 1, 0, BILINEAR), np.eye(5))
 
 
+def point_interpolated(band: np.ndarray, factor: int, phase: tuple[int, int]) -> np.ndarray:
+    """``band`` brought to a grid ``factor`` times coarser whose samples sit on pixels (rows and
+    columns ``phase + factor * j``) and back by linear interpolation between them, as Earth
+    Engine exports (e.g. SSL4EO-S12) show: written with np.interp, independently of
+    multires.upsample_matrix (past the last sample np.interp repeats it)."""
+    h, w = band.shape
+    ys, xs = np.arange(phase[0], h, factor), np.arange(phase[1], w, factor)
+    samples = band[np.ix_(ys, xs)].astype(np.float64)
+    rows = np.stack([np.interp(np.arange(h), ys, samples[:, j]) for j in range(len(xs))], axis=1)
+    return np.rint(np.stack([np.interp(np.arange(w), xs, rows[i]) for i in range(h)]))
+
+
+def test_point_grid_matches_linear_interpolation_between_samples():
+    u = mr.upsample_matrix(9, 2, 1, POINT)
+    # pixel 1 is sample 0 itself; pixel 2 lies halfway to sample 1 (pixel 3); pixel 0 halfway
+    # from the cell before (centred on pixel -1)
+    assert np.allclose(u.sum(axis=1), 1)
+    assert np.allclose(u[1], np.eye(u.shape[1])[1]) and np.allclose(u[2, 1:3], [0.5, 0.5])
+    assert np.allclose(u[0, :2], [0.5, 0.5])
+    rng = np.random.default_rng(5)
+    band = rng.uniform(300, 5000, (40, 52))
+    fine = point_interpolated(band, 6, (2, 5))
+    uy, ux = mr.upsample_matrix(40, 6, 2, POINT), mr.upsample_matrix(52, 6, 5, POINT)
+    cells = mr._fit_matrix(40, 6, 2, POINT) @ fine @ mr._fit_matrix(52, 6, 5, POINT).T
+    assert np.sqrt(np.mean((uy @ cells @ ux.T - fine) ** 2)) < 0.5      # rounding only
+
+
+def test_point_grids_are_found_and_coded_on_their_grid(bigearthnet):
+    """The 20 m and 60 m bands of a train crop, resampled as Earth Engine does (samples on pixels),
+    are detected as "point" grids and coded on them: fewer bytes than treating them as other
+    grids or full resolution, and the decoder gives the encoder's pixels."""
+    tile, names = bigearthnet
+    tile = tile.astype(np.float64)
+    for b, name in enumerate(names):
+        if name in ("B05", "B06", "B07", "B8A", "B11", "B12"):
+            tile[b] = point_interpolated(tile[b], 2, (1, 0))
+        elif name in ("B01", "B09"):
+            tile[b] = point_interpolated(tile[b], 6, (3, 1))
+    tile = tile.astype(np.int16)
+    grids = dict(zip(names, mr.detect_grids(tile)))
+    assert {b for b, g in grids.items() if g == (2, POINT, 1, 0)} == {"B05", "B06", "B07", "B8A", "B11", "B12"}
+    assert grids["B01"] == grids["B09"] == (6, POINT, 3, 1)
+    lam = tc.rd_lambda(6)
+    payload, j, decoded = tc.encode_multires(tile, None, lam, 60)
+    np.testing.assert_array_equal(tc.decode_tile(payload), decoded)
+    k1, j1 = tc.encode_classical(tile, None, lam, multires=False)
+    assert j < 0.9 * j1
+
+
 @pytest.mark.parametrize("h,w,factor,mode,py,px", [(544, 530, 2, BILINEAR, 0, 1), (93, 100, 6, BILINEAR, 3, 2),
-                                                   (64, 66, 2, NEAREST, 1, 0), (50, 47, 6, NEAREST, 0, 5)])
+                                                   (64, 66, 2, NEAREST, 1, 0), (50, 47, 6, NEAREST, 0, 5),
+                                                   (60, 71, 2, POINT, 1, 1), (50, 47, 6, POINT, 4, 0)])
 def test_grid_error_equals_the_error_on_pixels(h, w, factor, mode, py, px):
     # the encoder compares a coarse group's codes on its grid: ||U_y e U_x.T||^2 from tridiagonal Gram matrices
     uy, ux = mr.upsample_matrix(h, factor, py, mode), mr.upsample_matrix(w, factor, px, mode)
@@ -50,7 +100,8 @@ def test_grid_error_equals_the_error_on_pixels(h, w, factor, mode, py, px):
 
 
 @pytest.mark.parametrize("factor,mode,phase", [(2, BILINEAR, (1, 0)), (6, BILINEAR, (4, 2)),
-                                               (2, NEAREST, (0, 1)), (6, NEAREST, (3, 5))])
+                                               (2, NEAREST, (0, 1)), (6, NEAREST, (3, 5)),
+                                               (2, POINT, (1, 1)), (6, POINT, (0, 4))])
 def test_detects_a_synthetic_coarse_grid(factor, mode, phase):
     rng = np.random.default_rng(factor + mode)
     h, w = 70, 90
@@ -193,6 +244,7 @@ def test_damaged_kind4_bodies_give_format_errors(bigearthnet):
         "truncated": payload[:body + 20],
         "group count": payload[:body] + bytes([payload[body] + 1]) + payload[body + 1:],
         "factor 0": payload[:body + 1] + b"\x00" + payload[body + 2:],
+        "unknown interpolation 3": payload[:body + 2] + bytes([payload[body + 2] & 0xE0 | 3]) + payload[body + 3:],
         "band out of range": payload[:body + 7] + b"\x63" + payload[body + 8:],
         "extra bytes": payload + b"\x00",
         "neighbour prediction in the first group": payload[:body + 6] + bytes([payload[body + 6] | mr.SPATIAL])
