@@ -99,3 +99,16 @@ def test_golden_files_cover_both_container_formats():
     with ContainerReader(GOLDEN / "format2_nodata_10band_rsgislib_q4.tec") as r:
         assert len(r.entries) > 1 and all(e.bare for e in r.entries) and r.header.tile_overlap > 0
     assert MANIFEST["format2_nodata_10band_rsgislib_q4.tec"]["format_version"] == [2, 0]
+
+
+def test_golden_point_grid_file_has_point_grids():
+    """Kind 4 groups on grids whose samples sit on pixels (interp 2, Earth Engine exports)."""
+    point = []
+    with ContainerReader(GOLDEN / "point_grid_bigearthnet_q6.tec") as reader:
+        for i, entry in enumerate(reader.entries):
+            if entry.kind == tilecodec.KIND_MULTIRES:
+                raw = tilecodec.unseal(reader.read_tile(i))
+                raw, head, _ = tilecodec.split_restoration(raw, tilecodec.TileHeader(raw))
+                point += [g[0][:2] for g in multires._parse_groups(raw[head.body:], head.count, head.height, head.width)
+                          if g[0][1] == multires.MODES["point"]]
+    assert sorted(point) == [(2, 2), (6, 2)] and MANIFEST["point_grid_bigearthnet_q6.tec"]["point_grids"]

@@ -44,6 +44,25 @@ def _image(name, quality, **kw):
     return build
 
 
+def _point_grid():
+    """The 12-band train crop with its 20 m / 60 m bands resampled as Earth Engine exports them
+    (samples on pixels, linear between: interp 2), so that the file has point grids."""
+    import terracodec as tec
+
+    sys.path.insert(0, str(HERE.parents[1]))
+    from test_multires import point_interpolated           # the tests' own, np.interp-based
+
+    array, meta = read(DATA / "l2a_12band_bigearthnet.tif")
+    array = array.astype(np.float64)
+    for b, name in enumerate(meta["bands"]):
+        if name in ("B05", "B06", "B07", "B8A", "B11", "B12"):
+            array[b] = point_interpolated(array[b], 2, (1, 0))
+        elif name in ("B01", "B09"):
+            array[b] = point_interpolated(array[b], 6, (3, 1))
+    array = array.astype(np.int16)
+    return tec.encode(array, meta["bands"], quality=6), array
+
+
 def _av1():
     import terracodec as tec
 
@@ -83,6 +102,7 @@ CASES = {
     "format2_nodata": ("format2_nodata_10band_rsgislib_q4.tec",
                        _image("sref_10band_nodata_rsgislib.tif", 4, tile_size=32)),
     "format2_stack": ("format2_stack_eolearn_3dates_q5.tec", _stack),
+    "point_grid": ("point_grid_bigearthnet_q6.tec", _point_grid),
 }
 
 
@@ -101,6 +121,25 @@ def _sparse_basis(data: bytes) -> bool:
     finally:
         tilecodec.parse_basis = multires.parse_basis = real
     return any(seen)
+
+
+def _point_grids(data: bytes) -> bool:
+    """Whether a kind 4 tile has a point grid (interp 2)."""
+    from terracodec import multires, tilecodec
+    from terracodec.format import ContainerReader
+
+    point = multires.MODES.get("point")                            # absent before point grids
+    if point is None:
+        return False
+    with ContainerReader(data) as reader:
+        for i, entry in enumerate(reader.entries):
+            if entry.kind == tilecodec.KIND_MULTIRES:
+                raw = tilecodec.unseal(reader.read_tile(i))
+                raw, head, _ = tilecodec.split_restoration(raw, tilecodec.TileHeader(raw))
+                groups = multires._parse_groups(raw[head.body:], head.count, head.height, head.width)
+                if any(group[0][1] == point for group in groups):
+                    return True
+    return False
 
 
 def decoded_facts(data: bytes) -> dict:
@@ -123,6 +162,7 @@ def decoded_facts(data: bytes) -> dict:
 
     return {"format_version": list(ContainerReader(data).version),"sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(), "shape": list(out.shape),
             "dtype": str(out.dtype), "coded_coefficients": bool(calls), "sparse_basis": _sparse_basis(data),
+            "point_grids": _point_grids(data),
             "av1_tiles": int(stats.get("av1_tiles", 0)),
             "temporal_tiles": int(stats.get("temporal_tiles", 0)), "learned_tiles": int(stats.get("learned_tiles", 0))}
 
