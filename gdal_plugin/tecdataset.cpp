@@ -1111,12 +1111,11 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
         poDS->GDALMajorObject::SetMetadataItem("COMPRESSION_RATIO", CPLSPrintf("%.3f", dfRatio),
                                                "TEC");
         // tile counts: classical tiles, tiles recoded to reach the PSNR floor, and tiles whose
-        // reader needs an AV1 decoder
+        // reader needs an AV1 decoder (writers leave out counts of 0)
         for (const char *pszKey : {"fallback_tiles", "floor_tiles", "av1_tiles"})
-            if (IsInt(oStats.GetObj(pszKey)))
-                poDS->GDALMajorObject::SetMetadataItem(
-                    CPLString(pszKey).toupper().c_str(),
-                    CPLSPrintf("%d", oStats.GetInteger(pszKey)), "TEC");
+            poDS->GDALMajorObject::SetMetadataItem(
+                CPLString(pszKey).toupper().c_str(),
+                CPLSPrintf("%d", IsInt(oStats.GetObj(pszKey)) ? oStats.GetInteger(pszKey) : 0), "TEC");
         // the encoder effort, recorded when not the default
         if (oStats.GetObj("effort").GetType() == CPLJSONObject::Type::String)
             poDS->GDALMajorObject::SetMetadataItem("EFFORT", oStats.GetString("effort").c_str(),

@@ -62,6 +62,17 @@ def _version() -> str:
 
 
 # -- validation ----------------------------------------------------------------------------------------
+# The tile counts of a header's stats. Writers store the nonzero ones (in the order of
+# format.HEADER_DICTIONARY, so that they deflate to a few bytes); readers take a missing count as 0.
+TILE_COUNTS = ("fallback_tiles", "lossless_tiles", "learned_tiles", "coarse_grid_tiles", "floor_tiles",
+               "av1_tiles", "temporal_tiles")
+
+
+def tile_counts(counts: dict) -> dict:
+    """``counts`` as stored in a header: the nonzero ones."""
+    return {k: v for k, v in counts.items() if v}
+
+
 def _check_dtype(dtype, array: np.ndarray | None = None) -> np.dtype:
     try:
         dt = np.dtype(dtype)
@@ -441,13 +452,12 @@ class Writer:
     def _stats(self) -> dict:
         # no compression ratio: readers measure it on the file (TecDataset.compression_ratio)
         kinds = self.kinds
-        return {"fallback_tiles": kinds.get(tilecodec.KIND_CLASSICAL, 0) + kinds.get(tilecodec.KIND_MULTIRES, 0),
-                "lossless_tiles": kinds.get(tilecodec.KIND_LOSSLESS, 0),
-                "learned_tiles": kinds.get(tilecodec.KIND_LEARNED, 0),
-                "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
-                "av1_tiles": self.av1_tiles,
-                "floor_tiles": self.floor_tiles,
-                **tilecodec.effort_record(self.effort)}
+        return tile_counts({"fallback_tiles": kinds.get(tilecodec.KIND_CLASSICAL, 0) + kinds.get(tilecodec.KIND_MULTIRES, 0),
+                            "lossless_tiles": kinds.get(tilecodec.KIND_LOSSLESS, 0),
+                            "learned_tiles": kinds.get(tilecodec.KIND_LEARNED, 0),
+                            "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
+                            "floor_tiles": self.floor_tiles,
+                            "av1_tiles": self.av1_tiles}) | tilecodec.effort_record(self.effort)
 
     def close(self) -> None:
         """Finish the file (atomic rename). Raises TecInputError when rows are missing."""
@@ -688,7 +698,11 @@ class TecDataset:
 
     @property
     def stats(self) -> dict:
-        return dict(self.header.get("stats") or {})
+        """The header's stats, with the tile counts a writer left out (zeros) filled in
+        (``temporal_tiles`` for time stacks only)."""
+        stored = dict(self.header.get("stats") or {})
+        counts = TILE_COUNTS if len(self.dates) > 1 else TILE_COUNTS[:-1]
+        return {k: stored.get(k, 0) for k in counts} | stored
 
     @property
     def fallback_tiles(self) -> int | None:

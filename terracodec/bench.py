@@ -263,8 +263,8 @@ def _tile_kinds(data: bytes) -> dict:
 
     if not bytes(data[:len(MAGIC)]) == MAGIC:
         return {}
-    stats = peek(bytes(data)).stats
-    return {k: int(stats[k]) for k in ("learned_tiles", "fallback_tiles", "lossless_tiles") if k in stats}
+    stats = peek(bytes(data)).stats                  # a missing count is 0 (api.TILE_COUNTS)
+    return {k: int(stats.get(k, 0)) for k in ("learned_tiles", "fallback_tiles", "lossless_tiles")}
 
 
 def _learned_share(point) -> str:

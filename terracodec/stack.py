@@ -675,10 +675,12 @@ class StackWriter:
         if self.rows_written != self.height:
             raise TecInputError(f"{self.rows_written} of {self.height} rows received")
         kinds = self._kinds
-        stats = {"fallback_tiles": kinds.get(KIND_CLASSICAL, 0) + kinds.get(KIND_MULTIRES, 0),
-                 "lossless_tiles": kinds.get(KIND_LOSSLESS, 0), "learned_tiles": kinds.get(KIND_LEARNED, 0),
-                 "temporal_tiles": kinds.get(KIND_TEMPORAL, 0), "coarse_grid_tiles": kinds.get(KIND_MULTIRES, 0),
-                 "av1_tiles": self._av1_tiles, **tilecodec.effort_record(self.effort)}
+        from .api import tile_counts
+
+        stats = tile_counts({"fallback_tiles": kinds.get(KIND_CLASSICAL, 0) + kinds.get(KIND_MULTIRES, 0),
+                             "lossless_tiles": kinds.get(KIND_LOSSLESS, 0), "learned_tiles": kinds.get(KIND_LEARNED, 0),
+                             "coarse_grid_tiles": kinds.get(KIND_MULTIRES, 0), "av1_tiles": self._av1_tiles,
+                             "temporal_tiles": kinds.get(KIND_TEMPORAL, 0)}) | tilecodec.effort_record(self.effort)
         fields = dict(self._fields, stats=stats)
         with ContainerWriter(self.path) as w:
             for row in self._payloads:

@@ -360,6 +360,9 @@ def test_dataset_properties_and_profile(l2a12, model, tmp_path):
         assert stats["fallback_tiles"] == sum(e.kind in (1, 4) for e in ds._reader.entries)
         assert stats["coarse_grid_tiles"] == sum(e.kind == 4 for e in ds._reader.entries)
         assert "compression_ratio" not in stats             # format 2: measured on the file
+        assert 0 not in stats.values() and "lossless_tiles" not in stats   # counts of 0 are left out
+        assert ds.stats["lossless_tiles"] == ds.stats["learned_tiles"] == 0 and "temporal_tiles" not in ds.stats
+        assert {k: v for k, v in ds.stats.items() if v} == stats
         assert ds.compression_ratio == pytest.approx(arr.nbytes / path.stat().st_size)
         data = ds.read()
         profile = ds.profile
