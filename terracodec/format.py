@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .errors import TecChecksumError, TecFormatError, TecInputError, TecVersionError
-from .tilecodec import KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL, TILE_MAGIC
+from .tilecodec import (COMMON_HEAD, KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL,
+                        TILE_MAGIC, dtype_code)
 
 __all__ = [
     "MAGIC", "VERSION", "PREFIX_SIZE", "INDEX_ENTRY_SIZE", "MAX_HEADER_SIZE", "DTYPES", "KINDS",
@@ -81,15 +82,12 @@ KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIR
 _PREFIX = struct.Struct("<8sHHIQIIQII12x")     # bytes 0..59; bytes 60..63 hold its CRC32
 _CRC = struct.Struct("<I")
 _ENTRY = struct.Struct("<QIIH6x")
-# Format 2: magic, major, minor, u8 flags; then LEB128 header offset, header length and index
-# length; then a CRC32 of the prefix before it, the header and the index (docs/FORMAT.md).
+# Format 2: a prefix of magic, major, minor and u8 flags; at the end of the file a trailer of the
+# header and index lengths and a CRC32 of prefix, header, index and those lengths (docs/FORMAT.md).
 _PREFIX2_HEAD = struct.Struct("<8sHHB")
-PREFIX2_MAX = _PREFIX2_HEAD.size + 3 * 10 + 4
+PREFIX2_SIZE = _PREFIX2_HEAD.size       # 13 bytes
+_TRAILER = struct.Struct("<III")
 BARE = 0x80                             # format 2 index kind bit 7: the payload is stored bare
-# The common tile header (tilecodec.pack_header): magic, kind, dtype code, count, param, height,
-# width, mask mode, nodata (f64), mask length. A bare payload keeps param, mode and the mask.
-_TILE_HEAD = struct.Struct("<4sBBBBHHBdI")
-_DTYPE_CODES = {"uint8": 1, "int16": 2, "uint16": 3}
 assert _PREFIX.size == PREFIX_SIZE - 4 and _ENTRY.size == INDEX_ENTRY_SIZE
 
 _DTYPE_RANGE = {"uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
@@ -113,10 +111,6 @@ def _crc(data) -> int:
 
 
 # -- format 2 pieces ---------------------------------------------------------------------------------
-_TRAILER = struct.Struct("<III")        # format 2, the file's last 12 bytes: header and index lengths, CRC32
-PREFIX2_SIZE = _PREFIX2_HEAD.size       # 13 bytes: magic, major, minor, flags
-
-
 def _leb128(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -142,9 +136,9 @@ def _read_leb128(buf, pos: int, what: str) -> tuple[int, int]:
     raise TecFormatError(f"{what}: a length does not fit 32 bits")
 
 
-def _nodata_bytes(nodata) -> bytes:
-    """The nodata field of a tile's common header (f64, NaN when the raster has none)."""
-    return struct.pack("<d", float("nan") if nodata is None else float(nodata))
+def _nodata_value(nodata) -> float:
+    """The nodata field of a tile's common header: the value, NaN when the raster has none."""
+    return float("nan") if nodata is None else float(nodata)
 
 
 def bare_tile(payload) -> tuple[bytes, tuple] | None:
@@ -153,14 +147,15 @@ def bare_tile(payload) -> tuple[bytes, tuple] | None:
     (when the mode is not 0), mask and body; the rest of its common header and its CRC32 come back
     from the container (:func:`expand_tile`). None when ``payload`` is not a well-formed payload."""
     data = memoryview(payload).cast("B")
-    if len(data) < _TILE_HEAD.size + 4 or data[:4] != TILE_MAGIC:
+    if len(data) < COMMON_HEAD.size + 4 or data[:4] != TILE_MAGIC:
         return None
-    _, kind, code, count, param, height, width, mode, _, mask_len = _TILE_HEAD.unpack_from(data)
-    end = _TILE_HEAD.size + mask_len
+    _, kind, code, count, param, height, width, mode, _, mask_len = COMMON_HEAD.unpack_from(data)
+    end = COMMON_HEAD.size + mask_len
     if (mode == 0 and mask_len) or end > len(data) - 4 or \
             _crc(data[:-4]) != _CRC.unpack_from(data, len(data) - 4)[0]:
         return None
-    stored = bytes((param, mode)) + (_leb128(mask_len) if mode else b"") + bytes(data[_TILE_HEAD.size:-4])
+    stored = bytes((param, mode)) + (_leb128(mask_len) if mode else b"") + bytes(data[COMMON_HEAD.size:-4])
+    # the nodata field as bytes: NaN == NaN must hold when it is compared with the header's
     return stored, (kind, code, count, height, width, bytes(data[13:21]))
 
 
@@ -174,8 +169,8 @@ def expand_tile(stored, kind: int, dtype: str, count: int, height: int, width: i
         mask_len, pos = _read_leb128(stored, 2, "bare tile payload")
         if pos + mask_len > len(stored):
             raise TecFormatError("bare tile payload truncated inside its nodata mask")
-    payload = (struct.pack("<4sBBBBHHB", TILE_MAGIC, kind, _DTYPE_CODES[dtype], count, param, height,
-                           width, mode) + _nodata_bytes(nodata) + _CRC.pack(mask_len) + bytes(stored[pos:]))
+    payload = COMMON_HEAD.pack(TILE_MAGIC, kind, dtype_code(dtype), count, param, height, width, mode,
+                               _nodata_value(nodata), mask_len) + bytes(stored[pos:])
     return payload + _CRC.pack(_crc(payload))
 
 
@@ -578,8 +573,8 @@ class ContainerWriter:
 
     def _finish_v2(self, header: "TecHeader", head: bytes) -> None:
         # a bare tile's header fields come back from the file's header: they must agree with it
-        want = (_DTYPE_CODES[header.dtype], header.count)
-        nodata = _nodata_bytes(header.nodata)
+        want = (dtype_code(header.dtype), header.count)
+        nodata = struct.pack("<d", _nodata_value(header.nodata))
         for n, (kind, code, count, height, width, tile_nodata) in self._bare_fields:
             shape = header.coded_shape(n)
             if (code, count) != want or (height, width) != shape or tile_nodata != nodata:

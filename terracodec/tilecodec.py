@@ -45,7 +45,9 @@ EFFORTS = ("default", "best")
 DEFAULT_EFFORT = "default"
 DTYPE_CODES = {np.dtype("uint8"): 1, np.dtype("int16"): 2, np.dtype("uint16"): 3}
 DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
-_HEAD = struct.Struct("<4sBBBBHHBdI")
+# the common tile header (docs/FORMAT.md): magic, kind, dtype code, count, param, height, width,
+# nodata mask mode, nodata value (f64, NaN for none), mask length
+COMMON_HEAD = struct.Struct("<4sBBBBHHBdI")
 
 
 def check_effort(effort) -> str:
@@ -101,7 +103,7 @@ def pack_header(kind: int, tile: np.ndarray, nodata, mask: np.ndarray | None, pa
         mode, blob = (3, distinct) if len(distinct) < len(per_band) else (2, per_band)
     # mode 0 still records the nodata value (NaN = none), so decoders keep valid pixels off it
     value = float(nodata) if nodata is not None else float("nan")
-    return _HEAD.pack(TILE_MAGIC, kind, dtype_code(tile.dtype), count, param, height, width,
+    return COMMON_HEAD.pack(TILE_MAGIC, kind, dtype_code(tile.dtype), count, param, height, width,
                       mode, value, len(blob)) + blob
 
 
@@ -113,7 +115,7 @@ def seal(payload: bytes) -> bytes:
 def unseal(payload: bytes) -> bytes:
     """Check and strip the payload CRC32."""
     payload = bytes(payload)
-    if len(payload) < _HEAD.size + 4:
+    if len(payload) < COMMON_HEAD.size + 4:
         raise TecFormatError(f"tile payload too short ({len(payload)} bytes)")
     (crc,) = struct.unpack_from("<I", payload, len(payload) - 4)
     if zlib.crc32(payload[:-4]) != crc:
@@ -125,23 +127,23 @@ class TileHeader:
     """Fields of a payload's common header; ``body`` is the offset of the kind-specific part."""
 
     def __init__(self, payload: bytes):
-        if len(payload) < _HEAD.size:
+        if len(payload) < COMMON_HEAD.size:
             raise TecFormatError(f"tile payload too short ({len(payload)} bytes)")
         (magic, self.kind, code, self.count, self.param, self.height, self.width, mode, value,
-         mask_len) = _HEAD.unpack_from(payload)
+         mask_len) = COMMON_HEAD.unpack_from(payload)
         if magic != TILE_MAGIC:
             raise TecFormatError("not a TEC tile payload (bad tile magic)")
         if code not in DTYPES_BY_CODE or self.kind not in (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS,
                                                                   KIND_TEMPORAL, KIND_MULTIRES):
             raise TecFormatError(f"bad tile header (kind {self.kind}, dtype code {code})")
         self.dtype = DTYPES_BY_CODE[code]
-        end = _HEAD.size + mask_len
+        end = COMMON_HEAD.size + mask_len
         if end > len(payload):
             raise TecFormatError("tile payload truncated inside its nodata mask")
         self.nodata = None if np.isnan(value) else value
         self.mask = None
         if mode:
-            blob = payload[_HEAD.size:end]
+            blob = payload[COMMON_HEAD.size:end]
             index = None
             if mode == 3:                  # u8 plane index per band, then the distinct planes
                 index = np.frombuffer(blob, np.uint8, min(self.count, len(blob)))
@@ -1201,7 +1203,7 @@ def fit_restoration(tile: np.ndarray, decoded: np.ndarray, mask: np.ndarray | No
     return coefs
 
 
-_PARAM_OFFSET = struct.calcsize("<4sBBB")   # the param byte follows magic, kind, dtype and count (_HEAD)
+_PARAM_OFFSET = struct.calcsize("<4sBBB")   # the param byte follows magic, kind, dtype and count (COMMON_HEAD)
 
 
 def _with_param(raw: bytes, param: int) -> bytes:
