@@ -58,6 +58,7 @@ constexpr int kTrailer2Size = 12;       // format 2, at the end: u32 header and 
 constexpr int kBareKind = 0x80;         // format 2 index kind bit 7: the payload is stored bare
 constexpr uint32_t kFlagHeaderDeflate = 1;  // prefix flags bit 0: the JSON header is zlib-compressed
 constexpr uint32_t kFlagHeaderDictionary = 2;  // bit 1: ... with kHeaderDictionary as preset dictionary
+constexpr uint32_t kFlagHeaderRaw = 4;  // bit 2 (format 2): ... as raw deflate, no zlib wrapper
 
 // zlib preset dictionary of deflated headers: byte for byte terracodec.format.HEADER_DICTIONARY
 // (docs/FORMAT.md; tests/test_format.py checks that the two agree).
@@ -857,8 +858,10 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
 
     // ---- header --------------------------------------------------------------------------------
     size_t nJSONLen = nHeaderLen;
-    if ((nFlags & ~(kFlagHeaderDeflate | kFlagHeaderDictionary)) != 0 ||
-        ((nFlags & kFlagHeaderDictionary) && !(nFlags & kFlagHeaderDeflate)))
+    const uint32_t nKnownFlags =
+        kFlagHeaderDeflate | kFlagHeaderDictionary | (nMajor >= 2 ? kFlagHeaderRaw : 0);
+    if ((nFlags & ~nKnownFlags) != 0 ||
+        ((nFlags & (kFlagHeaderDictionary | kFlagHeaderRaw)) && !(nFlags & kFlagHeaderDeflate)))
     {
         CPLError(CE_Failure, CPLE_AppDefined, "TEC: %s: unknown prefix flags 0x%x (a newer format?)",
                  pszName, static_cast<unsigned>(nFlags));
@@ -871,7 +874,15 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
         std::vector<GByte> abyJSON(65536);
         z_stream zs;
         memset(&zs, 0, sizeof(zs));
-        bool bOK = inflateInit(&zs) == Z_OK;
+        // a raw stream (flag bit 2) carries no dictionary request: the dictionary is set up front
+        const bool bRaw = (nFlags & kFlagHeaderRaw) != 0;
+        const bool bInit = (bRaw ? inflateInit2(&zs, -15) : inflateInit(&zs)) == Z_OK;
+        bool bOK = bInit && !(bRaw && (nFlags & kFlagHeaderDictionary) &&
+                              inflateSetDictionary(
+                                  &zs, reinterpret_cast<const Bytef *>(kHeaderDictionary),
+                                  static_cast<uInt>(sizeof(kHeaderDictionary) - 1)) != Z_OK);
+        if (bInit && !bOK)
+            inflateEnd(&zs);
         if (bOK)
         {
             zs.next_in = abyHeader.data();

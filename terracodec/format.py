@@ -47,6 +47,9 @@ INDEX_ENTRY_SIZE = 24
 MAX_HEADER_SIZE = 64 * 1024 * 1024      # readers reject larger headers (the GDAL driver does too)
 FLAG_HEADER_DEFLATE = 1                  # prefix flags bit 0: the JSON header is zlib-compressed
 FLAG_HEADER_DICTIONARY = 2               # prefix flags bit 1: ... with HEADER_DICTIONARY as preset dictionary
+FLAG_HEADER_RAW = 4                      # prefix flags bit 2 (format 2): ... as raw deflate, without the zlib
+                                         # wrapper (its dictionary id and Adler-32: 10 bytes the CRC32 makes moot)
+HEADER_FLAGS_V2 = FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY | FLAG_HEADER_RAW
 
 # zlib preset dictionary of deflated headers (flag bit 1; frozen: docs/FORMAT.md lists it). A typical
 # header, with the WKT GDAL writes for a UTM zone and the shipped models, so that a small file pays
@@ -99,10 +102,12 @@ _REQUIRED = ("width", "height", "count", "dtype", "bands", "tile_size", "tiles_x
              "model", "quality")
 
 
-def deflate_header(text: bytes) -> bytes:
-    """A header's JSON as stored (prefix flags 3): deflated against HEADER_DICTIONARY. A small chip's
-    header (band names, CRS WKT, model sha256) was ~40 % of its file with plain deflate."""
-    deflater = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=HEADER_DICTIONARY)
+def deflate_header(text: bytes, raw: bool = True) -> bytes:
+    """A header's JSON as stored: deflated against HEADER_DICTIONARY, as a raw deflate stream (format 2,
+    prefix flags 7) or a zlib stream (``raw=False``: format 1, flags 3). A small chip's header (band
+    names, CRS WKT, model sha256) was ~40 % of its file with plain deflate."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15 if raw else 15, 9, zlib.Z_DEFAULT_STRATEGY,
+                                zdict=HEADER_DICTIONARY)
     return deflater.compress(text) + deflater.flush()
 
 
@@ -476,7 +481,7 @@ class ContainerWriter:
                 self._write(bytes(PREFIX_SIZE))         # patched by finish()
                 self._pos = PREFIX_SIZE
             else:
-                self._write(_PREFIX2_HEAD.pack(MAGIC, format_version, 0, FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY))
+                self._write(_PREFIX2_HEAD.pack(MAGIC, format_version, 0, HEADER_FLAGS_V2))
                 self._pos = PREFIX2_SIZE
         except BaseException:
             self.abort()
@@ -538,7 +543,7 @@ class ContainerWriter:
                 head = header.to_json().encode("utf-8")
                 if len(head) > MAX_HEADER_SIZE:
                     raise TecInputError(f"header is {len(head)} bytes; at most {MAX_HEADER_SIZE} allowed")
-                head = deflate_header(head)
+                head = deflate_header(head, raw=self.format_version >= 2)
                 if len(self._entries) != header.index_count:
                     raise TecInputError(f"{len(self._entries)} tiles were added but the header's grid "
                                         f"needs {header.index_count}")
@@ -585,7 +590,7 @@ class ContainerWriter:
         index = b"".join(e.pack2() for e in self._entries)
         if len(index) > _MAX_U32:
             raise TecInputError(f"the tile index is {len(index)} bytes; at most {_MAX_U32} fit")
-        prefix = _PREFIX2_HEAD.pack(MAGIC, self.format_version, 0, FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY)
+        prefix = _PREFIX2_HEAD.pack(MAGIC, self.format_version, 0, HEADER_FLAGS_V2)
         lengths = _TRAILER.pack(len(head), len(index), 0)[:8]
         self._write(head)
         self._write(index)
@@ -834,12 +839,14 @@ class ContainerReader:
 
     def _parse_header(self, raw_header: bytes) -> None:
         name = self.name
-        if self.flags & ~(FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY) or (
-                self.flags & FLAG_HEADER_DICTIONARY and not self.flags & FLAG_HEADER_DEFLATE):
+        known = HEADER_FLAGS_V2 if self.version[0] >= 2 else FLAG_HEADER_DEFLATE | FLAG_HEADER_DICTIONARY
+        if self.flags & ~known or (self.flags & (FLAG_HEADER_DICTIONARY | FLAG_HEADER_RAW)
+                                   and not self.flags & FLAG_HEADER_DEFLATE):
             raise TecFormatError(f"{name}: unknown prefix flags {self.flags:#x} (a newer format?)")
         if self.flags & FLAG_HEADER_DEFLATE:
-            inflater = (zlib.decompressobj(zdict=HEADER_DICTIONARY) if self.flags & FLAG_HEADER_DICTIONARY
-                        else zlib.decompressobj())
+            wbits = -15 if self.flags & FLAG_HEADER_RAW else 15
+            inflater = (zlib.decompressobj(wbits, zdict=HEADER_DICTIONARY) if self.flags & FLAG_HEADER_DICTIONARY
+                        else zlib.decompressobj(wbits))
             try:
                 raw_header = inflater.decompress(raw_header, MAX_HEADER_SIZE + 1)
             except zlib.error as exc:

@@ -644,3 +644,31 @@ def test_format2_bad_index_is_a_format_error(sample2):
     with pytest.raises(TecFormatError):
         ContainerReader(rebuilt(bytes(index[:-3])))         # an entry short
     assert len(r.entries) == 6
+
+
+def test_format2_header_is_raw_deflate(sample2):
+    """Format 2 writers store the header as a raw deflate stream against the preset dictionary
+    (prefix flags 7: no zlib wrapper, its dictionary id and Adler-32 are 10 bytes the CRC32 makes
+    moot). Format 1 files do not take flag bit 2."""
+    from terracodec import format as fmt
+
+    header, _, data = sample2
+    r = ContainerReader(data)
+    assert r.flags == fmt.FLAG_HEADER_DEFLATE | fmt.FLAG_HEADER_DICTIONARY | fmt.FLAG_HEADER_RAW == 7
+    text = header.to_json().encode()
+    assert len(fmt.deflate_header(text)) == len(fmt.deflate_header(text, raw=False)) - 10
+    assert zlib.decompressobj(-15, zdict=fmt.HEADER_DICTIONARY).decompress(fmt.deflate_header(text)) == text
+    # the same file with flag bit 2 cleared (and its CRC made right again) does not inflate
+    bad = bytearray(data)
+    bad[12] = fmt.FLAG_HEADER_DEFLATE | fmt.FLAG_HEADER_DICTIONARY
+    head_len, index_len, _ = struct.unpack_from("<III", bad, len(bad) - 12)
+    start = len(bad) - 12 - index_len - head_len
+    struct.pack_into("<I", bad, len(bad) - 4, zlib.crc32(bytes(bad[:13]) + bytes(bad[start:len(bad) - 4])))
+    with pytest.raises(TecFormatError, match="deflated header"):
+        ContainerReader(bytes(bad))
+    # a format 1 file with flag bit 2 is refused
+    v1 = write_container_bytes(header, lossless_payloads(header, raster(header)), format_version=1)
+    bad1 = bytearray(v1)
+    struct.pack_into("<I", bad1, 12, 7)
+    with pytest.raises(TecFormatError, match="prefix flags"):
+        ContainerReader(bytes(refresh_crcs(bad1)))
