@@ -99,6 +99,9 @@ def test_golden_files_cover_both_container_formats():
     with ContainerReader(GOLDEN / "format2_nodata_10band_rsgislib_q4.tec") as r:
         assert len(r.entries) > 1 and all(e.bare for e in r.entries) and r.header.tile_overlap > 0
     assert MANIFEST["format2_nodata_10band_rsgislib_q4.tec"]["format_version"] == [2, 0]
+    # format 2 headers deflated with the zlib wrapper (the first files) and without (flag bit 2)
+    flags = {name: ContainerReader(GOLDEN / name).flags for name in MANIFEST}
+    assert flags["format2_nodata_10band_rsgislib_q4.tec"] == 3 and flags["raw_header_eurosat_q2.tec"] == 7
 
 
 def test_golden_point_grid_file_has_point_grids():

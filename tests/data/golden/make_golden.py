@@ -103,6 +103,8 @@ CASES = {
                        _image("sref_10band_nodata_rsgislib.tif", 4, tile_size=32)),
     "format2_stack": ("format2_stack_eolearn_3dates_q5.tec", _stack),
     "point_grid": ("point_grid_bigearthnet_q6.tec", _point_grid),
+    # format 2 with the header as a raw deflate stream (prefix flags 7)
+    "raw_header": ("raw_header_eurosat_q2.tec", _image("l1c_13band_eurosat.tif", 2)),
 }
 
 
@@ -160,7 +162,7 @@ def decoded_facts(data: bytes) -> dict:
         stats = ds.stats
     from terracodec.format import ContainerReader
 
-    return {"format_version": list(ContainerReader(data).version),"sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(), "shape": list(out.shape),
+    return {"format_version": list(ContainerReader(data).version), "prefix_flags": ContainerReader(data).flags,"sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(), "shape": list(out.shape),
             "dtype": str(out.dtype), "coded_coefficients": bool(calls), "sparse_basis": _sparse_basis(data),
             "point_grids": _point_grids(data),
             "av1_tiles": int(stats.get("av1_tiles", 0)),
