@@ -68,8 +68,15 @@ TILE_COUNTS = ("fallback_tiles", "lossless_tiles", "learned_tiles", "coarse_grid
                "av1_tiles", "temporal_tiles")
 
 
-def tile_counts(counts: dict) -> dict:
-    """``counts`` as stored in a header: the nonzero ones."""
+def tile_counts(kinds: dict, av1_tiles: int, floor_tiles: int = 0) -> dict:
+    """The tile counts of a header's stats from the tiles per kind (``kinds``), the kind 4 tiles
+    with an AV1 stream and the tiles recoded to reach the quality floor: the nonzero ones."""
+    counts = {"fallback_tiles": kinds.get(tilecodec.KIND_CLASSICAL, 0) + kinds.get(tilecodec.KIND_MULTIRES, 0),
+              "lossless_tiles": kinds.get(tilecodec.KIND_LOSSLESS, 0),
+              "learned_tiles": kinds.get(tilecodec.KIND_LEARNED, 0),
+              "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
+              "floor_tiles": floor_tiles, "av1_tiles": av1_tiles,
+              "temporal_tiles": kinds.get(tilecodec.KIND_TEMPORAL, 0)}
     return {k: v for k, v in counts.items() if v}
 
 
@@ -451,13 +458,7 @@ class Writer:
 
     def _stats(self) -> dict:
         # no compression ratio: readers measure it on the file (TecDataset.compression_ratio)
-        kinds = self.kinds
-        return tile_counts({"fallback_tiles": kinds.get(tilecodec.KIND_CLASSICAL, 0) + kinds.get(tilecodec.KIND_MULTIRES, 0),
-                            "lossless_tiles": kinds.get(tilecodec.KIND_LOSSLESS, 0),
-                            "learned_tiles": kinds.get(tilecodec.KIND_LEARNED, 0),
-                            "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
-                            "floor_tiles": self.floor_tiles,
-                            "av1_tiles": self.av1_tiles}) | tilecodec.effort_record(self.effort)
+        return tile_counts(self.kinds, self.av1_tiles, self.floor_tiles) | tilecodec.effort_record(self.effort)
 
     def close(self) -> None:
         """Finish the file (atomic rename). Raises TecInputError when rows are missing."""

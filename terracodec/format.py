@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 from .errors import TecChecksumError, TecFormatError, TecInputError, TecVersionError
 from .tilecodec import (COMMON_HEAD, KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL,
-                        TILE_MAGIC, dtype_code)
+                        TILE_MAGIC, dtype_code, nodata_field)
 
 __all__ = [
     "MAGIC", "VERSION", "PREFIX_SIZE", "INDEX_ENTRY_SIZE", "MAX_HEADER_SIZE", "DTYPES", "KINDS",
@@ -141,11 +141,6 @@ def _read_leb128(buf, pos: int, what: str) -> tuple[int, int]:
     raise TecFormatError(f"{what}: a length does not fit 32 bits")
 
 
-def _nodata_value(nodata) -> float:
-    """The nodata field of a tile's common header: the value, NaN when the raster has none."""
-    return float("nan") if nodata is None else float(nodata)
-
-
 def bare_tile(payload) -> tuple[bytes, tuple] | None:
     """Format 2 storage of a TEC tile payload: ``(stored bytes, (kind, dtype code, count, height,
     width, nodata field))``, the stored bytes being its param byte, mask mode, LEB128 mask length
@@ -175,7 +170,7 @@ def expand_tile(stored, kind: int, dtype: str, count: int, height: int, width: i
         if pos + mask_len > len(stored):
             raise TecFormatError("bare tile payload truncated inside its nodata mask")
     payload = COMMON_HEAD.pack(TILE_MAGIC, kind, dtype_code(dtype), count, param, height, width, mode,
-                               _nodata_value(nodata), mask_len) + bytes(stored[pos:])
+                               nodata_field(nodata), mask_len) + bytes(stored[pos:])
     return payload + _CRC.pack(_crc(payload))
 
 
@@ -579,7 +574,7 @@ class ContainerWriter:
     def _finish_v2(self, header: "TecHeader", head: bytes) -> None:
         # a bare tile's header fields come back from the file's header: they must agree with it
         want = (dtype_code(header.dtype), header.count)
-        nodata = struct.pack("<d", _nodata_value(header.nodata))
+        nodata = struct.pack("<d", nodata_field(header.nodata))
         for n, (kind, code, count, height, width, tile_nodata) in self._bare_fields:
             shape = header.coded_shape(n)
             if (code, count) != want or (height, width) != shape or tile_nodata != nodata:

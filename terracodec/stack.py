@@ -37,7 +37,7 @@ import numpy as np
 
 from . import spectral, tilecodec, workers as workers_module
 from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
-from .tilecodec import (KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_TEMPORAL, TileHeader,
+from .tilecodec import (KIND_LEARNED, KIND_MULTIRES, KIND_TEMPORAL, TileHeader,
                         nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal, unseal, uses_av1)
 
 DEFAULT_KEYFRAME_INTERVAL = 8
@@ -674,13 +674,9 @@ class StackWriter:
             self._bar.close()
         if self.rows_written != self.height:
             raise TecInputError(f"{self.rows_written} of {self.height} rows received")
-        kinds = self._kinds
         from .api import tile_counts
 
-        stats = tile_counts({"fallback_tiles": kinds.get(KIND_CLASSICAL, 0) + kinds.get(KIND_MULTIRES, 0),
-                             "lossless_tiles": kinds.get(KIND_LOSSLESS, 0), "learned_tiles": kinds.get(KIND_LEARNED, 0),
-                             "coarse_grid_tiles": kinds.get(KIND_MULTIRES, 0), "av1_tiles": self._av1_tiles,
-                             "temporal_tiles": kinds.get(KIND_TEMPORAL, 0)}) | tilecodec.effort_record(self.effort)
+        stats = tile_counts(self._kinds, self._av1_tiles) | tilecodec.effort_record(self.effort)
         fields = dict(self._fields, stats=stats)
         with ContainerWriter(self.path) as w:
             for row in self._payloads:

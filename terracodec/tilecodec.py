@@ -102,9 +102,13 @@ def pack_header(kind: int, tile: np.ndarray, nodata, mask: np.ndarray | None, pa
         distinct = bytes(index) + zlib.compress(np.packbits(np.stack(planes)).tobytes(), 9)
         mode, blob = (3, distinct) if len(distinct) < len(per_band) else (2, per_band)
     # mode 0 still records the nodata value (NaN = none), so decoders keep valid pixels off it
-    value = float(nodata) if nodata is not None else float("nan")
     return COMMON_HEAD.pack(TILE_MAGIC, kind, dtype_code(tile.dtype), count, param, height, width,
-                      mode, value, len(blob)) + blob
+                            mode, nodata_field(nodata), len(blob)) + blob
+
+
+def nodata_field(nodata) -> float:
+    """The nodata value field of the common tile header: the value, NaN when there is none."""
+    return float("nan") if nodata is None else float(nodata)
 
 
 def seal(payload: bytes) -> bytes:
