@@ -73,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", type=Path)
     parser.add_argument("--qualities", default="1,2,3,4,6,8")
-    parser.add_argument("--effort", default=None, help="encoder effort (default, best)")
+    parser.add_argument("--effort", default=None, help="encoder effort (fast, default, best)")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
     args = parser.parse_args()
     if args.compare:

@@ -28,7 +28,7 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument("--qualities", default="1,8")
 p.add_argument("--model", default=None)
 p.add_argument("--dates", type=int, default=4, help="dates per time series")
-p.add_argument("--effort", default=None, help="encoder effort (default, best)")
+p.add_argument("--effort", default=None, help="encoder effort (fast, default, best)")
 args = p.parse_args()
 
 

@@ -75,7 +75,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--qualities", default=",".join(map(str, QUALITIES)),
                    help="TEC qualities (default: 1..8)")
     p.add_argument("--efforts", default=DEFAULT_EFFORT,
-                   help="TEC encoder efforts, comma separated (default, best); each model is run at each "
+                   help="TEC encoder efforts, comma separated (fast, default, best); each model is run at each "
                         "(default: default)")
     p.add_argument("--anchors", default="jpeg2000,jpeg2000_klt,jpegxl",
                    help=f"classical anchors, comma separated, or 'none' (known: {', '.join(_anchors.ANCHORS)})")

@@ -578,13 +578,15 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     cheaper kept; its walks start at ``kind1_level - 1`` (``kind1_level`` being the kind 1 level
     of the tile) and at av1_start_level. Each coarse group's OpenJPEG walk starts from the level of
     the group before it, or at ``kind1_level + AV1_NEXT_J2K`` after an AV1 group. ``plan`` (e.g.
-    ``levels`` of the tile's central crop) gives a (codec, level) per group in coding order: a group
-    with a plan entry tries only that codec, and a JPEG 2000 walk starts at its level. ``levels``
-    (a list) gets each group's (codec, level). With nodata (``mask``), the groups code the tile
-    filled by fill_nodata (``filled``, when already computed) and SSE counts valid pixels only.
-    With ``effort`` "best" (tilecodec.EFFORTS), AV1's chosen level is coded again at
-    av1.BEST_SPEED instead of av1.SPEED."""
-    from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, _descend
+    ``levels`` of the tile's central crop) gives a (codec, level, AV1 quantizer step in reflectance
+    units or None) per group in coding order: a group with a plan entry tries only that codec, and
+    a JPEG 2000 walk starts at its level. ``levels`` (a list) gets each group's entry. With nodata
+    (``mask``), the groups code the tile filled by fill_nodata (``filled``, when already computed)
+    and SSE counts valid pixels only. With ``effort`` "best" (tilecodec.EFFORTS), AV1's chosen
+    level is coded again at av1.BEST_SPEED instead of av1.SPEED; with "fast", a group with a plan
+    entry codes the planned level (AV1: the planned step) and walks no further than
+    tilecodec.walk_tries allows."""
+    from .tilecodec import J2K_LEVEL_MAX, J2K_LEVEL_MIN, WALK_TRIES, _descend, walk_tries
 
     count, h, w = tile.shape
     if mask is None:
@@ -623,26 +625,41 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         for codec in codecs:
             coded = {spatial: _GroupCoder(x, tile.dtype, mask, grid, bands, cells, fit, spatial, lam, codec)
                      for spatial, fit in fits.items()}
+            # the full-resolution group's walk from the crop's own level for this codec is cut short
+            # with effort "fast"; coarse groups walk on (their codings are 4-36x smaller, and the
+            # crop's levels for them were the least reliable: +10-12 % J on a val tile at q3-q4)
+            trusted = factor == 1 and planned is not None and planned[0] == codec
+            tries = walk_tries(effort, lam) if trusted else WALK_TRIES
             if codec == "av1":
-                # the guess from the slope, not the crop's level: the crop's components often
-                # have another sample step, and the guess was closer on val tiles
-                start = av1_start_level(lam, next(iter(coded.values())).av1_scale)
+                scale = next(iter(coded.values())).av1_scale
+                if tries < WALK_TRIES:       # the crop's quantizer step, in this tile's samples
+                    start = av1_level_of_step(planned[2] / scale)
+                else:
+                    # the guess from the slope, not the crop's level: the crop's components often
+                    # have another sample step, and the guess was closer on val tiles
+                    start = av1_start_level(lam, scale)
             else:
                 start = planned[1] if planned is not None and planned[0] == "j2k" else j2k_start
-            costs = {spatial: coder(start) for spatial, coder in coded.items()}
+            lo, hi = (0, av1.LEVELS - 1) if codec == "av1" else (J2K_LEVEL_MIN, J2K_LEVEL_MAX)
+            final_speed = av1.BEST_SPEED if effort == "best" else av1.SPEED
+            if codec == "av1" and tries == 1:    # no walk: the one coding is the final one
+                for one in coded.values():
+                    one.results[start] = one.code_av1(start, final_speed)
+                costs = {spatial: one.results[start][0] for spatial, one in coded.items()}
+            else:
+                costs = {spatial: one(start) for spatial, one in coded.items()}
             coder = coded[min(costs, key=costs.get)]
             # the first group's best level is usually 0-2 below the kind 1 level, and each group's
             # near the one before it; the walk goes on while the cost falls
-            lo, hi = (0, av1.LEVELS - 1) if codec == "av1" else (J2K_LEVEL_MIN, J2K_LEVEL_MAX)
-            level, _ = _descend(coder, start, lo, hi, step=1, max_tries=8)
-            if codec == "av1":
-                coder.finish_av1(level, av1.BEST_SPEED if effort == "best" else av1.SPEED)
+            level, _ = _descend(coder, start, lo, hi, step=1, max_tries=tries)
+            if codec == "av1" and tries > 1:
+                coder.finish_av1(level, final_speed)
             # far from the start the other prediction may be the cheaper one (its side bits weigh
             # less at a finer level): it is tried there and walked on when it is
             for other in coded.values():
                 if other is not coder and other(level) < coder.results[level][0]:
                     coder = other
-                    level, _ = _descend(coder, level, lo, hi, step=1, max_tries=8)
+                    level, _ = _descend(coder, level, lo, hi, step=1, max_tries=tries)
                     break
             walked.append((coder.results[level], codec, level, coder))
         best, codec, level, coder = min(walked, key=lambda item: item[0][0])
@@ -651,7 +668,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         j2k_start = level if codec == "j2k" else int(np.clip(kind1_level + AV1_NEXT_J2K, J2K_LEVEL_MIN,
                                                              J2K_LEVEL_MAX))
         if levels is not None:
-            levels.append((codec, level))
+            levels.append((codec, level, av1.STEPS[level] * coder.av1_scale if codec == "av1" else None))
         if done:                                         # prediction alone may be cheaper
             alone = coder.alone()
             if alone[0] < best[0]:
@@ -662,13 +679,17 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     return b"".join(parts), decoded
 
 
+def av1_level_of_step(step: float) -> int:
+    """The AV1 level whose quantizer step (av1.STEPS, in samples) is nearest ``step`` on a log scale."""
+    return int(np.argmin(np.abs(np.log(np.asarray(av1.STEPS, float) / step))))
+
+
 def av1_start_level(lam: float, scale: float) -> int:
     """Where an AV1 walk starts: the level whose quantizer step (av1.STEPS, in samples ``scale``
     times coarser than reflectance) is nearest AV1_STEP_PER_SLOPE x sqrt(``lam``) on a log scale.
     On 40 val tiles x qualities 1-8 the best level's step was 3.2 sqrt(lam) (median; spread of
     log2 0.23)."""
-    target = AV1_STEP_PER_SLOPE * np.sqrt(lam) / scale
-    return int(np.argmin(np.abs(np.log(np.asarray(av1.STEPS, float) / target))))
+    return av1_level_of_step(AV1_STEP_PER_SLOPE * np.sqrt(lam) / scale)
 
 
 def _grams(size: tuple[int, int], grid) -> tuple:
@@ -747,7 +768,7 @@ class _GroupCoder:
 
         if level not in self.results:
             if self.codec == "av1":
-                self.results[level] = self._av1(level, av1.WALK_SPEED)
+                self.results[level] = self.code_av1(level, av1.WALK_SPEED)
                 return self.results[level][0]
             stream = j2k_stream(self.comps, level)
             comps = j2k_decode_checked(stream, self.shape, "kind 4 tile")
@@ -756,14 +777,14 @@ class _GroupCoder:
             self.results[level] = self._finish(stored, comps, r, self.shift | bare)
         return self.results[level][0]
 
-    def _av1(self, level: int, speed: int):
+    def code_av1(self, level: int, speed: int):
         stored = av1.encode(self.comps, level, speed)
         comps = av1.decode(stored, self.shape)
         return self._finish(stored, comps, component_values(comps, self.shift, self.means, self.basis_q), self.shift)
 
     def finish_av1(self, level: int, speed: int = av1.SPEED):
         """Code ``level`` again at libaom ``speed`` (the walk used the fast av1.WALK_SPEED); keep the cheaper."""
-        final = self._av1(level, speed)
+        final = self.code_av1(level, speed)
         if final[0] < self.results[level][0]:
             self.results[level] = final
 

@@ -70,7 +70,7 @@ tiles of at most that many pixels a side, which bounds the encoder's memory for 
 TEC-TT each tile position is coded over the chunk's dates), ``temporal`` (True: TEC-TT for chunks
 with >= 2 dates, see above; False: every date coded alone), ``keyframe_interval`` (TEC-TT: dates
 between keyframes inside a chunk; None = 8, :data:`terracodec.stack.DEFAULT_KEYFRAME_INTERVAL`),
-``effort`` (``"default"`` or ``"best"``: how hard the encoder searches, see :func:`terracodec.write`;
+``effort`` (``"fast"``, ``"default"`` or ``"best"``: how hard the encoder searches, see :func:`terracodec.write`;
 it is in the config only when not the default, so configs written before it existed stay equal).
 
 Errors are terracodec's (:mod:`terracodec.errors`, all ValueError/RuntimeError subclasses): a

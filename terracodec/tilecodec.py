@@ -40,8 +40,10 @@ BUILTIN_MODELS = (LOSSLESS_MODEL, CLASSICAL_MODEL)
 # How hard the encoder searches; every effort writes the same format for the same decoder.
 # "best" codes AV1's final images at libaom speed 5 (av1.BEST_SPEED) instead of 6: 1-4 % less J on
 # tiles with an AV1 group, for 1.3-1.7x their encode time. (A "fast" effort of guessed levels,
-# short walks and no probe was measured and dropped: +12 % J for 1.9x the speed.)
-EFFORTS = ("default", "best")
+# short walks and no probe was measured and dropped: +12 % J for 1.9x the speed.) "fast" trusts
+# the central crop's probe for the kind 1 walk and the full-resolution group (walk_tries) and leaves
+# out the learned candidate; tiles under 2 * START_CROP a side have no probe and code as "default".
+EFFORTS = ("fast", "default", "best")
 DEFAULT_EFFORT = "default"
 DTYPE_CODES = {np.dtype("uint8"): 1, np.dtype("int16"): 2, np.dtype("uint16"): 3}
 DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
@@ -361,8 +363,9 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
         elif probe is not None and probe[1] > KIND1_ALONE * crop_j:
             walk_coarse = False
     best = None
+    tries = walk_tries(effort, lam)
     if walk_plain:
-        best = _plain_walk(tile, nodata, mask, lam, start, step)
+        best = _plain_walk(tile, nodata, mask, lam, start, step, tries)
     if walk_coarse:
         # the crop's codec and level per group start the tile's walks: on 26 train tiles x
         # qualities the crop's first group level was the tile's own best in 15 and 1-2 below it in
@@ -372,15 +375,39 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
         if coarse is not None and (best is None or coarse[1] < best[1]):
             best = coarse
     if best is None:                   # the crop chose kind 4, but the tile has no coarse grid
-        best = _plain_walk(tile, nodata, mask, lam, start, step)
+        best = _plain_walk(tile, nodata, mask, lam, start, step, tries)
     payload, j, decoded = best[:3]
     if restoration:
         payload, j = with_restoration(tile, nodata, payload, j, decoded, mask, lam)
     return payload, j
 
 
-def _plain_walk(tile, nodata, mask, lam, start: int, step: int) -> tuple[bytes, float, np.ndarray, int]:
-    """-> (kind 1 payload, J, decoded tile, OpenJPEG level) at the level of least J, walked from ``start``."""
+# Effort "fast": how many codings a walk that starts at the level the tile's central crop chose
+# may take, by quality. The crop's level is the least reliable at low qualities, where side
+# information weighs 16x more on the crop than on the tile. Measured against "default" (kind 1
+# walks and full-resolution groups cut, coarse groups walked in full; one thread):
+# - 10 train tiles of 512-544 px x qualities 1-4, 6, 8: mean J +0.46 %, 1.43x the speed (q4-q8:
+#   1.6-1.7x); q2-q3 with one coding +6 % / +2.8 %, with two (as here) +0.7 % / +0.8 %;
+# - 36 val tiles (examples/measure_tile_costs.py): mean J +0.25 %, at most +3.0 % on a tile; q1
+#   with two codings had cost +12.4 % and +15.0 % on two of them, so q1 walks in full.
+# Coarse groups trusted too cost +10-12 % J on a val tile at q3-q4 and saved little: their
+# codings are 4-36x smaller than the 10 m group's.
+FAST_TRIES = {1: None, 2: 2, 3: 2}       # quality -> codings (None: a full walk); 1 from quality 4 up
+WALK_TRIES = 8            # codings of a full walk (it ends earlier once the cost rises)
+
+
+def walk_tries(effort: str, lam: float) -> int:
+    """How many codings a tile's walk from a crop-chosen level may take (see FAST_TRIES)."""
+    if effort != "fast":
+        return WALK_TRIES
+    quality = min(range(1, 9), key=lambda q: abs(np.log(rd_lambda(q) / lam)))
+    return FAST_TRIES.get(quality, 1) or WALK_TRIES
+
+
+def _plain_walk(tile, nodata, mask, lam, start: int, step: int,
+                tries: int = WALK_TRIES) -> tuple[bytes, float, np.ndarray, int]:
+    """-> (kind 1 payload, J, decoded tile, OpenJPEG level) at the level of least J, walked from
+    ``start``; ``tries`` codings at most when the crop chose ``start`` (``step`` 1, see walk_tries)."""
     code_at = _classical_coder(tile, nodata, mask, rate_shift(lam))
     payloads: dict[int, bytes] = {}
     costs: dict[int, float] = {}
@@ -396,7 +423,8 @@ def _plain_walk(tile, nodata, mask, lam, start: int, step: int) -> tuple[bytes, 
                 cheapest[level] = decoded
         return costs[level]
 
-    best, _ = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=step, max_tries=8)
+    best, _ = _descend(cost_at, start, J2K_LEVEL_MIN, J2K_LEVEL_MAX, step=step,
+                       max_tries=tries if step == 1 else WALK_TRIES)
     decoded = cheapest[best] if best in cheapest else decode_tile(payloads[best])
     return payloads[best], costs[best], decoded, best
 
@@ -1006,8 +1034,10 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     if lam * 8 * quick < LOSSLESS_SCREEN * j_classical:
         raw = encode_lossless(tile, nodata)
         candidates.append((lam * 8 * len(raw), KIND_LOSSLESS, raw))
-    learned = None if loaded is None else _encode_learned_rd(tile, loaded, nodata, mask, lam, j_classical,
-                                                             info.get("crop_j"))
+    # effort "fast" leaves out the learned candidate: it coded no val tile at any quality (BENCHMARKS.md)
+    # and no train tile of FAST_TRIES' measurement, and its screen costs up to 0.5 s a tile
+    learned = None if loaded is None or effort == "fast" else \
+        _encode_learned_rd(tile, loaded, nodata, mask, lam, j_classical, info.get("crop_j"))
     if learned is not None:
         candidates.append((learned[1], KIND_LEARNED, learned[0]))
     j, kind, payload = min(candidates, key=lambda c: c[0])

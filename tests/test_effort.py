@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Encoder effort: "best" searches harder (AV1's final images at libaom speed 5), writes the same
-format for the same decoder, is recorded in the header, and reaches every front end."""
+"""Encoder effort: "best" searches harder (AV1's final images at libaom speed 5), "fast" trusts the
+central crop's levels; each writes the same format for the same decoder, is recorded in the header,
+and reaches every front end."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from terracodec.errors import TecInputError
 from terracodec.numcodecs import TerraCodec
 
 CHIP = "l2a_12band_bigearthnet.tif"      # one tile whose 10 m group is AV1 at qualities 4-7
+PROBED_SCENE = "s2l2a/majortom_T33NZA-0U199R_2022-07-06.tif"   # train; tiles of 256 px or more get a crop probe
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,55 @@ def test_best_effort_costs_less_where_av1_codes_the_10m_bands(chip, quality):
     assert tc.uses_av1(default) and tc.uses_av1(best)
     assert _cost(tile, best, quality) < _cost(tile, default, quality)
     assert tc.encode_tile(tile, quality=quality, model="classical", effort="best")[0] == best
+
+
+@pytest.fixture(scope="module")
+def probed_tile(shared_data):
+    array, _ = read_tif(shared_data / PROBED_SCENE)
+    return np.ascontiguousarray(array[:, 200:488, 300:588])      # 288 x 288 x 12
+
+
+def _count_codings(monkeypatch) -> dict:
+    """Counts the JPEG 2000 and AV1 images the encoder codes (the real codecs still run)."""
+    from terracodec import av1
+
+    counts = {"j2k": 0, "av1": 0}
+    j2k_stream, av1_encode = tc.j2k_stream, av1.encode
+
+    def counted_j2k(*args, **kw):
+        counts["j2k"] += 1
+        return j2k_stream(*args, **kw)
+
+    def counted_av1(*args, **kw):
+        counts["av1"] += 1
+        return av1_encode(*args, **kw)
+
+    monkeypatch.setattr(tc, "j2k_stream", counted_j2k)
+    monkeypatch.setattr(av1, "encode", counted_av1)
+    return counts
+
+
+@pytest.mark.parametrize("quality", [2, 5])
+def test_fast_effort_codes_fewer_images_at_a_small_cost(probed_tile, quality, monkeypatch):
+    """On a tile large enough for the crop probe, "fast" codes fewer images than "default" (its walks
+    stop at the crop's levels), costs at most a few % more J, decodes with the same decoder and is
+    deterministic."""
+    tile = probed_tile
+    counts = _count_codings(monkeypatch)
+    default = tc.encode_tile(tile, quality=quality, model="classical")[0]
+    default_codings = dict(counts)
+    counts.update(j2k=0, av1=0)
+    fast = tc.encode_tile(tile, quality=quality, model="classical", effort="fast")[0]
+    assert sum(counts.values()) < sum(default_codings.values()), (counts, default_codings)
+    assert _cost(tile, fast, quality) < 1.1 * _cost(tile, default, quality)
+    assert tc.encode_tile(tile, quality=quality, model="classical", effort="fast")[0] == fast
+
+
+def test_fast_effort_is_the_default_on_small_tiles(chip):
+    """Under 256 px a side there is no crop probe, so nothing to trust: the same bytes as "default"."""
+    tile = chip[0]
+    assert tc.encode_tile(tile, quality=5, model="classical", effort="fast")[0] == \
+        tc.encode_tile(tile, quality=5, model="classical")[0]
 
 
 def test_default_effort_is_the_encoder_as_before(chip):
@@ -64,10 +115,10 @@ def test_best_effort_is_recorded_and_shown(tmp_path, chip):
         assert "effort" not in ds.stats
 
 
-@pytest.mark.parametrize("bad", ["fast", "BEST!", 3, ""])
+@pytest.mark.parametrize("bad", ["quick", "BEST!", 3, ""])
 def test_unknown_effort_is_a_clear_error(chip, bad):
     array, meta = chip
-    with pytest.raises(TecInputError, match="effort must be one of default, best"):
+    with pytest.raises(TecInputError, match="effort must be one of fast, default, best"):
         tec.encode(array, bands=meta["bands"], quality=5, effort=bad)
     with pytest.raises(TecInputError, match="effort"):
         TerraCodec(quality=5, effort=bad)

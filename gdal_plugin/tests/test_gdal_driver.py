@@ -506,8 +506,11 @@ def test_createcopy_effort(source, tmp_path):
         src = gtiff_read(source)
         expected = tec.decode(tec.encode(src, bands=ds.bands, quality=3, model="classical", effort="best"))
         np.testing.assert_array_equal(ds.read(), expected)
-    proc = run("gdal_translate", "-of", "TEC", "-co", "EFFORT=fast", source, tmp_path / "bad.tec", check=False)
+    proc = run("gdal_translate", "-of", "TEC", "-co", "EFFORT=quick", source, tmp_path / "bad.tec", check=False)
     _assert_clean_failure(proc, "EFFORT")
+    fast = tmp_path / "fast.tec"
+    run("gdal_translate", "-q", "-of", "TEC", "-co", "MODEL=classical", "-co", "EFFORT=FAST", source, fast)
+    assert "EFFORT=fast" in run("gdalinfo", "-mdd", "TEC", fast).stdout
     assert not list(tmp_path.glob("bad.tec*"))
 
 
