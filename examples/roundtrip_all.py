@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Round trip of every image in ../shared/data through the Python API: a robustness sweep.
 
-    .venv/bin/python examples/roundtrip_all.py [--qualities 1,8] [--model NAME] [--dates 4] [--effort best]
+    .venv/bin/python examples/roundtrip_all.py [--qualities 1,8] [--model NAME] [--dates 4] [--effort fast|best]
 
 Every single-date image (s2l2a, s2l1c, partial_bands, other_sensors) and a few dates spread over each
 time series are encoded and decoded at each quality; each line gives bits per pixel per band,
