@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Encode speed per quality and overview read times on one scene, in-process.
 
-    .venv/bin/python examples/measure_speed.py [SCENE.tif] [--qualities 4,5,8] [--model NAME]
+    .venv/bin/python examples/measure_speed.py [SCENE.tif] [--qualities 4,5,8] [--model NAME] [--efforts default,fast]
 
 Defaults to the throughput scene of `tec bench` (val, 1068 x 1068 x 12). Prints, per quality, the
-file size and the encode time of the whole scene (after a small warm-up encode, so model loading
-is not counted), then writes the scene at quality 5 and reads it at full resolution and at 1/2,
+file size and the encode time of the whole scene per encoder effort (after a small warm-up encode,
+so model loading is not counted), then writes the scene at quality 5 and reads it at full resolution and at 1/2,
 1/4 and 1/8 (no tile cache, best of 3). Run it on an idle machine.
 """
 import argparse
@@ -23,6 +23,7 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("scene", nargs="?", type=Path, default=DEFAULT)
 parser.add_argument("--qualities", default="4,5,8")
 parser.add_argument("--model", default=None, help="model name (default: the default model), e.g. classical")
+parser.add_argument("--efforts", default="default", help="encoder efforts, comma separated (fast, default, best)")
 args = parser.parse_args()
 
 array, meta = read_geotiff(args.scene)
@@ -30,10 +31,12 @@ bands, nodata = meta["bands"], meta["nodata"]
 tec.encode(array[:, :64, :64], bands=bands, quality=5, nodata=nodata, model=args.model)   # warm-up
 print(f"{args.scene.name}: {array.shape[0]} bands x {array.shape[1]} x {array.shape[2]}")
 for quality in (int(q) for q in args.qualities.split(",")):
-    start = time.perf_counter()
-    data = tec.encode(array, bands=bands, quality=quality, nodata=nodata, model=args.model)
-    seconds = time.perf_counter() - start
-    print(f"q{quality}: {len(data)} bytes, encode {seconds:.2f} s = {array.size / seconds / 1e6:.2f} Mpx-band/s")
+    for effort in args.efforts.split(","):
+        start = time.perf_counter()
+        data = tec.encode(array, bands=bands, quality=quality, nodata=nodata, model=args.model, effort=effort)
+        seconds = time.perf_counter() - start
+        print(f"q{quality} {effort}: {len(data)} bytes, encode {seconds:.2f} s = "
+              f"{array.size / seconds / 1e6:.2f} Mpx-band/s")
 
 with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "scene.tec"
