@@ -766,23 +766,23 @@ GDALDataset *TECDataset::OpenFile(GDALOpenInfo *poOpenInfo, const char *pszDateS
         nIndexCount = ReadLE<uint32_t>(p + 40);
         const uint32_t nIndexCRC = ReadLE<uint32_t>(p + 44);
         const uint64_t nIndexBytes = static_cast<uint64_t>(nIndexCount) * kIndexEntrySize;
+        // a region the format 1 prefix points to lies outside the file
+        const auto outsideFile = [&](const std::string &osWhat)
+        {
+            CPLError(CE_Failure, CPLE_FileIO, "TEC: %s: file truncated or corrupt (%s; file is %llu bytes)",
+                     pszName, osWhat.c_str(), static_cast<unsigned long long>(nFileSize));
+        };
         if (nHeaderOff < kPrefixSize || nHeaderLen == 0 || nHeaderOff + nHeaderLen > nFileSize ||
             nHeaderLen > kMaxHeaderSize)
         {
-            CPLError(CE_Failure, CPLE_FileIO,
-                     "TEC: %s: file truncated or corrupt (header at %llu, %u bytes; file is %llu "
-                     "bytes)",
-                     pszName, static_cast<unsigned long long>(nHeaderOff), nHeaderLen,
-                     static_cast<unsigned long long>(nFileSize));
+            outsideFile(CPLSPrintf("header at %llu, %u bytes", static_cast<unsigned long long>(nHeaderOff),
+                                   nHeaderLen));
             return nullptr;
         }
         if (nIndexOff < kPrefixSize || nIndexOff + nIndexBytes > nFileSize)
         {
-            CPLError(CE_Failure, CPLE_FileIO,
-                     "TEC: %s: file truncated or corrupt (tile index at %llu, %u entries; file is "
-                     "%llu bytes)",
-                     pszName, static_cast<unsigned long long>(nIndexOff), nIndexCount,
-                     static_cast<unsigned long long>(nFileSize));
+            outsideFile(CPLSPrintf("tile index at %llu, %u entries", static_cast<unsigned long long>(nIndexOff),
+                                   nIndexCount));
             return nullptr;
         }
         abyHeader.resize(nHeaderLen);
