@@ -1601,7 +1601,7 @@ TEC_EXPORT void GDALRegister_TEC()
         "  <Option name='EFFORT' type='string-select' default='DEFAULT' "
         "description='Encoder effort: BEST makes files 1-4 % smaller where the 10 m bands are "
         "coded as AV1, for 1.3-1.7x the encode time; FAST encodes tiles of 256 px or more "
-        "1.4-1.7x faster for about 0.5 % more rate-distortion cost (the decoder is the same)'>"
+        "1.2-1.5x faster for about 0.5 % more rate-distortion cost (the decoder is the same)'>"
         "    <Value>FAST</Value><Value>DEFAULT</Value><Value>BEST</Value></Option>"
         "  <Option name='BLOCKSIZE' type='int' min='16' max='4096' "
         "description='Tile width and height in pixels (default: about 512, splitting the raster "

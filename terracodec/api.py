@@ -539,7 +539,7 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
     images; time stacks use 0) is how far tiles reach into their neighbours to hide seams.
     ``effort`` ("fast", "default" or "best", see tilecodec.EFFORTS) is how hard the encoder
     searches: "best" makes files 1-4 % smaller where the 10 m bands are coded as AV1, for 1.3-1.7x
-    the encode time; "fast" codes tiles of 256 px or more 1.4-1.7x faster for about 0.5 % more
+    the encode time; "fast" codes tiles of 256 px or more 1.2-1.5x faster for about 0.5 % more
     rate-distortion cost. The decoder is the same."""
     if isinstance(array, np.ndarray) and array.ndim == 4:
         from . import stack

@@ -386,8 +386,9 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
 # may take, by quality. The crop's level is the least reliable at low qualities, where side
 # information weighs 16x more on the crop than on the tile. Measured against "default" (kind 1
 # walks and full-resolution groups cut, coarse groups walked in full; one thread):
-# - 10 train tiles of 512-544 px x qualities 1-4, 6, 8: mean J +0.46 %, 1.43x the speed (q4-q8:
-#   1.6-1.7x); q2-q3 with one coding +6 % / +2.8 %, with two (as here) +0.7 % / +0.8 %;
+# - 10 train tiles (examples/measure_tile_costs.py --train) x qualities 1-4, 6, 8: mean J +0.46 %;
+#   1.35x the speed with the default model (q4-q8: 1.4-1.6x), 1.21x with model "classical"; q2-q3
+#   with one coding had cost +6 % / +2.8 %, with two (as here) +0.7 % / +0.8 %;
 # - 36 val tiles (examples/measure_tile_costs.py): mean J +0.25 %, at most +3.0 % on a tile; q1
 #   with two codings had cost +12.4 % and +15.0 % on two of them, so q1 walks in full.
 # Coarse groups trusted too cost +10-12 % J on a val tile at q3-q4 and saved little: their
