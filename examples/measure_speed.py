@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Encode speed per quality and overview read times on one scene, in-process.
 
-    .venv/bin/python examples/measure_speed.py [SCENE.tif] [--qualities 4,5,8] [--model NAME] [--efforts default,fast]
+    .venv/bin/python examples/measure_speed.py [SCENE.tif] [--qualities 4,5,8] [--model NAME]
+                                               [--efforts default,fast]
 
 Defaults to the throughput scene of `tec bench` (val, 1068 x 1068 x 12). Prints, per quality, the
-file size and the encode time of the whole scene per encoder effort (after a small warm-up encode,
-so model loading is not counted), then writes the scene at quality 5 and reads it at full resolution and at 1/2,
-1/4 and 1/8 (no tile cache, best of 3). Run it on an idle machine.
+file size and the encode time of the whole scene per encoder effort (after a small warm-up
+encode, so model loading is not counted), then writes the scene at quality 5 and reads it at full
+resolution and at 1/2, 1/4 and 1/8 (no tile cache, best of 3). Run it on an idle machine.
 """
 import argparse
 import tempfile

@@ -1,16 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
 """Rate-distortion cost of single tiles, to compare two versions of the encoder.
 
-    .venv/bin/python examples/measure_tile_costs.py OUT.json [--qualities 1,2,3,4,6,8] [--effort E] [--train] [--model M]
+    .venv/bin/python examples/measure_tile_costs.py OUT.json [--qualities 1,2,3,4,6,8] [--effort E]
+                                                    [--train] [--model M]
     .venv/bin/python examples/measure_tile_costs.py --compare OLD.json NEW.json
 
 Codes the top-left 544 x 544 tile (or the whole image, when smaller) of six val scenes with the
-classical encoder (``--model``: another model) in one thread (``--train``: ten tiles of up to 544 x 544 from the six train images
-of 512 px or more a side instead), and records per scene x quality the tile's bytes, its cost
-J = SSE + lambda(quality) x bits from the decoded pixels, the encode time and a hash of the
-payload. Run it once per encoder version (e.g. an older commit checked out with `git worktree add`
-and run from there, so that its own terracodec is imported), then `--compare` prints the J change
-per tile and on average. This is how BENCHMARKS.md measured encoder changes tile by tile.
+classical encoder (``--model``: another model) in one thread (``--train``: ten tiles of up to
+544 x 544 from the six train images of 512 px or more a side instead), and records per scene x
+quality the tile's bytes, its cost J = SSE + lambda(quality) x bits from the decoded pixels, the
+encode time and a hash of the payload. Run it once per encoder version (e.g. an older commit
+checked out with `git worktree add` and run from there, so that its own terracodec is imported),
+then `--compare` prints the J change per tile and on average. This is how BENCHMARKS.md measured
+encoder changes tile by tile.
 """
 import argparse
 import hashlib

@@ -388,13 +388,13 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
 # walks and full-resolution groups cut, coarse groups walked in full; one thread):
 # - 10 train tiles (examples/measure_tile_costs.py --train) x qualities 1-4, 6, 8: mean J +0.46 %;
 #   1.35x the speed with the default model (q4-q8: 1.4-1.6x), 1.21x with model "classical"; q2-q3
-#   with one coding had cost +6 % / +2.8 %, with two (as here) +0.7 % / +0.8 %;
+#   with one coding had cost +6 % / +2.8 % (an ad-hoc run), with two (as here) +0.7 % / +0.8 %;
 # - 36 val tiles (examples/measure_tile_costs.py): mean J +0.25 %, at most +3.0 % on a tile; q1
 #   with two codings had cost +12.4 % and +15.0 % on two of them, so q1 walks in full.
 # Coarse groups trusted too cost +10-12 % J on a val tile at q3-q4 and saved little: their
 # codings are 4-36x smaller than the 10 m group's.
-FAST_TRIES = {1: None, 2: 2, 3: 2}       # quality -> codings (None: a full walk); 1 from quality 4 up
 WALK_TRIES = 8            # codings of a full walk (it ends earlier once the cost rises)
+FAST_TRIES = {1: WALK_TRIES, 2: 2, 3: 2}  # quality -> codings; 1 from quality 4 up
 
 
 def walk_tries(effort: str, lam: float) -> int:
@@ -402,7 +402,7 @@ def walk_tries(effort: str, lam: float) -> int:
     if effort != "fast":
         return WALK_TRIES
     quality = min(range(1, 9), key=lambda q: abs(np.log(rd_lambda(q) / lam)))
-    return FAST_TRIES.get(quality, 1) or WALK_TRIES
+    return FAST_TRIES.get(quality, 1)
 
 
 def _plain_walk(tile, nodata, mask, lam, start: int, step: int,
