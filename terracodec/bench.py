@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import anchors as _anchors
+from .errors import TecBandError
 from .metrics import bd_rate, bpppb, mse, pchip_eval, pchip_slopes, psnr10000
 from .tilecodec import DEFAULT_EFFORT, EFFORTS
 
@@ -536,6 +537,12 @@ def write_markdown(path: Path, rep: dict) -> None:
             add(f"- `{k}`: {v}")
         add("")
 
+    if rep.get("skipped_images"):
+        add("Skipped images (not readable as Sentinel-2):\n")
+        for k, v in rep["skipped_images"].items():
+            add(f"- `{k}`: {v}")
+        add("")
+
     add("## Images\n")
     add("| # | file | bands | H x W | nodata | valid band-pixels |")
     add("|---|---|---|---|---|---|")
@@ -689,8 +696,17 @@ def main(argv=None) -> int:
     if not files:
         log.error("no %s images in %s", args.split, data / "splits.csv")
         return 2
-    images = [load_image(data, f) for f in files]
-    log.info("%d %s images: %s", len(images), args.split, ", ".join(files))
+    images, unreadable = [], {}
+    for f in files:
+        try:
+            images.append(load_image(data, f))
+        except TecBandError as exc:      # e.g. a file of another sensor without S2 band names
+            log.warning("skipping image %s: %s", f, exc)
+            unreadable[f] = str(exc)
+    if not images:
+        log.error("no readable %s images in %s", args.split, data / "splits.csv")
+        return 2
+    log.info("%d %s images: %s", len(images), args.split, ", ".join(im["file"] for im in images))
     machine = machine_info(args.threads)     # before this run writes its own outputs into the tree
 
     codecs, skipped = select_codecs(args)
@@ -797,6 +813,7 @@ def main(argv=None) -> int:
         "codecs": {c.name: {"label": c.label, "kind": c.kind, "param_name": c.param_name,
                             "params": list(c.params)} for c in codecs},
         "skipped": skipped,
+        "skipped_images": unreadable,
         "results": results,
         "bd_rates": bd_rows,
         "rate_at_psnr": rates,

@@ -197,6 +197,32 @@ def test_bench_main_anchors_only(small_data, tmp_path, caplog):
     assert "## BD-rate" in md and "## Rate at fixed PSNR" in md
 
 
+def test_bench_skips_images_without_s2_band_names(small_data, tmp_path, caplog):
+    """A split may hold another sensor's file without band descriptions (the train split does):
+    the bench leaves it out with a warning and lists it, instead of stopping."""
+    import rasterio
+
+    _available("jpeg2000")
+    with rasterio.open(small_data / "s2l2a/a_dsen2.tif") as src:
+        array, profile = src.read(), src.profile
+    profile.update(count=array.shape[0])
+    with rasterio.open(small_data / "s2l2a/d_other_sensor.tif", "w", **profile) as dst:
+        dst.write(array)                     # no band descriptions
+    with open(small_data / "splits.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["s2l2a/d_other_sensor.tif", "val", "w", "w", "image"])
+    out = tmp_path / "out"
+    argv = ["--data", str(small_data), "--models", "none", "--anchors", "jpeg2000",
+            "--out-md", str(out / "BENCH.md"), "--out-png", str(out / "rd.png"), "--threads", "1",
+            "--no-throughput", "--no-memory", "--no-progress"]
+    with caplog.at_level("WARNING"):
+        assert bench.main(argv) == 0
+    assert "skipping image s2l2a/d_other_sensor.tif" in caplog.text
+    rep = json.loads((out / "bench_val.json").read_text())
+    assert [im["file"] for im in rep["images"]] == ["s2l2a/a_dsen2.tif", "s2l2a/b_durban.tif"]
+    assert "no description" in rep["skipped_images"]["s2l2a/d_other_sensor.tif"]
+    assert "Skipped images" in (out / "BENCH.md").read_text()
+
+
 def test_bench_limit_throughput_and_memory(small_data, tmp_path, monkeypatch):
     _available("jpeg2000")
     monkeypatch.setattr(bench, "SCENE_SIZE", 100)         # tiled from the 64x64 crops: fast
