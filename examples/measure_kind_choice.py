@@ -55,7 +55,7 @@ for rel in files:
                     continue
                 crop, crop_mask = tc.central_crop(tile, mask)
                 crop_4 = tc.encode_multires(crop, nodata, lam, start)
-                if crop_4 is None:    # no coarse grid: kind 1 only
+                if crop_4 is None:    # an all-nodata crop: kind 1 only
                     continue
                 plain = tc._plain_walk(tile, nodata, mask, lam, start, step)
                 coarse = tc.encode_multires(tile, nodata, lam, start)

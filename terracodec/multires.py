@@ -34,6 +34,7 @@ AV1_STREAM = 0x80                    # group mode bit 7: the components are AV1 
 CODED_COEF = 0x40                    # group mode bit 6: the prediction coefficients are Rice-coded integers
 SPARSE_BASIS = 0x20                  # group mode bit 5: only the basis columns of nonzero components (basis_side)
 AV1_STEP_PER_SLOPE = 3.2             # the AV1 walk starts where the quantizer step is this x sqrt(lambda)
+AV1_MIN_CELLS = 16                   # effort "best" tries AV1 for coarse groups of this many cells a side
 AV1_NEXT_J2K = 4                     # after an AV1 group the next OpenJPEG walk starts this far above kind 1's level
 FIT_RMS = 1.0                        # a band "is" on a coarse grid when the refit is off by < 1 on average
 DETECT_WINDOW = 96                   # phases are searched on a central window of this size
@@ -575,12 +576,17 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     group's level is walked from a start, and a predicted group may also drop its codestream.
 
     The full-resolution group is coded with JPEG 2000 and with AV1 (:mod:`terracodec.av1`), the
-    cheaper kept; its walks start at ``kind1_level - 1`` (``kind1_level`` being the kind 1 level
-    of the tile) and at av1_start_level. Each coarse group's OpenJPEG walk starts from the level of
-    the group before it, or at ``kind1_level + AV1_NEXT_J2K`` after an AV1 group. ``plan`` (e.g.
-    ``levels`` of the tile's central crop) gives a (codec, level, AV1 quantizer step in reflectance
-    units or None) per group in coding order: a group with a plan entry tries only that codec, and
-    a JPEG 2000 walk starts at its level. ``levels`` (a list) gets each group's entry. With nodata
+    cheaper kept (with AV1 only when it is the tile's only group: its JPEG 2000 code is kind
+    1's); coarse groups with JPEG 2000, and with effort "best" also with AV1 when they have at
+    least AV1_MIN_CELLS cells a side. The full-resolution group's walks start at
+    ``kind1_level - 1`` (``kind1_level`` being the kind 1 level of the tile) and at
+    av1_start_level; each coarse group's OpenJPEG walk
+    from the level of the group before it, or at ``kind1_level + AV1_NEXT_J2K`` after an AV1
+    group, and its AV1 walk at av1_start_level for its cells' weight in the error (_cell_weight).
+    ``plan`` (e.g. ``levels`` of the tile's central crop) gives a (codec, level, AV1 quantizer
+    step in reflectance units or None) per group in coding order: a group with a plan entry tries
+    only that codec (except coarse groups with effort "best"), and a JPEG 2000 walk starts at its
+    level. ``levels`` (a list) gets each group's entry. With nodata
     (``mask``), the groups code the tile filled by fill_nodata (``filled``, when already computed)
     and SSE counts valid pixels only. With ``effort`` "best" (tilecodec.EFFORTS), AV1's chosen
     level is coded again at av1.BEST_SPEED instead of av1.SPEED; with "fast", a group with a plan
@@ -618,8 +624,17 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
                     < _prediction_cost(fits[SPATIAL], cells, grid, mask, (h, w), lam)):
                 del fits[SPATIAL]
                 fits[selected] = fit
-        codecs = ("j2k", "av1") if factor == 1 and not done else ("j2k",)
-        if planned is not None and planned[0] in codecs:
+        if factor == 1 and not done:
+            # a tile without coarse grids is this one group, whose JPEG 2000 code is kind 1's
+            codecs = ("j2k", "av1") if len(groups) > 1 else ("av1",)
+        elif effort == "best" and min(cells.shape[1:]) >= AV1_MIN_CELLS:
+            codecs = ("j2k", "av1")
+        else:
+            codecs = ("j2k",)
+        # the crop (coded at the default effort) plans JPEG 2000 for coarse groups; "best" tries
+        # both on the tile: following a crop's AV1 choice on 64² cells had cost +4-6 % J on 3 of 36
+        # val tiles (examples/measure_tile_costs.py)
+        if planned is not None and planned[0] in codecs and not (effort == "best" and factor > 1):
             codecs = (planned[0],)
         walked = []
         for codec in codecs:
@@ -637,7 +652,7 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
                 else:
                     # the guess from the slope, not the crop's level: the crop's components often
                     # have another sample step, and the guess was closer on val tiles
-                    start = av1_start_level(lam, scale)
+                    start = av1_start_level(lam / _cell_weight((h, w), grid), scale)
             else:
                 start = planned[1] if planned is not None and planned[0] == "j2k" else j2k_start
             lo, hi = (0, av1.LEVELS - 1) if codec == "av1" else (J2K_LEVEL_MIN, J2K_LEVEL_MAX)
@@ -677,6 +692,16 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
         decoded[bands] = coder.values(best[2])
         done += bands
     return b"".join(parts), decoded
+
+
+def _cell_weight(size: tuple[int, int], grid) -> float:
+    """The mean squared error on pixels per unit of squared error on a cell of ``grid``, for
+    errors independent from cell to cell (the mean diagonals of the upsampling's Gram matrices):
+    1 at full resolution, 1.56 for bilinear and 4 for nearest at factor 2."""
+    if grid[0] == 1:
+        return 1.0
+    gram_y, gram_x = _grams(size, grid)
+    return float(np.mean(gram_y[0]) * np.mean(gram_x[0]))
 
 
 def av1_level_of_step(step: float) -> int:

@@ -341,7 +341,8 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     goes by steps of 1. With ``multires``, bands that are interpolations of a coarser grid
     (Sentinel-2's 20 m and 60 m bands on a 10 m grid) are also coded on that grid (kind 4,
     :mod:`terracodec.multires`, its walks starting from kind 1's best level, or the crop's when kind 1
-    is not walked), and the code of lower cost is returned; when the crop shows one kind clearly
+    is not walked; a tile without such bands gets a kind 4 code of one full-resolution group in
+    AV1), and the code of lower cost is returned; when the crop shows one kind clearly
     cheaper (KIND4_ALONE, KIND1_ALONE), only that one is walked on the tile. With ``restoration``, a
     fitted restoration filter is added when it lowers J (:func:`with_restoration`).
     ``info["j2k_level"]`` gets the start level, ``info["crop_j"]`` the probe's cost (start_level).
@@ -374,7 +375,7 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
                                  plan=probe_levels or None, effort=effort)
         if coarse is not None and (best is None or coarse[1] < best[1]):
             best = coarse
-    if best is None:                   # the crop chose kind 4, but the tile has no coarse grid
+    if best is None:                   # the crop chose kind 4, which gave nothing (all nodata)
         best = _plain_walk(tile, nodata, mask, lam, start, step, tries)
     payload, j, decoded = best[:3]
     if restoration:
@@ -491,8 +492,10 @@ def start_level(tile: np.ndarray, nodata, mask: np.ndarray | None, lam: float) -
 def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, plan: list | None = None,
                     levels: list | None = None,
                     effort: str = DEFAULT_EFFORT) -> tuple[bytes, float, np.ndarray] | None:
-    """-> (kind 4 payload, J, decoded tile) when some band of the tile sits on a coarser grid, else
-    None; the JPEG 2000 walks start near ``kind1_level`` (kind 1's best level); ``plan`` and
+    """-> (kind 4 payload, J, decoded tile), or None when the tile is all nodata. Bands on a
+    coarser grid are coded on it; a tile without such bands is one full-resolution group, coded
+    with AV1 (its JPEG 2000 code would be kind 1's). The JPEG 2000 walks start near ``kind1_level``
+    (kind 1's best level); ``plan`` and
     ``levels`` are multires.encode_groups's (codec, level) per group, ``effort`` its search effort.
     Nodata pixels are filled first (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
@@ -502,8 +505,6 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, p
         return None
     filled = None if mask is None else multires.fill_nodata(tile.astype(np.float64), mask)
     grids = multires.detect_grids(tile if mask is None else filled, mask)
-    if all(g[0] == 1 for g in grids):
-        return None
     body, decoded = multires.encode_groups(tile, grids, lam, kind1_level, mask, filled, plan, levels, effort)
     payload = seal(pack_header(KIND_MULTIRES, tile, nodata, mask) + body)
     if mask is not None:           # the decoder also moves valid pixels off the nodata value

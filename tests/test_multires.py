@@ -159,9 +159,51 @@ def test_coarse_groups_after_all_zero_bands(bigearthnet):
         assert tc.tile_psnr(tile, tc.decode_tile(payload), None) >= tc.QUALITY_FLOOR_DB[quality]
 
 
-def test_full_resolution_bands_stay_kind1():
+def test_tile_without_coarse_grids_is_one_av1_group():
+    """The s2cloudless crop has no band on a coarse grid: its kind 4 code is one full-resolution
+    group of all bands, in AV1 (its JPEG 2000 code would be kind 1's), decoded exactly as the
+    encoder measured it; the tile's code is the cheaper of that and kind 1."""
     tile, _ = read("l1c_13band_cloudy_s2cloudless.tif")
-    assert tc.encode_multires(tile, None, tc.rd_lambda(5), 60) is None
+    tile = np.ascontiguousarray(tile[:, :96, :96])
+    assert all(g[0] == 1 for g in mr.detect_grids(tile))
+    lam = tc.rd_lambda(5)
+    payload, j, decoded = tc.encode_multires(tile, None, lam, 60)
+    raw = tc.unseal(payload)
+    head = tc.TileHeader(raw)
+    raw, head, _ = tc.split_restoration(raw, head)
+    groups = list(mr._parse_groups(raw[head.body:], head.count, head.height, head.width))
+    assert len(groups) == 1 and groups[0][0][0] == 1 and groups[0][1] == list(range(13))
+    assert isinstance(groups[0][-1], mr.Av1Stream)
+    assert np.array_equal(tc.decode_tile(payload), decoded)
+    assert j == pytest.approx(tc.rd_cost(tile, decoded, None, len(payload), lam))
+    chosen, j_chosen = tc.encode_classical(tile, None, lam)
+    assert j_chosen <= min(j, tc.encode_classical(tile, None, lam, multires=False)[1])
+
+
+def test_coarse_groups_may_be_av1_with_effort_best(bigearthnet):
+    """With effort "best", a coarse group of at least AV1_MIN_CELLS cells a side is also coded in
+    AV1 (the 20 m group of this 64 x 80 crop, 32 x 40 cells; not the 60 m group, 11 x 14 cells),
+    and AV1 wins it at quality 7; full and reduced decodes read it, and the bytes repeat. The
+    default effort codes coarse groups with JPEG 2000 only."""
+    tile, _ = bigearthnet
+    lam = tc.rd_lambda(7)
+
+    def av1_groups(payload):
+        raw = tc.unseal(payload)
+        head = tc.TileHeader(raw)
+        raw, head, _ = tc.split_restoration(raw, head)
+        return [(g[0][0], isinstance(g[-1], mr.Av1Stream))
+                for g in mr._parse_groups(raw[head.body:], head.count, head.height, head.width)]
+
+    payload, j, decoded = tc.encode_multires(tile, None, lam, 66, effort="best")
+    assert av1_groups(payload) == [(1, True), (2, True), (6, False)]
+    assert np.array_equal(tc.decode_tile(payload), decoded)
+    reduced = tc.decode_tile_reduced(payload, 1)
+    assert np.sqrt(np.mean((reduced - tc.reduce_pixels(decoded, 1).astype(float)) ** 2)) < 0.25 * tile.std()
+    assert tc.encode_multires(tile, None, lam, 66, effort="best")[0] == payload
+    default = tc.encode_multires(tile, None, lam, 66)
+    assert [av1 for factor, av1 in av1_groups(default[0]) if factor > 1] == [False, False]
+    assert j <= default[1]
 
 
 def test_tiles_with_nodata_are_coded_on_coarse_grids(bigearthnet):
