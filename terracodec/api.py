@@ -68,13 +68,14 @@ TILE_COUNTS = ("fallback_tiles", "lossless_tiles", "learned_tiles", "coarse_grid
                "av1_tiles", "temporal_tiles")
 
 
-def tile_counts(kinds: dict, av1_tiles: int, floor_tiles: int = 0) -> dict:
+def tile_counts(kinds: dict, av1_tiles: int, coarse_grid_tiles: int, floor_tiles: int = 0) -> dict:
     """The tile counts of a header's stats from the tiles per kind (``kinds``), the kind 4 tiles
-    with an AV1 stream and the tiles recoded to reach the quality floor: the nonzero ones."""
+    with an AV1 stream, those with bands on a coarser grid and the tiles recoded to reach the
+    quality floor: the nonzero ones."""
     counts = {"fallback_tiles": kinds.get(tilecodec.KIND_CLASSICAL, 0) + kinds.get(tilecodec.KIND_MULTIRES, 0),
               "lossless_tiles": kinds.get(tilecodec.KIND_LOSSLESS, 0),
               "learned_tiles": kinds.get(tilecodec.KIND_LEARNED, 0),
-              "coarse_grid_tiles": kinds.get(tilecodec.KIND_MULTIRES, 0),
+              "coarse_grid_tiles": coarse_grid_tiles,
               "floor_tiles": floor_tiles, "av1_tiles": av1_tiles,
               "temporal_tiles": kinds.get(tilecodec.KIND_TEMPORAL, 0)}
     return {k: v for k, v in counts.items() if v}
@@ -328,6 +329,7 @@ class Writer:
         self.floor_tiles = 0           # tiles recoded to reach the quality's PSNR floor
         self.kinds: dict[int, int] = {}
         self.av1_tiles = 0             # tiles whose reader needs an AV1 decoder
+        self.coarse_grid_tiles = 0     # tiles with bands coded on a coarser grid
         self.payload_bytes = 0
         self._pending: list[np.ndarray] = []
         self._closed = False
@@ -419,7 +421,8 @@ class Writer:
         self._out.add_tile(payload, kind)
         self.floor_tiles += bool(info.get("floor_raised"))
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        self.av1_tiles += kind == tilecodec.KIND_MULTIRES and tilecodec.uses_av1(payload)
+        self.av1_tiles += tilecodec.uses_av1(payload)
+        self.coarse_grid_tiles += tilecodec.uses_coarse_grid(payload)
         self.payload_bytes += len(payload)
         if self._bar is not None:
             self._bar.update(1)
@@ -458,7 +461,7 @@ class Writer:
 
     def _stats(self) -> dict:
         # no compression ratio: readers measure it on the file (TecDataset.compression_ratio)
-        return tile_counts(self.kinds, self.av1_tiles, self.floor_tiles) | tilecodec.effort_record(self.effort)
+        return tile_counts(self.kinds, self.av1_tiles, self.coarse_grid_tiles, self.floor_tiles) | tilecodec.effort_record(self.effort)
 
     def close(self) -> None:
         """Finish the file (atomic rename). Raises TecInputError when rows are missing."""

@@ -897,11 +897,6 @@ class Av1Stream(bytes):
     """A group's codestream that is an AV1 stream (group mode bit 7), not JPEG 2000."""
 
 
-def uses_av1(body: bytes, count: int, h: int, w: int) -> bool:
-    """Whether a kind 4 body holds an AV1 stream (reading it needs an AV1 decoder)."""
-    return any(isinstance(stream, Av1Stream) for *_, stream in _parse_groups(body, count, h, w))
-
-
 def _cells(stream, shape, param, means, basis_q) -> np.ndarray:
     """A group's decoded residual on its grid (``shape`` = (bands, cells_y, cells_x))."""
     if stream is None:

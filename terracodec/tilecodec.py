@@ -515,15 +515,31 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, p
 
 
 def uses_av1(payload: bytes) -> bool:
-    """Whether a tile payload holds an AV1 stream (a kind 4 tile whose 10 m group is AV1)."""
+    """Whether a tile payload holds an AV1 stream (a kind 4 tile with an AV1 group)."""
+    return _kind4_groups(payload, lambda grid, stream: isinstance(stream, _multires().Av1Stream))
+
+
+def uses_coarse_grid(payload: bytes) -> bool:
+    """Whether a tile payload codes a band on a coarser grid (a kind 4 tile with such a group; a
+    kind 4 tile can also be one full-resolution group)."""
+    return _kind4_groups(payload, lambda grid, stream: grid[0] > 1)
+
+
+def _multires():
     from . import multires
 
+    return multires
+
+
+def _kind4_groups(payload: bytes, test) -> bool:
+    """Whether ``test(grid, codestream)`` holds for a group of a kind 4 payload (False for other kinds)."""
     raw = unseal(payload)
     head = TileHeader(raw)
     if head.kind != KIND_MULTIRES:
         return False
     raw, head, _ = split_restoration(raw, head)
-    return multires.uses_av1(raw[head.body:], head.count, head.height, head.width)
+    return any(test(group[0], group[-1])
+               for group in _multires()._parse_groups(raw[head.body:], head.count, head.height, head.width))
 
 
 def decode_multires(payload: bytes, head: TileHeader) -> np.ndarray:

@@ -178,6 +178,22 @@ def test_tile_without_coarse_grids_is_one_av1_group():
     assert j == pytest.approx(tc.rd_cost(tile, decoded, None, len(payload), lam))
     chosen, j_chosen = tc.encode_classical(tile, None, lam)
     assert j_chosen <= min(j, tc.encode_classical(tile, None, lam, multires=False)[1])
+    assert tc.uses_av1(payload) and not tc.uses_coarse_grid(payload)
+
+
+def test_file_stats_count_coarse_grid_and_av1_tiles_apart(tmp_path, bigearthnet):
+    """A file's stats count the tiles with bands on coarser grids and those that need an AV1
+    decoder: the s2cloudless chip's one tile is AV1 without coarse grids at quality 5."""
+    import terracodec as tec
+
+    cloudy, names = read("l1c_13band_cloudy_s2cloudless.tif")
+    tec.write(tmp_path / "cloudy.tec", cloudy, bands=names, quality=5)
+    with tec.open(tmp_path / "cloudy.tec") as ds:
+        assert ds.stats["av1_tiles"] == 1 and ds.stats["coarse_grid_tiles"] == 0
+    chip, names = bigearthnet
+    tec.write(tmp_path / "chip.tec", chip, bands=names, quality=5)
+    with tec.open(tmp_path / "chip.tec") as ds:
+        assert ds.stats["coarse_grid_tiles"] == 1
 
 
 def test_coarse_groups_may_be_av1_with_effort_best(bigearthnet):
