@@ -75,6 +75,26 @@ def test_golden_stack_and_av1_files_use_those_tools():
     assert MANIFEST["lossless_openeo.tec"]["psnr10000"] is None          # exact
 
 
+def _groups(path) -> list[tuple[int, bool]]:
+    """(factor, AV1 stream?) of every group of every kind 4 tile of the file."""
+    out = []
+    with ContainerReader(path) as reader:
+        for i, entry in enumerate(reader.entries):
+            if entry.kind == tilecodec.KIND_MULTIRES:
+                raw = tilecodec.unseal(reader.read_tile(i))
+                raw, head, _ = tilecodec.split_restoration(raw, tilecodec.TileHeader(raw))
+                out += [(group[0][0], isinstance(group[-1], multires.Av1Stream)) for group in
+                        multires._parse_groups(raw[head.body:], head.count, head.height, head.width)]
+    return out
+
+
+def test_golden_av1_group_files_hold_those_groups():
+    """One golden kind 4 tile is a single full-resolution AV1 group (a tile without coarse
+    grids), another has its 20 m group as an AV1 stream (effort "best")."""
+    assert _groups(GOLDEN / "av1_one_group_s2cloudless_q5.tec") == [(1, True)]
+    assert (2, True) in _groups(GOLDEN / "av1_coarse_bigearthnet_q7.tec")
+
+
 def test_golden_sparse_basis_file_stores_a_sparse_basis(monkeypatch):
     seen = []
     real = tilecodec.parse_basis

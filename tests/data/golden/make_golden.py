@@ -105,6 +105,10 @@ CASES = {
     "point_grid": ("point_grid_bigearthnet_q6.tec", _point_grid),
     # format 2 with the header as a raw deflate stream (prefix flags 7)
     "raw_header": ("raw_header_eurosat_q2.tec", _image("l1c_13band_eurosat.tif", 2)),
+    # kind 4 without coarse grids: one full-resolution AV1 group of all 13 bands
+    "av1_one_group": ("av1_one_group_s2cloudless_q5.tec", _image("l1c_13band_cloudy_s2cloudless.tif", 5)),
+    # effort "best": the 20 m group as an AV1 stream on its grid
+    "av1_coarse": ("av1_coarse_bigearthnet_q7.tec", _image("l2a_12band_bigearthnet.tif", 7, effort="best")),
 }
 
 
@@ -165,7 +169,7 @@ def decoded_facts(data: bytes) -> dict:
     return {"format_version": list(ContainerReader(data).version), "prefix_flags": ContainerReader(data).flags,"sha256": hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest(), "shape": list(out.shape),
             "dtype": str(out.dtype), "coded_coefficients": bool(calls), "sparse_basis": _sparse_basis(data),
             "point_grids": _point_grids(data),
-            "av1_tiles": int(stats.get("av1_tiles", 0)),
+            "av1_tiles": int(stats.get("av1_tiles", 0)), "coarse_grid_tiles": int(stats.get("coarse_grid_tiles", 0)),
             "temporal_tiles": int(stats.get("temporal_tiles", 0)), "learned_tiles": int(stats.get("learned_tiles", 0))}
 
 
