@@ -166,14 +166,19 @@ def test_list_images_single_date_val(small_data):
     assert "timeseries/x/2020-01-01.tif" in bench.list_images(small_data, "val", timeseries=True)
 
 
-def test_bench_main_anchors_only(small_data, tmp_path, caplog):
-    _available("jpeg2000")
-    out = tmp_path / "out"
-    argv = ["--data", str(small_data), "--models", "tec-does-not-exist", "--anchors", "jpeg2000,jpeg2000_klt,jpegxl",
-            "--out-md", str(out / "BENCH.md"), "--out-png", str(out / "docs/rd.png"), "--threads", "1",
+def _run_rd_only(data, out, models: str, anchors: str, png: str, caplog) -> None:
+    """tec bench on ``data`` in one thread, RD only, writing out/BENCH.md and out/``png``."""
+    argv = ["--data", str(data), "--models", models, "--anchors", anchors,
+            "--out-md", str(out / "BENCH.md"), "--out-png", str(out / png), "--threads", "1",
             "--no-throughput", "--no-memory", "--no-progress"]
     with caplog.at_level("WARNING"):
         assert bench.main(argv) == 0
+
+
+def test_bench_main_anchors_only(small_data, tmp_path, caplog):
+    _available("jpeg2000")
+    out = tmp_path / "out"
+    _run_rd_only(small_data, out, "tec-does-not-exist", "jpeg2000,jpeg2000_klt,jpegxl", "docs/rd.png", caplog)
     assert "skipping TEC model tec-does-not-exist" in caplog.text
     md = (out / "BENCH.md").read_text()
     png = (out / "docs/rd.png").read_bytes()
@@ -211,11 +216,7 @@ def test_bench_skips_images_without_s2_band_names(small_data, tmp_path, caplog):
     with open(small_data / "splits.csv", "a", newline="") as f:
         csv.writer(f).writerow(["s2l2a/d_other_sensor.tif", "val", "w", "w", "image"])
     out = tmp_path / "out"
-    argv = ["--data", str(small_data), "--models", "none", "--anchors", "jpeg2000",
-            "--out-md", str(out / "BENCH.md"), "--out-png", str(out / "rd.png"), "--threads", "1",
-            "--no-throughput", "--no-memory", "--no-progress"]
-    with caplog.at_level("WARNING"):
-        assert bench.main(argv) == 0
+    _run_rd_only(small_data, out, "none", "jpeg2000", "rd.png", caplog)
     assert "skipping image s2l2a/d_other_sensor.tif" in caplog.text
     rep = json.loads((out / "bench_val.json").read_text())
     assert [im["file"] for im in rep["images"]] == ["s2l2a/a_dsen2.tif", "s2l2a/b_durban.tif"]

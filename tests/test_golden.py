@@ -25,17 +25,21 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def _coefficient_counts(path) -> list[int]:
-    """Prediction coefficients per group of every kind 4 tile of the file."""
+def _kind4_groups(path) -> list[tuple]:
+    """The groups (multires._parse_groups) of every kind 4 tile of the file, in tile order."""
     out = []
     with ContainerReader(path) as reader:
         for i, entry in enumerate(reader.entries):
             if entry.kind == tilecodec.KIND_MULTIRES:
                 raw = tilecodec.unseal(reader.read_tile(i))
                 raw, head, _ = tilecodec.split_restoration(raw, tilecodec.TileHeader(raw))
-                out += [group[2].size for group in
-                        multires._parse_groups(raw[head.body:], head.count, head.height, head.width)]
+                out += list(multires._parse_groups(raw[head.body:], head.count, head.height, head.width))
     return out
+
+
+def _coefficient_counts(path) -> list[int]:
+    """Prediction coefficients per group of every kind 4 tile of the file."""
+    return [group[2].size for group in _kind4_groups(path)]
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
@@ -77,15 +81,7 @@ def test_golden_stack_and_av1_files_use_those_tools():
 
 def _groups(path) -> list[tuple[int, bool]]:
     """(factor, AV1 stream?) of every group of every kind 4 tile of the file."""
-    out = []
-    with ContainerReader(path) as reader:
-        for i, entry in enumerate(reader.entries):
-            if entry.kind == tilecodec.KIND_MULTIRES:
-                raw = tilecodec.unseal(reader.read_tile(i))
-                raw, head, _ = tilecodec.split_restoration(raw, tilecodec.TileHeader(raw))
-                out += [(group[0][0], isinstance(group[-1], multires.Av1Stream)) for group in
-                        multires._parse_groups(raw[head.body:], head.count, head.height, head.width)]
-    return out
+    return [(group[0][0], isinstance(group[-1], multires.Av1Stream)) for group in _kind4_groups(path)]
 
 
 def test_golden_av1_group_files_hold_those_groups():
