@@ -421,8 +421,9 @@ class Writer:
         self._out.add_tile(payload, kind)
         self.floor_tiles += bool(info.get("floor_raised"))
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        self.av1_tiles += tilecodec.uses_av1(payload)
-        self.coarse_grid_tiles += tilecodec.uses_coarse_grid(payload)
+        groups = tilecodec.kind4_groups(payload)
+        self.av1_tiles += tilecodec.uses_av1(groups)
+        self.coarse_grid_tiles += tilecodec.uses_coarse_grid(groups)
         self.payload_bytes += len(payload)
         if self._bar is not None:
             self._bar.update(1)
@@ -461,7 +462,8 @@ class Writer:
 
     def _stats(self) -> dict:
         # no compression ratio: readers measure it on the file (TecDataset.compression_ratio)
-        return tile_counts(self.kinds, self.av1_tiles, self.coarse_grid_tiles, self.floor_tiles) | tilecodec.effort_record(self.effort)
+        return (tile_counts(self.kinds, self.av1_tiles, self.coarse_grid_tiles, self.floor_tiles)
+                | tilecodec.effort_record(self.effort))
 
     def close(self) -> None:
         """Finish the file (atomic rename). Raises TecInputError when rows are missing."""
@@ -542,8 +544,8 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
     images; time stacks use 0) is how far tiles reach into their neighbours to hide seams.
     ``effort`` ("fast", "default" or "best", see tilecodec.EFFORTS) is how hard the encoder
     searches: "best" (AV1 also for 20 m / 60 m bands, slower AV1) needs 4-7 % fewer bits on val
-    for 1.5-1.8x the encode time; "fast" codes tiles of 256 px or more 1.2-1.5x faster for about 0.5 % more
-    rate-distortion cost. The decoder is the same."""
+    for 1.5-1.8x the encode time; "fast" codes tiles of 256 px or more 1.2-1.5x faster for about
+    0.5 % more rate-distortion cost. The decoder is the same."""
     if isinstance(array, np.ndarray) and array.ndim == 4:
         from . import stack
 

@@ -97,9 +97,9 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
               help="With --stack: comma-separated ISO dates (default: ACQUISITION_DATE tags, else a "
                    "YYYY-MM-DD in the file names).")
 @click.option("--effort", type=click.Choice(EFFORTS), default=DEFAULT_EFFORT, show_default=True,
-              help="Encoder effort: 'best' searches longer (AV1 also for 20 m / 60 m bands, slower AV1): "
-                   "4-7 % fewer bits on val for 1.5-1.8x the encode time; 'fast' encodes tiles of 256 px or more 1.2-1.5x "
-                   "faster for about 0.5 % more rate-distortion cost (the decoder is the same).")
+              help="Encoder effort: 'best' searches longer (AV1 also for 20 m / 60 m bands, slower "
+                   "AV1): 4-7 % fewer bits on val for 1.5-1.8x the encode time; 'fast' encodes tiles "
+                   "of 256 px or more 1.2-1.5x faster for about 0.5 % more rate-distortion cost (the decoder is the same).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Threads that code tiles in parallel (default: up to 4, one per core). Each holds "
                    "about two tiles in flight, so memory grows with it.")

@@ -580,9 +580,9 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
     1's); coarse groups with JPEG 2000, and with effort "best" also with AV1 when they have at
     least AV1_MIN_CELLS cells a side. The full-resolution group's walks start at
     ``kind1_level - 1`` (``kind1_level`` being the kind 1 level of the tile) and at
-    av1_start_level; each coarse group's OpenJPEG walk
-    from the level of the group before it, or at ``kind1_level + AV1_NEXT_J2K`` after an AV1
-    group, and its AV1 walk at av1_start_level for its cells' weight in the error (_cell_weight).
+    av1_start_level; a coarse group's OpenJPEG walk from the level of the group before it, or at
+    ``kind1_level + AV1_NEXT_J2K`` after an AV1 group, and its AV1 walk at av1_start_level for
+    its cells' weight in the error (_cell_weight).
     ``plan`` (e.g. ``levels`` of the tile's central crop) gives a (codec, level, AV1 quantizer
     step in reflectance units or None) per group in coding order: a group with a plan entry tries
     only that codec (except coarse groups with effort "best"), and a JPEG 2000 walk starts at its

@@ -38,8 +38,8 @@ import numpy as np
 from . import spectral, tilecodec, workers as workers_module
 from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
 from .tilecodec import (KIND_LEARNED, KIND_TEMPORAL, TileHeader,
-                        nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal, unseal, uses_av1,
-                        uses_coarse_grid)
+                        kind4_groups, nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal,
+                        unseal, uses_av1, uses_coarse_grid)
 
 DEFAULT_KEYFRAME_INTERVAL = 8
 MAX_REFS = 2
@@ -647,8 +647,9 @@ class StackWriter:
             for p, k in coded:
                 self._payloads[done[tx]][ty * self.tiles_x + tx] = (p, k)
                 self._kinds[k] = self._kinds.get(k, 0) + 1
-                self._av1_tiles += uses_av1(p)
-                self._coarse_grid_tiles += uses_coarse_grid(p)
+                groups = kind4_groups(p)
+                self._av1_tiles += uses_av1(groups)
+                self._coarse_grid_tiles += uses_coarse_grid(groups)
                 done[tx] += 1
             if self._bar is not None and done[tx] == len(self.dates):
                 self._bar.update(1)
@@ -679,7 +680,8 @@ class StackWriter:
             raise TecInputError(f"{self.rows_written} of {self.height} rows received")
         from .api import tile_counts
 
-        stats = tile_counts(self._kinds, self._av1_tiles, self._coarse_grid_tiles) | tilecodec.effort_record(self.effort)
+        stats = (tile_counts(self._kinds, self._av1_tiles, self._coarse_grid_tiles)
+                 | tilecodec.effort_record(self.effort))
         fields = dict(self._fields, stats=stats)
         with ContainerWriter(self.path) as w:
             for row in self._payloads:

@@ -40,8 +40,9 @@ BUILTIN_MODELS = (LOSSLESS_MODEL, CLASSICAL_MODEL)
 # How hard the encoder searches; every effort writes the same format for the same decoder.
 # "best" codes AV1's final images at libaom speed 5 (av1.BEST_SPEED) instead of 6 (1-4 % less J on
 # tiles with an AV1 group, for 1.3-1.7x their encode time) and also tries AV1 for coarse groups
-# (multires.encode_groups; another -1.9 % mean J on 36 val tiles for +24 % time). (An earlier "fast" of guessed levels,
-# short walks and no probe was measured and dropped: +12 % J for 1.9x the speed.) "fast" trusts
+# (multires.encode_groups; another -1.9 % mean J on 36 val tiles for +24 % time). (An earlier
+# "fast" of guessed levels, short walks and no probe was measured and dropped: +12 % J for 1.9x
+# the speed.) "fast" trusts
 # the central crop's probe for the kind 1 walk and the full-resolution group (walk_tries) and leaves
 # out the learned candidate; tiles under 2 * START_CROP a side have no probe and code as "default".
 EFFORTS = ("fast", "default", "best")
@@ -495,9 +496,8 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, p
                     effort: str = DEFAULT_EFFORT) -> tuple[bytes, float, np.ndarray] | None:
     """-> (kind 4 payload, J, decoded tile), or None when the tile is all nodata. Bands on a
     coarser grid are coded on it; a tile without such bands is one full-resolution group, coded
-    with AV1 (its JPEG 2000 code would be kind 1's). The JPEG 2000 walks start near ``kind1_level``
-    (kind 1's best level); ``plan`` and
-    ``levels`` are multires.encode_groups's (codec, level) per group, ``effort`` its search effort.
+    with AV1 (its JPEG 2000 code would be kind 1's). The JPEG 2000 walks start near
+    ``kind1_level`` (kind 1's best level); ``plan`` and ``levels`` are multires.encode_groups's (codec, level) per group, ``effort`` its search effort.
     Nodata pixels are filled first (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
 
@@ -515,32 +515,30 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, p
     return payload, rd_cost(tile, decoded, mask, len(payload), lam), decoded
 
 
-def uses_av1(payload: bytes) -> bool:
-    """Whether a tile payload holds an AV1 stream (a kind 4 tile with an AV1 group)."""
-    return _kind4_groups(payload, lambda grid, stream: isinstance(stream, _multires().Av1Stream))
-
-
-def uses_coarse_grid(payload: bytes) -> bool:
-    """Whether a tile payload codes a band on a coarser grid (a kind 4 tile with such a group; a
-    kind 4 tile can also be one full-resolution group)."""
-    return _kind4_groups(payload, lambda grid, stream: grid[0] > 1)
-
-
-def _multires():
+def kind4_groups(payload: bytes) -> list[tuple]:
+    """The groups of a kind 4 payload as multires._parse_groups yields them (grid first, codestream
+    last); [] for other kinds."""
     from . import multires
 
-    return multires
-
-
-def _kind4_groups(payload: bytes, test) -> bool:
-    """Whether ``test(grid, codestream)`` holds for a group of a kind 4 payload (False for other kinds)."""
     raw = unseal(payload)
     head = TileHeader(raw)
     if head.kind != KIND_MULTIRES:
-        return False
+        return []
     raw, head, _ = split_restoration(raw, head)
-    return any(test(group[0], group[-1])
-               for group in _multires()._parse_groups(raw[head.body:], head.count, head.height, head.width))
+    return list(multires._parse_groups(raw[head.body:], head.count, head.height, head.width))
+
+
+def uses_av1(groups: list[tuple]) -> bool:
+    """Whether a tile's kind4_groups hold an AV1 stream (reading it needs an AV1 decoder)."""
+    from .multires import Av1Stream
+
+    return any(isinstance(group[-1], Av1Stream) for group in groups)
+
+
+def uses_coarse_grid(groups: list[tuple]) -> bool:
+    """Whether a tile's kind4_groups code a band on a coarser grid (a kind 4 tile can also be one
+    full-resolution group)."""
+    return any(group[0][0] > 1 for group in groups)
 
 
 def decode_multires(payload: bytes, head: TileHeader) -> np.ndarray:

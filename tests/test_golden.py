@@ -26,15 +26,9 @@ def _digest(array: np.ndarray) -> str:
 
 
 def _kind4_groups(path) -> list[tuple]:
-    """The groups (multires._parse_groups) of every kind 4 tile of the file, in tile order."""
-    out = []
+    """The groups (tilecodec.kind4_groups) of every tile of the file, in tile order."""
     with ContainerReader(path) as reader:
-        for i, entry in enumerate(reader.entries):
-            if entry.kind == tilecodec.KIND_MULTIRES:
-                raw = tilecodec.unseal(reader.read_tile(i))
-                raw, head, _ = tilecodec.split_restoration(raw, tilecodec.TileHeader(raw))
-                out += list(multires._parse_groups(raw[head.body:], head.count, head.height, head.width))
-    return out
+        return [group for i in range(len(reader.entries)) for group in tilecodec.kind4_groups(reader.read_tile(i))]
 
 
 def _coefficient_counts(path) -> list[int]:

@@ -168,17 +168,14 @@ def test_tile_without_coarse_grids_is_one_av1_group():
     assert all(g[0] == 1 for g in mr.detect_grids(tile))
     lam = tc.rd_lambda(5)
     payload, j, decoded = tc.encode_multires(tile, None, lam, 60)
-    raw = tc.unseal(payload)
-    head = tc.TileHeader(raw)
-    raw, head, _ = tc.split_restoration(raw, head)
-    groups = list(mr._parse_groups(raw[head.body:], head.count, head.height, head.width))
+    groups = tc.kind4_groups(payload)
     assert len(groups) == 1 and groups[0][0][0] == 1 and groups[0][1] == list(range(13))
     assert isinstance(groups[0][-1], mr.Av1Stream)
     assert np.array_equal(tc.decode_tile(payload), decoded)
     assert j == pytest.approx(tc.rd_cost(tile, decoded, None, len(payload), lam))
     chosen, j_chosen = tc.encode_classical(tile, None, lam)
     assert j_chosen <= min(j, tc.encode_classical(tile, None, lam, multires=False)[1])
-    assert tc.uses_av1(payload) and not tc.uses_coarse_grid(payload)
+    assert tc.uses_av1(groups) and not tc.uses_coarse_grid(groups)
 
 
 def test_file_stats_count_coarse_grid_and_av1_tiles_apart(tmp_path, bigearthnet):
@@ -205,11 +202,7 @@ def test_coarse_groups_may_be_av1_with_effort_best(bigearthnet):
     lam = tc.rd_lambda(7)
 
     def av1_groups(payload):
-        raw = tc.unseal(payload)
-        head = tc.TileHeader(raw)
-        raw, head, _ = tc.split_restoration(raw, head)
-        return [(g[0][0], isinstance(g[-1], mr.Av1Stream))
-                for g in mr._parse_groups(raw[head.body:], head.count, head.height, head.width)]
+        return [(g[0][0], isinstance(g[-1], mr.Av1Stream)) for g in tc.kind4_groups(payload)]
 
     payload, j, decoded = tc.encode_multires(tile, None, lam, 66, effort="best")
     assert av1_groups(payload) == [(1, True), (2, True), (6, False)]
