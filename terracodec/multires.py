@@ -624,17 +624,18 @@ def encode_groups(tile: np.ndarray, grids, lam: float, kind1_level: int, mask: n
                     < _prediction_cost(fits[SPATIAL], cells, grid, mask, (h, w), lam)):
                 del fits[SPATIAL]
                 fits[selected] = fit
-        if factor == 1 and not done:
-            # a tile without coarse grids is this one group, whose JPEG 2000 code is kind 1's
-            codecs = ("j2k", "av1") if len(groups) > 1 else ("av1",)
-        elif effort == "best" and min(cells.shape[1:]) >= AV1_MIN_CELLS:
-            codecs = ("j2k", "av1")
-        else:
-            codecs = ("j2k",)
         # the crop (coded at the default effort) plans JPEG 2000 for coarse groups; "best" tries
         # both on the tile: following a crop's AV1 choice on 64² cells had cost +4-6 % J on 3 of 36
         # val tiles (examples/measure_tile_costs.py)
-        if planned is not None and planned[0] in codecs and not (effort == "best" and factor > 1):
+        coarse_both = factor > 1 and effort == "best"
+        if factor == 1 and not done:
+            # a tile without coarse grids is this one group, whose JPEG 2000 code is kind 1's
+            codecs = ("j2k", "av1") if len(groups) > 1 else ("av1",)
+        elif coarse_both and min(cells.shape[1:]) >= AV1_MIN_CELLS:
+            codecs = ("j2k", "av1")
+        else:
+            codecs = ("j2k",)
+        if planned is not None and planned[0] in codecs and not coarse_both:
             codecs = (planned[0],)
         walked = []
         for codec in codecs:

@@ -497,7 +497,8 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, p
     """-> (kind 4 payload, J, decoded tile), or None when the tile is all nodata. Bands on a
     coarser grid are coded on it; a tile without such bands is one full-resolution group, coded
     with AV1 (its JPEG 2000 code would be kind 1's). The JPEG 2000 walks start near
-    ``kind1_level`` (kind 1's best level); ``plan`` and ``levels`` are multires.encode_groups's (codec, level) per group, ``effort`` its search effort.
+    ``kind1_level`` (kind 1's best level); ``plan`` and ``levels`` are multires.encode_groups's
+    (codec, level) per group, ``effort`` its search effort.
     Nodata pixels are filled first (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
 
