@@ -347,7 +347,8 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     AV1), and the code of lower cost is returned; when the crop shows one kind clearly
     cheaper (KIND4_ALONE, KIND1_ALONE), only that one is walked on the tile. With ``restoration``, a
     fitted restoration filter is added when it lowers J (:func:`with_restoration`).
-    ``info["j2k_level"]`` gets the start level, ``info["crop_j"]`` the probe's cost (start_level).
+    ``info["j2k_level"]`` gets the start level, ``info["crop_j"]`` the probe's cost (start_level;
+    the crop's kind 4 cost when that is lower)
     ``effort`` is multires.encode_groups's."""
     if min(tile.shape[1:]) < 4:        # a sliver: raw bytes are smaller than any codestream
         p = encode_lossless(tile, nodata)
@@ -361,6 +362,8 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     if multires and crop_j is not None:
         crop, crop_mask = central_crop(tile, mask)
         probe = encode_multires(crop, nodata, lam, start, levels=probe_levels)
+        if probe is not None and info is not None:
+            info["crop_j"] = min(crop_j, probe[1])
         if probe is not None and probe[1] < KIND4_ALONE * crop_j:
             walk_plain = False
         elif probe is not None and probe[1] > KIND1_ALONE * crop_j:
@@ -1077,7 +1080,7 @@ LEARNED_GIVE_UP = 1.5     # stop searching levels when the learned cost is this 
 def _encode_learned_rd(tile, loaded, nodata, mask, lam, j_classical, crop_j=None) -> tuple[bytes, float] | None:
     """-> (payload, J) of the learned model at the least-cost level near the one trained for ``lam``,
     or None when a float32 estimate of its cost is far above the classical one: first on the
-    central crop against ``crop_j`` (the classical cost there, when the tile had a probe), then on
+    central crop against ``crop_j`` (the classical cost there, kind 1 or 4, when the tile had a probe), then on
     the tile against ``j_classical``."""
     if min(tile.shape[1:]) < 4:
         return None
