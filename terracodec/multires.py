@@ -38,6 +38,7 @@ AV1_MIN_CELLS = 16                   # effort "best" tries AV1 for coarse groups
 AV1_NEXT_J2K = 4                     # after an AV1 group the next OpenJPEG walk starts this far above kind 1's level
 FIT_RMS = 1.0                        # a band "is" on a coarse grid when the refit is off by < 1 on average
 DETECT_WINDOW = 96                   # phases are searched on a central window of this size
+FULL_RESOLUTION = (1, 0, 0, 0)         # the grid of a band at full resolution
 MIN_CELLS = 4                        # JPEG 2000 and the KLT need a few samples per axis
 NO_STREAM = 0x20                     # group param bit 5: no codestream, the residual is its means
 SPATIAL = 0x80                       # group param bit 7: the prediction also uses the 8 neighbour cells and a constant
@@ -297,7 +298,7 @@ def _band_grid(band: np.ndarray, window: np.ndarray, y0: int, x0: int,
     (per phase_y the first phase_x that fits the window is verified on the whole band). Fits are
     judged on the pixels ``trusted[factor]`` (``window_trusted[factor]`` in the window) when given."""
     if np.ptp(band) == 0:                    # a constant band fits every grid: keep it at full size
-        return (1, 0, 0, 0)
+        return FULL_RESOLUTION
     for factor in FACTORS:
         if min(band.shape) < factor * MIN_CELLS:
             continue
@@ -315,7 +316,7 @@ def _band_grid(band: np.ndarray, window: np.ndarray, y0: int, x0: int,
                 grid = (factor, mode, (py + y0) % factor, (px + x0) % factor)
                 if _fits(band, factor, grid[2], grid[3], mode, None if trusted is None else trusted[factor]):
                     return grid
-    return (1, 0, 0, 0)
+    return FULL_RESOLUTION
 
 
 def groups_of(grids) -> list[tuple[tuple[int, int, int, int], list[int]]]:
