@@ -4,7 +4,7 @@
     tec compress IN.tif OUT.tec [--quality Q] [--model NAME] [--bands B02,B03,...] [--tile-size N]
     tec compress --out-dir DIR A.tif B.tif ...           (each to DIR/<name>.tec, in one process)
     tec compress ... --workers N                         (tile threads; default up to 4, one per core)
-    tec compress ... --effort best                       (4-7 % fewer bits, slower encode)
+    tec compress ... --effort best                       (4-8 % fewer bits, ~2x the encode time)
     tec compress ... --effort fast                       (tiles of 256 px or more 1.2-1.5x faster, ~0.5 % larger)
     tec compress --stack A.tif B.tif C.tif OUT.tec [--no-temporal] [--keyframe-interval K] [--dates ...]
     tec decompress IN.tec OUT.tif
@@ -98,8 +98,8 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
                    "YYYY-MM-DD in the file names).")
 @click.option("--effort", type=click.Choice(EFFORTS), default=DEFAULT_EFFORT, show_default=True,
               help="Encoder effort: 'best' searches longer (AV1 also for 20 m / 60 m bands, slower "
-                   "AV1): 4-7 % fewer bits on val for 1.5-1.8x the encode time; 'fast' encodes tiles "
-                   "of 256 px or more 1.2-1.5x faster for about 0.5 % more rate-distortion cost (the decoder is the same).")
+                   "AV1): 4-8 % fewer bits on val for about 2x the encode time; 'fast' encodes tiles "
+                   "of 256 px or more 1.2-1.5x faster for about 1 % more bits (the decoder is the same).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Threads that code tiles in parallel (default: up to 4, one per core). Each holds "
                    "about two tiles in flight, so memory grows with it.")
