@@ -5,7 +5,7 @@
     tec compress --out-dir DIR A.tif B.tif ...           (each to DIR/<name>.tec, in one process)
     tec compress ... --workers N                         (tile threads; default up to 4, one per core)
     tec compress ... --effort best                       (4-8 % fewer bits, ~2x the encode time)
-    tec compress ... --effort fast                       (tiles of 256 px or more 1.2-1.5x faster, ~0.5 % larger)
+    tec compress ... --effort fast                       (tiles of 256 px or more 1.2-1.5x faster, ~1 % larger)
     tec compress --stack A.tif B.tif C.tif OUT.tec [--no-temporal] [--keyframe-interval K] [--dates ...]
     tec decompress IN.tec OUT.tif
     tec decompress STACK.tec --date 2021-06-01 OUT.tif    (or STACK.tec FOLDER: every date)
