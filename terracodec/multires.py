@@ -38,7 +38,7 @@ AV1_MIN_CELLS = 16                   # effort "best" tries AV1 for coarse groups
 AV1_NEXT_J2K = 4                     # after an AV1 group the next OpenJPEG walk starts this far above kind 1's level
 FIT_RMS = 1.0                        # a band "is" on a coarse grid when the refit is off by < 1 on average
 DETECT_WINDOW = 96                   # phases are searched on a central window of this size
-FULL_RESOLUTION = (1, 0, 0, 0)         # the grid of a band at full resolution
+FULL_RESOLUTION = (1, 0, 0, 0)       # the grid of a band at full resolution
 MIN_CELLS = 4                        # JPEG 2000 and the KLT need a few samples per axis
 NO_STREAM = 0x20                     # group param bit 5: no codestream, the residual is its means
 SPATIAL = 0x80                       # group param bit 7: the prediction also uses the 8 neighbour cells and a constant
@@ -266,7 +266,7 @@ def _fits(x: np.ndarray, factor: int, py: int, px: int, mode: int, trusted: np.n
 
 def detect_grids(tile: np.ndarray, mask: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
     """Per band (factor, mode, phase_y, phase_x) of the coarsest grid that reproduces it to within
-    FIT_RMS on the whole tile; (1, 0, 0, 0) for a band at full resolution.
+    FIT_RMS on the whole tile; FULL_RESOLUTION for a band at full resolution.
 
     With nodata (``mask``), ``tile`` holds the filled values (fill_nodata); the fit is judged on
     valid pixels at least 2 * factor from nodata, and phases are searched on a window without

@@ -387,8 +387,9 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
             best = coarse
     if best is None:                   # the crop chose kind 4, which gave nothing (all nodata)
         best = _plain_walk(tile, nodata, mask, lam, start, step, tries)
-    # kind 1 won: all bands are also coded as one full-resolution AV1 group (a tile without coarse
-    # grids had that code already), except with effort "fast" (see EFFORTS)
+    # kind 1 won (a _plain_walk result, which carries its level): all bands are also coded as one
+    # full-resolution AV1 group (a tile without coarse grids had that code already), except with
+    # effort "fast" (see EFFORTS)
     if multires and len(best) == 4 and effort != "fast" and \
             (coarse is None or uses_coarse_grid(kind4_groups(coarse[0]))):
         flat = encode_multires(tile, nodata, lam, best[3], effort=effort, full_resolution=True)
@@ -513,7 +514,8 @@ def encode_multires(tile: np.ndarray, nodata, lam: float, kind1_level: int, *, p
     coarser grid are coded on it; a tile without such bands is one full-resolution group, coded
     with AV1 (its JPEG 2000 code would be kind 1's). The JPEG 2000 walks start near
     ``kind1_level`` (kind 1's best level); ``plan`` and ``levels`` are multires.encode_groups's
-    (codec, level) per group, ``effort`` its search effort.
+    (codec, level) per group, ``effort`` its search effort. With ``full_resolution`` every band is
+    taken as full resolution (no grid detection): one group of all bands, coded with AV1.
     Nodata pixels are filled first (multires.fill_nodata) and restored from the header's mask."""
     from . import multires
 
