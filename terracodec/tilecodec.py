@@ -348,13 +348,12 @@ def encode_classical(tile: np.ndarray, nodata, lam: float, *, info: dict | None 
     (Sentinel-2's 20 m and 60 m bands on a 10 m grid) are also coded on that grid (kind 4,
     :mod:`terracodec.multires`, its walks starting from kind 1's best level, or the crop's when kind 1
     is not walked; a tile without such bands gets a kind 4 code of one full-resolution group in
-    AV1), and the code of lower cost is returned (except with effort "fast", a kind 1 winner is
-    also tried against all bands as one full-resolution AV1 group); when the crop shows one kind clearly
+    AV1), and the code of lower cost is returned (a kind 1 winner is also tried against all bands
+    as one full-resolution AV1 group, except with effort "fast"); when the crop shows one kind clearly
     cheaper (KIND4_ALONE, KIND1_ALONE), only that one is walked on the tile. With ``restoration``, a
     fitted restoration filter is added when it lowers J (:func:`with_restoration`).
     ``info["j2k_level"]`` gets the start level, ``info["crop_j"]`` the probe's cost (start_level;
-    the crop's kind 4 cost when that is lower)
-    ``effort`` is multires.encode_groups's."""
+    the crop's kind 4 cost when that is lower). ``effort`` is multires.encode_groups's."""
     if min(tile.shape[1:]) < 4:        # a sliver: raw bytes are smaller than any codestream
         p = encode_lossless(tile, nodata)
         return p, lam * 8 * len(p)
