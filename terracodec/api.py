@@ -10,11 +10,12 @@ Supported dtypes: ``uint8``, ``int16`` (Sentinel-2 reflectance x 10000) and ``ui
 arrays (and NaN) are rejected with :class:`TecInputError`: scale to integers and mark missing
 pixels with a ``nodata`` value, which comes back exactly.
 
-Models: ``model=None`` is the default learned model (``terracodec.weights``); ``model="lossless"``
-stores every tile exactly (zlib), needs no weights, and is what to use when the decoded pixels
-must equal the input. ``model="classical"`` is the default encoder without its learned candidate:
-no weights or torch are loaded (faster start, less memory), and every tile is one of the classical
-codes the default model also chooses from. Quality is an int 1..8 (ignored by ``"lossless"``).
+Models: ``model=None`` is the default learned model (``terracodec.weights``), whose learned
+candidate the encoder tries with ``effort="best"`` only (tilecodec.LEARNED_EFFORTS: it won no tile
+of the benches, and loading it costs seconds and ~0.7 GB); other efforts load no weights or torch.
+``model="lossless"`` stores every tile exactly (zlib), needs no weights, and is what to use when
+the decoded pixels must equal the input. ``model="classical"`` never tries the learned candidate,
+at any effort, and the header names no weights. Quality is an int 1..8 (ignored by ``"lossless"``).
 
 Errors (all from :mod:`terracodec.errors`): bad arrays or arguments -> TecInputError (band problems
 -> TecBandError), unknown model or missing weights -> TecModelError, corrupt or truncated files ->
@@ -543,8 +544,8 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
     8) bounds how many earlier dates a read decodes. ``tile_overlap`` (default 4 for single
     images; time stacks use 0) is how far tiles reach into their neighbours to hide seams.
     ``effort`` ("fast", "default" or "best", see tilecodec.EFFORTS) is how hard the encoder
-    searches: "best" (AV1 also for 20 m / 60 m bands, slower AV1) needs 4-8 % fewer bits on val
-    for about 2x the encode time; "fast" codes tiles of 256 px or more 1.2-1.5x faster for about
+    searches: "best" (AV1 also for 20 m / 60 m bands, slower AV1, and the learned candidate) needs
+    4-8 % fewer bits on val for about 2x the encode time; "fast" codes tiles of 256 px or more 1.2-1.5x faster for about
     1 % more bits. The decoder is the same."""
     if isinstance(array, np.ndarray) and array.ndim == 4:
         from . import stack

@@ -80,7 +80,7 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
               help="Quality 1 (smallest) .. 8 (best).")
 @click.option("-m", "--model", default=None,
               help="Model name (`tec models`; default: the default model). 'lossless' stores tiles exactly; "
-                   "'classical' skips the learned candidate (no torch: faster start, less memory).")
+                   "'classical' never tries the learned candidate (other models: only with --effort best).")
 @click.option("-b", "--bands", default=None,
               help="Comma-separated Sentinel-2 band names, overriding the GeoTIFF band descriptions.")
 @click.option("--tile-size", type=int, default=None,
@@ -98,7 +98,7 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
                    "YYYY-MM-DD in the file names).")
 @click.option("--effort", type=click.Choice(EFFORTS), default=DEFAULT_EFFORT, show_default=True,
               help="Encoder effort: 'best' searches longer (AV1 also for 20 m / 60 m bands, slower "
-                   "AV1): 4-8 % fewer bits on val for about 2x the encode time; 'fast' encodes tiles "
+                   "AV1, the learned candidate): 4-8 % fewer bits on val for about 2x the encode time; 'fast' encodes tiles "
                    "of 256 px or more 1.2-1.5x faster for about 1 % more bits (the decoder is the same).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Threads that code tiles in parallel (default: up to 4, one per core). Each holds "
@@ -438,9 +438,9 @@ def models(as_json):
         mark = "*" if m.get("default") else " "
         click.echo(f"{mark} {m['name']:<14} {m.get('entropy', ''):<11} sha256 {str(m.get('sha256', ''))[:12]}  "
                    f"{m.get('description', '')}")
-    click.echo("  classical      (built in)  the default encoder without the learned candidate: no weights, no torch")
+    click.echo("  classical      (built in)  the encoder without the learned candidate at any effort: no weights, no torch")
     click.echo("  lossless       (built in)  exact storage, no weights needed")
-    click.echo("(* = default; qualities 1..8)")
+    click.echo("(* = default; qualities 1..8; a model's learned candidate is tried with --effort best only)")
 
 
 _PASS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}

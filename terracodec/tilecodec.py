@@ -47,10 +47,16 @@ BUILTIN_MODELS = (LOSSLESS_MODEL, CLASSICAL_MODEL)
 # all of it on those tiles (q1-q4); with "best" -0.19 % / -0.64 % for +6-8 %. (An earlier
 # "fast" of guessed levels, short walks and no probe was measured and dropped: +12 % J for 1.9x
 # the speed.) "fast" trusts
-# the central crop's probe for the kind 1 walk and the full-resolution group (walk_tries) and leaves
-# out the learned candidate; tiles under 2 * START_CROP a side have no probe and code as "default".
+# the central crop's probe for the kind 1 walk and the full-resolution group (walk_tries); tiles
+# under 2 * START_CROP a side have no probe and code as "default". Only "best" tries the learned
+# candidate (LEARNED_EFFORTS).
 EFFORTS = ("fast", "default", "best")
 DEFAULT_EFFORT = "default"
+# The learned candidate (encode_tile) is tried with these efforts only. With the shipped weights it
+# won no tile of the train and val benches at any quality and effort (BENCHMARKS.md, "learned
+# tiles"), and trying it loads torch and the model (seconds and ~0.7 GB per process: a 1068² scene's
+# peak RSS was 1386 MiB with it, 657 MiB without) and runs its screen on every tile.
+LEARNED_EFFORTS = ("best",)
 DTYPE_CODES = {np.dtype("uint8"): 1, np.dtype("int16"): 2, np.dtype("uint16"): 3}
 DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
 # the common tile header (docs/FORMAT.md): magic, kind, dtype code, count, param, height, width,
@@ -1037,10 +1043,11 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     """Code one (bands, h, w) tile; returns (payload, kind).
 
     The encoder decodes what it writes and keeps the candidate of least rate-distortion cost
-    J = SSE + rd_lambda(quality) * bits: the learned model at the network levels around the one
-    trained for that slope, the classical codec (per-tile KLT + JPEG 2000) at the OpenJPEG level of
-    least cost, and lossless. So a tile never costs more (in J) than the classical anchor coded
-    per tile at the same slope. A code below the quality's floor (QUALITY_FLOOR_DB) is replaced by
+    J = SSE + rd_lambda(quality) * bits: the classical codes (:func:`encode_classical`), lossless, and
+    with an effort of LEARNED_EFFORTS the learned model ``model`` at the network levels around the
+    one trained for that slope (other efforts only check that ``model`` exists, without loading
+    it). So a tile never costs more (in J) than the classical anchor coded per tile at the same
+    slope. A code below the quality's floor (QUALITY_FLOOR_DB) is replaced by
     the least-rate code that reaches it (``info["floor_raised"] = True``, when ``info`` is given).
     ``info["j2k_level"]`` gets the JPEG 2000 level where the walk started. ``lossless=True``
     stores the tile exactly. ``effort`` (EFFORTS, None: DEFAULT_EFFORT) sets how hard the encoder
@@ -1049,12 +1056,14 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     effort = check_effort(effort)
     if lossless:
         return encode_lossless(tile, nodata), KIND_LOSSLESS
-    if model == CLASSICAL_MODEL:
-        loaded = None
-    else:
-        from .weights import load_model
+    loaded = None
+    if model != CLASSICAL_MODEL:
+        from . import weights
 
-        loaded = load_model(model)
+        if effort in LEARNED_EFFORTS:
+            loaded = weights.load_model(model)
+        else:
+            weights.describe(model)            # an unknown model is still an error
     lam = rd_lambda(quality)
     mask = nodata_mask(tile, nodata)
     if mask is not None and mask.all():
@@ -1069,9 +1078,7 @@ def encode_tile(tile: np.ndarray, *, quality: int = 5, model: str | None = None,
     if lam * 8 * quick < LOSSLESS_SCREEN * j_classical:
         raw = encode_lossless(tile, nodata)
         candidates.append((lam * 8 * len(raw), KIND_LOSSLESS, raw))
-    # effort "fast" leaves out the learned candidate: it coded no val tile at any quality (BENCHMARKS.md)
-    # and no train tile of FAST_TRIES' measurement, and its screen costs up to 0.5 s a tile
-    learned = None if loaded is None or effort == "fast" else \
+    learned = None if loaded is None else \
         _encode_learned_rd(tile, loaded, nodata, mask, lam, j_classical, info.get("crop_j"))
     if learned is not None:
         candidates.append((learned[1], KIND_LEARNED, learned[0]))

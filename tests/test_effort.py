@@ -5,16 +5,18 @@ and reaches every front end."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import DATA, read_tif
+from conftest import DATA, LOSSLESS, read_tif
 
 import terracodec as tec
 from terracodec import tilecodec as tc
 from terracodec.cli import cli
-from terracodec.errors import TecInputError
+from terracodec.errors import TecInputError, TecModelError
 from terracodec.numcodecs import TerraCodec
 
 CHIP = "l2a_12band_bigearthnet.tif"      # one tile whose 10 m group is AV1 at qualities 4-7
@@ -132,6 +134,23 @@ def test_best_effort_is_recorded_and_shown(tmp_path, chip):
     tec.write(plain, array, bands=meta["bands"], quality=5, model="classical")
     with tec.open(plain) as ds:
         assert "effort" not in ds.stats
+
+
+@pytest.mark.skipif(LOSSLESS, reason="needs a learned model")
+def test_learned_candidate_is_tried_with_best_effort_only(tmp_path, chip):
+    """The default model's learned candidate (and so torch and the weights) is loaded with effort
+    "best" only; an unknown model name is an error at every effort."""
+    array, _ = chip
+    np.save(tmp_path / "a.npy", array)
+    code = ("import sys, numpy as np, terracodec as tec; a = np.load(sys.argv[1]); "
+            "tec.encode(a, quality=4, effort=sys.argv[2]); print('torch' in sys.modules)")
+    for effort, loaded in (("fast", "False"), ("default", "False"), ("best", "True")):
+        out = subprocess.run([sys.executable, "-c", code, tmp_path / "a.npy", effort],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out == [loaded], effort
+    for effort in tc.EFFORTS:
+        with pytest.raises(TecModelError, match="unknown model"):
+            tc.encode_tile(array, quality=4, model="no-such-model", effort=effort)
 
 
 @pytest.mark.parametrize("bad", ["quick", "BEST!", 3, ""])
