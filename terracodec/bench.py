@@ -383,8 +383,8 @@ _MEMORY_CHILD = textwrap.dedent("""
             pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     if kind == "tec":
-        import torch
-        torch.set_num_threads(threads)
+        # torch is imported only if the codec needs it (effort "best" tries the learned candidate);
+        # its threads then follow OMP_NUM_THREADS, which the parent sets
         from terracodec import api
         base = rss()
         t0 = time.perf_counter()
