@@ -440,7 +440,8 @@ def models(as_json):
                    f"{m.get('description', '')}")
     click.echo("  classical      (built in)  the encoder without the learned candidate at any effort: no weights, no torch")
     click.echo("  lossless       (built in)  exact storage, no weights needed")
-    click.echo("(* = default; qualities 1..8; a model's learned candidate is tried with --effort best only)")
+    click.echo("(* = default; qualities 1..8; single images try a model's learned candidate with --effort best "
+               "only, time stacks use TEC-TT at every effort)")
 
 
 _PASS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
