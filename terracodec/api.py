@@ -545,8 +545,8 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
     images; time stacks use 0) is how far tiles reach into their neighbours to hide seams.
     ``effort`` ("fast", "default" or "best", see tilecodec.EFFORTS) is how hard the encoder
     searches: "best" (AV1 also for 20 m / 60 m bands, slower AV1, and the learned candidate) needs
-    4-8 % fewer bits on val for about 2x the encode time; "fast" codes tiles of 256 px or more 1.2-1.5x faster for about
-    1 % more bits. The decoder is the same."""
+    4-8 % fewer bits on val for about 2x the encode time; "fast" codes tiles of 256 px or more
+    1.2-1.5x faster for about 1 % more bits. The decoder is the same."""
     if isinstance(array, np.ndarray) and array.ndim == 4:
         from . import stack
 

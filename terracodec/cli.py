@@ -98,8 +98,9 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
                    "YYYY-MM-DD in the file names).")
 @click.option("--effort", type=click.Choice(EFFORTS), default=DEFAULT_EFFORT, show_default=True,
               help="Encoder effort: 'best' searches longer (AV1 also for 20 m / 60 m bands, slower "
-                   "AV1, the learned candidate): 4-8 % fewer bits on val for about 2x the encode time; 'fast' encodes tiles "
-                   "of 256 px or more 1.2-1.5x faster for about 1 % more bits (the decoder is the same).")
+                   "AV1, the learned candidate): 4-8 % fewer bits on val for about 2x the encode time; "
+                   "'fast' encodes tiles of 256 px or more 1.2-1.5x faster for about 1 % more bits "
+                   "(the decoder is the same).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Threads that code tiles in parallel (default: up to 4, one per core). Each holds "
                    "about two tiles in flight, so memory grows with it.")
@@ -438,7 +439,8 @@ def models(as_json):
         mark = "*" if m.get("default") else " "
         click.echo(f"{mark} {m['name']:<14} {m.get('entropy', ''):<11} sha256 {str(m.get('sha256', ''))[:12]}  "
                    f"{m.get('description', '')}")
-    click.echo("  classical      (built in)  the encoder without the learned candidate at any effort: no weights, no torch")
+    click.echo("  classical      (built in)  the encoder without the learned candidate at any effort: "
+               "no weights, no torch")
     click.echo("  lossless       (built in)  exact storage, no weights needed")
     click.echo("(* = default; qualities 1..8; single images try a model's learned candidate with --effort best "
                "only, time stacks use TEC-TT at every effort)")

@@ -54,8 +54,9 @@ EFFORTS = ("fast", "default", "best")
 DEFAULT_EFFORT = "default"
 # The learned candidate (encode_tile) is tried with these efforts only. With the shipped weights it
 # won no tile of the train and val benches at any quality and effort (BENCHMARKS.md, "learned
-# tiles"), and trying it loads torch and the model (seconds and ~0.7 GB per process: a 1068² scene's
-# peak RSS was 1386 MiB with it, 657 MiB without) and runs its screen on every tile.
+# tiles"), and trying it loads torch and the model (seconds and ~0.7 GB per process: the 1068²
+# scene's peak RSS in `tec bench` was 1386 MiB with it, 599 MiB without) and runs its screen on
+# every tile.
 LEARNED_EFFORTS = ("best",)
 DTYPE_CODES = {np.dtype("uint8"): 1, np.dtype("int16"): 2, np.dtype("uint16"): 3}
 DTYPES_BY_CODE = {v: k for k, v in DTYPE_CODES.items()}
