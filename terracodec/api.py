@@ -66,7 +66,7 @@ def _version() -> str:
 # The tile counts of a header's stats. Writers store the nonzero ones (in the order of
 # format.HEADER_DICTIONARY, so that they deflate to a few bytes); readers take a missing count as 0.
 TILE_COUNTS = ("fallback_tiles", "lossless_tiles", "learned_tiles", "coarse_grid_tiles", "floor_tiles",
-               "av1_tiles", "temporal_tiles")
+               "av1_tiles", "temporal_tiles", "predicted_tiles")
 
 
 def tile_counts(kinds: dict, av1_tiles: int, coarse_grid_tiles: int, floor_tiles: int = 0) -> dict:
@@ -78,7 +78,8 @@ def tile_counts(kinds: dict, av1_tiles: int, coarse_grid_tiles: int, floor_tiles
               "learned_tiles": kinds.get(tilecodec.KIND_LEARNED, 0),
               "coarse_grid_tiles": coarse_grid_tiles,
               "floor_tiles": floor_tiles, "av1_tiles": av1_tiles,
-              "temporal_tiles": kinds.get(tilecodec.KIND_TEMPORAL, 0)}
+              "temporal_tiles": kinds.get(tilecodec.KIND_TEMPORAL, 0),
+              "predicted_tiles": kinds.get(tilecodec.KIND_PREDICTED, 0)}
     return {k: v for k, v in counts.items() if v}
 
 

@@ -225,7 +225,22 @@ def run(args) -> dict:
     report["pairs"] = pairs
     print(f"pairs done {time.time() - t_start:.0f}s", flush=True)
 
-    # 5. speed: one 256x256x12 date (ssl4eo crop), API encode to quality 5, decode of the 2nd date --
+    # 5. the product's stack files (API, qualities) against coding each date alone -------------------
+    if args.file_qualities:
+        from .anchors import available_anchors
+
+        qualities = [int(q) for q in args.file_qualities.split(",")]
+        anchors = available_anchors(["jpeg2000_klt"])
+        files = []
+        for label, (a_, d_, b_) in [(f"seasonal {i + 1}", (full_arr[seq], [full_rows[j]["key"] for j in seq], names))
+                                    for i, seq in enumerate(seasonal_stacks(full_rows, args.seasonal))] + \
+                [(f"dense, {n} dates", (arr, dates, names)), ("ssl4eo pair", (parr, [r["key"] for r in prows], pnames))]:
+            files.append(dict(label=label, dates=len(d_), size=list(a_.shape[1:]),
+                              **file_curves(a_, d_, b_, qualities, anchors)))
+            print(f"files {label} done {time.time() - t_start:.0f}s", flush=True)
+        report["files"] = files
+
+    # 6. speed: one 256x256x12 date (ssl4eo crop), API encode to quality 5, decode of the 2nd date --
     report["speed"] = speed(parr[:, :, :256, :256], [r["key"] for r in prows], model)
     report["elapsed_s"] = round(time.time() - t_start, 1)
     return report
@@ -258,6 +273,50 @@ def speed(arr, dates, model, level: int = 3) -> dict:
         out[name] = {"encode_s_per_date": best_enc, "decode_second_date_s": best_dec,
                      "bytes_level": sum(len(p) for p, _, _ in o), "api_encode_s_per_date": api_enc,
                      "api_bytes": len(data), "api_kinds": kinds}
+    return out
+
+
+def file_curves(arr, dates, bands, qualities, anchors) -> dict:
+    """The product's stack files (terracodec.encode with dates, qualities 1-8): whole-file rate and
+    pooled PSNR_10000 with temporal coding (the default: TEC-TT tiles, predicted tiles, or each date
+    alone, least rate-distortion cost per date and tile) and with ``temporal=False``; the anchors
+    coding each date alone over their parameter sweeps. Also the tile kinds of non-first dates
+    and the encode seconds."""
+    from . import api
+
+    T = arr.shape[0]
+    n = arr.size
+    out = {"curves": {}, "kinds": {}, "encode_s": {}}
+    for name, temporal in (("TEC stack", True), ("TEC stack, no temporal", False)):
+        rates, psnrs, seconds = [], [], 0.0
+        for q in qualities:
+            t0 = time.perf_counter()
+            data = api.encode(arr, bands, quality=q, dates=dates, temporal=temporal)
+            seconds += time.perf_counter() - t0
+            with api.open(data) as ds:
+                decoded = np.stack([ds.read(date=t) for t in range(T)])
+                per_date = len(ds._reader.entries) // T
+                kinds = [e.kind for e in ds._reader.entries[per_date:]]
+            rates.append(8 * len(data) / n)
+            psnrs.append(_psnr_pooled(_sq(arr, decoded)[0], n))
+            if temporal:
+                out["kinds"][q] = {k: kinds.count(k) / len(kinds) for k in sorted(set(kinds))}
+        out["curves"][name] = (rates, psnrs)
+        out["encode_s"][name] = seconds
+    for anchor in anchors:
+        rates, psnrs = [], []
+        for param in anchor.params:
+            nbytes, sq = 0, 0.0
+            for t in range(T):
+                code = anchor.encode(arr[t], param)
+                nbytes += len(code)
+                sq += _sq(arr[t], anchor.decode(code))[0]
+            rates.append(8 * nbytes / n)
+            psnrs.append(_psnr_pooled(sq, n))
+        out["curves"][anchor.label + " per date"] = (rates, psnrs)
+    names = list(out["curves"])
+    out["bd"] = {f"{a} vs {b}": float(bd_rate(*out["curves"][a], *out["curves"][b]))
+                 for a, b in [(names[0], names[1])] + [(names[0], c) for c in names[2:]]}
     return out
 
 
@@ -348,6 +407,29 @@ def markdown(rep: dict, command: str) -> str:
         a(f"| {lev} | {100 * (1 - sum(i['tt'] for i in sel) / sum(i['tt_off'] for i in sel)):.1f} % | "
           f"{100 * (1 - sum(i['tt'] for i in sel) / sum(i['hp'] for i in sel)):.1f} % |")
     a("")
+    if rep.get("files"):
+        a("## The product's stack files: temporal coding against each date alone\n")
+        a("What `terracodec.encode(stack, dates=...)` writes at qualities "
+          f"{min(rep['files'][0]['kinds'])}-{max(rep['files'][0]['kinds'])}: whole-file bytes (header, index, "
+          "tiles) against PSNR_10000 over all pixels of all dates. **TEC stack** is the default: per date and "
+          "tile the least rate-distortion cost of the TEC-TT tile, a *predicted* tile (kind 5: the residual "
+          "to a prediction from an earlier date's decoded pixels, coded classically) and the date coded "
+          "alone; **no temporal** is `temporal=False` (every date alone, same container); the anchor codes "
+          "each date alone over its sweep. BD-rate over 35-50 dB.\n")
+        others = [k for k in rep["files"][0]["bd"]]
+        a("| stack | dates | bands x size | " + " | ".join(others) + " | non-first date tiles: kind share at q1 / q4 / q8 | encode s, stack / no temporal |")
+        a("|---|---|---|" + "---|" * len(others) + "---|---|")
+        for f in rep["files"]:
+            def share(q):
+                k = f["kinds"].get(q, f["kinds"].get(str(q), {}))
+                return ", ".join(f"{kind}: {v:.0%}" for kind, v in k.items())
+            es = f["encode_s"]
+            a(f"| {f['label']} | {f['dates']} | {f['size'][0]} x {f['size'][1]} x {f['size'][2]} | "
+              + " | ".join(fmt_bd(f["bd"][k]) for k in others)
+              + f" | {share(1)} / {share(4)} / {share(8)} | {es['TEC stack']:.0f} / {es['TEC stack, no temporal']:.0f} |")
+        a("")
+        a("Tile kinds: 0 learned, 1 classical, 2 lossless, 3 TEC-TT, 4 coarse grids, 5 predicted. Encode "
+          "seconds are summed over the qualities (the first includes loading torch and the TEC-TT weights).\n")
     s = rep["speed"]
     a(f"## Speed (256x256x12 crop of the ssl4eo scene, 2 dates, {rep['threads']} torch thread(s), "
       "while other jobs used the machine's 2 cores: upper bounds)\n")
@@ -380,6 +462,8 @@ def main(argv=None) -> int:
     p.add_argument("--keyframe-interval", type=int, default=8)
     p.add_argument("--seasonal", type=int, default=6, help="number of seasonal 4-date stacks")
     p.add_argument("--pairs", type=int, default=60)
+    p.add_argument("--file-qualities", default="1,2,3,4,5,6,7,8",
+                   help="qualities of the stack-file comparison ('' skips it)")
     args = p.parse_args(argv)
     import sys
     import warnings

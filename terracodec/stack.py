@@ -35,9 +35,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import spectral, tilecodec, workers as workers_module
+from . import interdate, spectral, tilecodec, workers as workers_module
 from .errors import TecDecodeError, TecError, TecFormatError, TecInputError, TecModelError
-from .tilecodec import (KIND_LEARNED, KIND_TEMPORAL, TileHeader,
+from .tilecodec import (KIND_LEARNED, KIND_PREDICTED, KIND_TEMPORAL, TileHeader,
                         kind4_groups, nodata_mask, pack_header, rd_cost, rd_lambda, restore_nodata, seal,
                         unseal, uses_av1, uses_coarse_grid)
 
@@ -258,6 +258,25 @@ def _coded_alone(payload: bytes):
     return payload, TileHeader(unseal(payload)).kind, tilecodec.decode_tile(payload)
 
 
+def _predicted_code(tile, nodata, out, t, key, lam, effort):
+    """((payload, kind 5, decoded pixels), J) of date ``t`` predicted from the earlier date (of the
+    last MAX_REFS since the keyframe ``key`` whose tiles decode without a model) that the
+    prediction fits best, or None."""
+    refs = [r for r in range(t - 1, key - 1, -1) if out[r][1] in interdate.REFERENCE_KINDS][:MAX_REFS]
+    if not refs:
+        return None
+    fits = [(f, r) for f, r in ((interdate.fit(out[r][2], tile, interdate.fit_valid(tile, nodata, out[r][2])), r)
+                                for r in refs) if f is not None]
+    if not fits:
+        return None
+    (coefs, _), r = min(fits, key=lambda f: f[0][1])
+    code = interdate.encode(tile, nodata, out[r][2], t - r, lam, coefs, effort=effort)
+    if code is None:
+        return None
+    payload, j, decoded = code
+    return (payload, KIND_PREDICTED, decoded), j
+
+
 def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, nodata=None,
                       lam: float | None = None, level: float | None = None,
                       keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True,
@@ -300,14 +319,21 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
         if mask is not None and mask.all():
             out.append(_coded_alone(tilecodec.encode_lossless(tile, nodata)))
             continue
+        key = (t // keyframe_interval) * keyframe_interval
         classical_code = None
         if level is None and classical:
-            # as the image codec does: the classical code at the same slope, and when a float32
-            # estimate of the model's cost is far above it, skip the float64 model passes
-            classical_code = tilecodec.encode_classical(tile, nodata, lam, effort=effort)
+            # as the image codec does: the classical code at the same slope (or its residual to a
+            # prediction from an earlier date, when that costs less), and when a float32 estimate
+            # of the model's cost is far above it, skip the float64 model passes
+            payload, j = tilecodec.encode_classical(tile, nodata, lam, effort=effort)
+            classical_code = (_coded_alone(payload), j)
+            if temporal:
+                predicted = _predicted_code(tile, nodata, out, t, key, lam, effort)
+                if predicted is not None and predicted[1] < j:
+                    classical_code = predicted
             est = tilecodec._estimate_learned_cost(tile, model.image, tilecodec.network_level(lam), mask, lam)
             if est > tilecodec.LEARNED_GIVE_UP * classical_code[1]:
-                out.append(_coded_alone(classical_code[0]))
+                out.append(classical_code[0])
                 continue
         xt = x[t] if mask is None else np.where(mask, means[t][:, None, None], x[t])
         comps = np.zeros((IN_CHANNELS, h, w), np.float32)
@@ -315,7 +341,6 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
         comps[:B] = spectral.forward(xt, means[t], basis)
         with torch.no_grad():
             y_u = model.image.net64.g_a(pad_replicate(torch.from_numpy(comps)[None]).double())
-        key = (t // keyframe_interval) * keyframe_interval
         ref_ids = [r for r in range(t - 1, key - 1, -1) if r in states][:MAX_REFS] if temporal else []
         refs = [states[r].y_u for r in ref_ids]
         gaps = [float(np.float32(_gap_days(dates, t, r))) for r in ref_ids]     # as stored (f32)
@@ -365,7 +390,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
             prev_level = L
             chosen = tried[L]
             if classical_code is not None and classical_code[1] < cost(chosen):
-                out.append(_coded_alone(classical_code[0]))
+                out.append(classical_code[0])
                 continue
         payload, recon, y_hat_u, kind = chosen
         states[t] = _State(y_hat_u, basis)
@@ -420,9 +445,12 @@ def parse_tile(payload: bytes):
 
 
 class StackDecoder:
-    """Decodes (date, tile) of a stack, caching the latents that later dates reference.
+    """Decodes (date, tile) of a stack, caching the latents that later dates reference and the
+    pixels of the last PIXEL_CACHE predicted (kind 5) tiles and their references.
 
     ``fetch(d, ty, tx)`` returns the payload bytes (the container reader checks CRCs)."""
+
+    PIXEL_CACHE = 8
 
     def __init__(self, fetch, model_name: str | None, cache_size: int = 64):
         self._fetch = fetch
@@ -430,7 +458,42 @@ class StackDecoder:
         self._model = None
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
+        self._pixels: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
+
+    def _predicted(self, d, ty, tx, payload) -> np.ndarray:
+        """A kind 5 tile: walk its references back to a date that decodes on its own (or is
+        cached), then decode forward."""
+        chain = []
+        while True:
+            with self._lock:
+                hit = self._pixels.get((d, ty, tx))
+            if hit is not None:
+                pixels = hit
+                break
+            kind = payload[4] if len(payload) > 4 else -1
+            if kind != KIND_PREDICTED:
+                if kind not in interdate.REFERENCE_KINDS:
+                    raise TecFormatError(f"a predicted tile references date {d}, a tile of kind {kind}")
+                pixels = tilecodec.decode_tile(payload)
+                break
+            chain.append((d, payload))
+            r = d - interdate.reference(payload)
+            if r < 0:
+                raise TecFormatError(f"predicted tile of date {d} references date {r}")
+            try:
+                payload = self._fetch(r, ty, tx)
+            except TecError as exc:
+                raise type(exc)(f"reference date {r} of this tile cannot be read: {exc}") from exc
+            d = r
+        for d, payload in reversed(chain):
+            pixels = interdate.decode(payload, pixels)
+            pixels.flags.writeable = False
+            with self._lock:
+                self._pixels[(d, ty, tx)] = pixels
+                while len(self._pixels) > self.PIXEL_CACHE:
+                    self._pixels.popitem(last=False)
+        return pixels
 
     def model(self) -> TemporalModel:
         if self._model is None:
@@ -490,6 +553,8 @@ class StackDecoder:
     def tile(self, d, ty, tx) -> np.ndarray:
         payload = self._fetch(d, ty, tx)
         kind = payload[4] if len(payload) > 4 else -1
+        if kind == KIND_PREDICTED:
+            return self._predicted(d, ty, tx, payload)
         if kind != KIND_TEMPORAL:                 # keyframes etc. decode on their own
             return tilecodec.decode_tile(payload, model=self._model_name)
         try:

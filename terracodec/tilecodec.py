@@ -31,7 +31,7 @@ import numpy as np
 from .errors import TecChecksumError, TecDecodeError, TecFormatError, TecInputError
 
 TILE_MAGIC = b"TECT"
-KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES = 0, 1, 2, 3, 4
+KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES, KIND_PREDICTED = 0, 1, 2, 3, 4, 5
 # built-in model names, which need no weights: exact storage, and the same encoder without the
 # learned candidate (torch not loaded)
 LOSSLESS_MODEL = "lossless"
@@ -153,7 +153,7 @@ class TileHeader:
         if magic != TILE_MAGIC:
             raise TecFormatError("not a TEC tile payload (bad tile magic)")
         if code not in DTYPES_BY_CODE or self.kind not in (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS,
-                                                                  KIND_TEMPORAL, KIND_MULTIRES):
+                                                                  KIND_TEMPORAL, KIND_MULTIRES, KIND_PREDICTED):
             raise TecFormatError(f"bad tile header (kind {self.kind}, dtype code {code})")
         self.dtype = DTYPES_BY_CODE[code]
         end = COMMON_HEAD.size + mask_len
@@ -1174,8 +1174,9 @@ def decode_tile(payload: bytes, *, model=None) -> np.ndarray:
         out = decode_classical(payload, head)
     elif head.kind == KIND_MULTIRES:
         out = decode_multires(payload, head)
-    elif head.kind == KIND_TEMPORAL:
-        raise TecDecodeError("a temporal (TEC-TT) tile depends on earlier dates of its stack; "
+    elif head.kind in (KIND_TEMPORAL, KIND_PREDICTED):
+        raise TecDecodeError(f"a {'temporal (TEC-TT)' if head.kind == KIND_TEMPORAL else 'predicted'} tile "
+                             "depends on earlier dates of its stack; "
                              "read it through its .tec file: terracodec.open(path).read(date=...)")
     else:
         if model is None or isinstance(model, str):

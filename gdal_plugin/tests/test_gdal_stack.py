@@ -270,8 +270,8 @@ def test_temporal_createcopy_roundtrip(series, tt_stack):
         assert tec_stack.is_temporal_model(ds.model), ds.model     # TEC-TT
         assert ds.crs and ds.transform == pytest.approx(series["gt"])
         # every tile of every date is accounted for (on this crop the encoder keeps the cheaper
-        # classical code; kind 3 tiles through GDAL: test_rasterio_reads_each_subdataset)
-        kinds = ("fallback_tiles", "lossless_tiles", "learned_tiles", "temporal_tiles")
+        # classical or predicted code; kind 3 tiles through GDAL: test_rasterio_reads_each_subdataset)
+        kinds = ("fallback_tiles", "lossless_tiles", "learned_tiles", "temporal_tiles", "predicted_tiles")
         assert sum(ds.stats[k] for k in kinds) == len(DATES) * 4, ds.stats
         for i, date in enumerate(DATES):
             assert psnr10000(ds.read(date=date), series["stack"][i]) > 30
