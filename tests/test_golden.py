@@ -48,6 +48,7 @@ def test_golden_file_decodes_to_the_recorded_pixels(name):
         assert _digest(read) == facts["sha256"]
         assert int(ds.stats.get("av1_tiles", 0)) == facts["av1_tiles"]
         assert int(ds.stats.get("temporal_tiles", 0)) == facts["temporal_tiles"]
+        assert int(ds.stats.get("predicted_tiles", 0)) == facts.get("predicted_tiles", 0)
 
 
 def test_golden_files_cover_both_coefficient_codes(monkeypatch):
@@ -70,6 +71,7 @@ def test_golden_stack_and_av1_files_use_those_tools():
     assert MANIFEST["stack_eolearn_3dates_q5.tec"]["temporal_tiles"] > 0
     assert MANIFEST["stack_eolearn_3dates_q5.tec"]["learned_tiles"] > 0
     assert MANIFEST["av1_majortom_q6.tec"]["av1_tiles"] > 0
+    assert MANIFEST["predicted_stack_rsgislib_3dates_q4.tec"]["predicted_tiles"] > 0
     assert MANIFEST["lossless_openeo.tec"]["psnr10000"] is None          # exact
 
 

@@ -87,6 +87,21 @@ def _stack():
     return stack.encode_stack(array, bands, quality=5, dates=dates, tile_size=32, classical=False), array
 
 
+def _predicted_stack():
+    """Three clear dates 5 days apart of the train series rsgislib_T37MEM (nodata 0), the default
+    stack encoder: kind 5 (predicted) tiles for the later dates."""
+    from terracodec import stack
+
+    folder = SHARED / "timeseries" / "rsgislib_T37MEM"
+    dates = ["2019-06-10", "2019-06-15", "2019-06-20"]
+    arrays = []
+    for d in dates:
+        array, meta = read(folder / f"{d}.tif", ((100, 148), (150, 214)))
+        arrays.append(array)
+    array = np.stack(arrays)
+    return stack.encode_stack(array, meta["bands"], quality=4, nodata=0, dates=dates, tile_size=32), array
+
+
 CASES = {
     # name: (file, builder); kind4_f16 was written at b7e8dbc, before coded coefficients
     "kind4_f16": ("kind4_f16_bigearthnet_q4.tec", _image("l2a_12band_bigearthnet.tif", 4)),
@@ -109,6 +124,8 @@ CASES = {
     "av1_one_group": ("av1_one_group_s2cloudless_q5.tec", _image("l1c_13band_cloudy_s2cloudless.tif", 5)),
     # effort "best": the 20 m group as an AV1 stream on its grid
     "av1_coarse": ("av1_coarse_bigearthnet_q7.tec", _image("l2a_12band_bigearthnet.tif", 7, effort="best")),
+    # kind 5: dates predicted from an earlier date's decoded pixels
+    "predicted_stack": ("predicted_stack_rsgislib_3dates_q4.tec", _predicted_stack),
 }
 
 
@@ -170,7 +187,8 @@ def decoded_facts(data: bytes) -> dict:
             "dtype": str(out.dtype), "coded_coefficients": bool(calls), "sparse_basis": _sparse_basis(data),
             "point_grids": _point_grids(data),
             "av1_tiles": int(stats.get("av1_tiles", 0)), "coarse_grid_tiles": int(stats.get("coarse_grid_tiles", 0)),
-            "temporal_tiles": int(stats.get("temporal_tiles", 0)), "learned_tiles": int(stats.get("learned_tiles", 0))}
+            "temporal_tiles": int(stats.get("temporal_tiles", 0)), "learned_tiles": int(stats.get("learned_tiles", 0)),
+            "predicted_tiles": int(stats.get("predicted_tiles", 0))}
 
 
 def _writer(tec) -> str:
