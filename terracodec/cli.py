@@ -415,7 +415,8 @@ def info(path, as_json):
         f"compression:  ratio {d['compression_ratio']:.2f}, {d['bits_per_pixel_per_band']:.3f} bits/pixel/band",
         f"dates:        {', '.join(str(x) for x in d['dates'])}",
     ] + ([f"time stack:   {len(d['dates'])} dates, keyframe interval {d['keyframe_interval']}, "
-          f"{d['stats'].get('temporal_tiles', 0)} temporal tile(s)"] if len(d['dates']) > 1 else []) + [
+          f"{d['stats'].get('temporal_tiles', 0)} temporal tile(s), "
+          f"{d['stats'].get('predicted_tiles', 0)} predicted from an earlier date"] if len(d['dates']) > 1 else []) + [
         f"created by:   {d['created_by']}",
     ]
     click.echo("\n".join(lines))
