@@ -444,7 +444,7 @@ def markdown(rep: dict, command: str) -> str:
       "(no synthesis for it). The API row is the whole closed loop: network levels walked to the least "
       "rate-distortion cost at the quality's slope, and the classical codec kept where its cost is lower; "
       "for `temporal=False` it is the core's per-date encoder (learned, classical or lossless, least cost "
-      "kept). Tile kinds: 0 learned, 1 classical, 3 temporal.\n")
+      "kept). Tile kinds: 0 learned, 1 classical, 3 temporal, 4 coarse grids, 5 predicted.\n")
     return "\n".join(L) + "\n"
 
 
