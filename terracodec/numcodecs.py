@@ -299,7 +299,8 @@ class TerraCodec(Codec):
         for _, _, y0, x0 in positions:
             tiles = np.ascontiguousarray(dates[:, :, y0:y0 + ts, x0:x0 + ts])
             res = stack.encode_tile_stack(tiles, tt, dates=None, nodata=nodata, lam=lam,
-                                          keyframe_interval=self._keyframes(), effort=self.effort)
+                                          keyframe_interval=self._keyframes(), effort=self.effort,
+                                          floor_db=tilecodec.QUALITY_FLOOR_DB[self.quality])
             coded.append([payload for payload, _, _ in res])
         return [coded[k][t] for t in range(dates.shape[0]) for k in range(len(positions))]
 

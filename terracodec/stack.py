@@ -281,7 +281,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
                       lam: float | None = None, level: float | None = None,
                       keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True,
                       klt: str | None = None, mode_decision: bool = True, classical: bool = True,
-                      effort: str = tilecodec.DEFAULT_EFFORT):
+                      effort: str = tilecodec.DEFAULT_EFFORT, floor_db: float | None = None):
     """Code one tile position over all dates: ``tiles`` (T, B, h, w).
 
     Either ``lam`` (a rate-distortion slope, see tilecodec.rd_lambda: the network level of least
@@ -291,8 +291,10 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     ``mode_decision``: a date with references is also coded alone and the cheaper payload is kept
     (smaller at a fixed level, lower J with ``lam``), so TEC-TT never costs more than coding the
     date alone. ``classical=False`` (benchmarks, tests) never replaces the model's code by the
-    classical one; ``effort`` is the classical encoder's (tilecodec.EFFORTS). -> list of
-    (payload, kind, decoded pixels) per date."""
+    classical one; ``effort`` is the classical encoder's (tilecodec.EFFORTS). A date whose code is
+    below ``floor_db`` (PSNR_10000 over its valid pixels; the writers pass the quality's
+    tilecodec.QUALITY_FLOOR_DB) is recoded alone to reach it, as single images are, before later
+    dates refer to it. -> list of (payload, kind, decoded pixels) per date."""
     import torch
 
     from .models.tec import IN_CHANNELS, pad_replicate
@@ -333,7 +335,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
                     classical_code = predicted
             est = tilecodec._estimate_learned_cost(tile, model.image, tilecodec.network_level(lam), mask, lam)
             if est > tilecodec.LEARNED_GIVE_UP * classical_code[1]:
-                out.append(classical_code[0])
+                out.append(_floored(classical_code[0], tile, nodata, mask, floor_db))
                 continue
         xt = x[t] if mask is None else np.where(mask, means[t][:, None, None], x[t])
         comps = np.zeros((IN_CHANNELS, h, w), np.float32)
@@ -390,12 +392,25 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
             prev_level = L
             chosen = tried[L]
             if classical_code is not None and classical_code[1] < cost(chosen):
-                out.append(classical_code[0])
+                out.append(_floored(classical_code[0], tile, nodata, mask, floor_db))
                 continue
         payload, recon, y_hat_u, kind = chosen
-        states[t] = _State(y_hat_u, basis)
-        out.append((payload, kind, recon))
+        code = _floored((payload, kind, recon), tile, nodata, mask, floor_db)
+        if code[1] == kind:                      # kept: later dates may refer to its latent
+            states[t] = _State(y_hat_u, basis)
+        out.append(code)
     return out
+
+
+def _floored(code, tile, nodata, mask, floor_db):
+    """``code`` (payload, kind, decoded pixels), or the date coded alone to reach ``floor_db``."""
+    if floor_db is None or code[1] == tilecodec.KIND_LOSSLESS:
+        return code
+    n = tile.size if mask is None else int((~mask).sum())
+    sse = tilecodec.tile_sse(tile, code[2], mask)
+    if sse == 0 or 10 * math.log10(1e8 * n / sse) >= floor_db:
+        return code
+    return _coded_alone(tilecodec.encode_classical_floor(tile, nodata, floor_db))
 
 
 # -- decoding ----------------------------------------------------------------------------------------
@@ -725,7 +740,8 @@ class StackWriter:
         if self._tt is not None:
             return [(p, k) for p, k, _ in encode_tile_stack(tiles, self._tt, dates=self.dates, nodata=nd,
                                                             lam=self._lam, keyframe_interval=self._ki,
-                                                            classical=self._classical, effort=self.effort)]
+                                                            classical=self._classical, effort=self.effort,
+                                                            floor_db=tilecodec.QUALITY_FLOOR_DB[self.quality])]
         if self._lossless:
             return [tilecodec.encode_tile(tiles, nodata=nd, lossless=True)]
         return [tilecodec.encode_tile(tiles, quality=self.quality, model=self._record["name"], nodata=nd,

@@ -231,3 +231,22 @@ def test_corrupt_reference_of_a_predicted_tile_names_it(shared_data, tmp_path):
             win = ((y * 64, min(96, y * 64 + 64)), (x * 64, min(120, x * 64 + 64)))
             np.testing.assert_array_equal(ds.read(date=d, window=win),
                                           decoded[d][:, win[0][0]:win[0][1], win[1][0]:win[1][1]])
+
+
+@needs_tt
+def test_stack_dates_reach_the_quality_floor(shared_data):
+    """encode_tile_stack recodes a date under ``floor_db`` alone (the writers pass the quality's
+    floor); here a floor far above quality 1's own PSNR."""
+    arr, bands, dates = _dense_clear(shared_data)
+    tiles = np.ascontiguousarray(arr[:, :, :64, :64])
+    model = stack.load_temporal()
+    lam = tilecodec.rd_lambda(1)
+    plain = stack.encode_tile_stack(tiles, model, dates=dates, lam=lam)
+    assert min(psnr10000(recon, tile) for (_, _, recon), tile in zip(plain, tiles)) < 45
+    floored = stack.encode_tile_stack(tiles, model, dates=dates, lam=lam, floor_db=45.0)
+    for (payload, kind, recon), tile in zip(floored, tiles):
+        assert psnr10000(recon, tile) >= 45.0
+        assert kind in (tilecodec.KIND_CLASSICAL, tilecodec.KIND_MULTIRES, tilecodec.KIND_LOSSLESS,
+                        tilecodec.KIND_PREDICTED)
+        if kind != tilecodec.KIND_PREDICTED:
+            np.testing.assert_array_equal(tilecodec.decode_tile(payload), recon)
