@@ -67,6 +67,7 @@ def _version() -> str:
 # format.HEADER_DICTIONARY, so that they deflate to a few bytes); readers take a missing count as 0.
 TILE_COUNTS = ("fallback_tiles", "lossless_tiles", "learned_tiles", "coarse_grid_tiles", "floor_tiles",
                "av1_tiles", "temporal_tiles", "predicted_tiles")
+STACK_TILE_COUNTS = ("temporal_tiles", "predicted_tiles")
 
 
 def tile_counts(kinds: dict, av1_tiles: int, coarse_grid_tiles: int, floor_tiles: int = 0) -> dict:
@@ -708,9 +709,9 @@ class TecDataset:
     @property
     def stats(self) -> dict:
         """The header's stats, with the tile counts a writer left out (zeros) filled in
-        (``temporal_tiles`` for time stacks only)."""
+        (``temporal_tiles`` and ``predicted_tiles`` for time stacks only)."""
         stored = dict(self.header.get("stats") or {})
-        counts = TILE_COUNTS if len(self.dates) > 1 else TILE_COUNTS[:-1]
+        counts = TILE_COUNTS if len(self.dates) > 1 else [k for k in TILE_COUNTS if k not in STACK_TILE_COUNTS]
         return {k: stored.get(k, 0) for k in counts} | stored
 
     @property

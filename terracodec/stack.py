@@ -291,15 +291,17 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     ``mode_decision``: a date with references is also coded alone and the cheaper payload is kept
     (smaller at a fixed level, lower J with ``lam``), so TEC-TT never costs more than coding the
     date alone. ``classical=False`` (benchmarks, tests) never replaces the model's code by the
-    classical one; ``effort`` is the classical encoder's (tilecodec.EFFORTS). A date whose code is
-    below ``floor_db`` (PSNR_10000 over its valid pixels; the writers pass the quality's
-    tilecodec.QUALITY_FLOOR_DB) is recoded alone to reach it, as single images are, before later
-    dates refer to it. -> list of (payload, kind, decoded pixels) per date."""
+    classical one (nor applies ``floor_db``); ``effort`` is the classical encoder's
+    (tilecodec.EFFORTS). A date whose code is below ``floor_db`` (PSNR_10000 over its valid pixels;
+    the writers pass the quality's tilecodec.QUALITY_FLOOR_DB) is recoded alone to reach it, as
+    single images are, before later dates refer to it. -> list of (payload, kind, decoded pixels)
+    per date."""
     import torch
 
     from .models.tec import IN_CHANNELS, pad_replicate
 
     T, B, h, w = tiles.shape
+    floor_db = floor_db if classical else None
     dates = list(dates) if dates is not None else [None] * T
     masks = [nodata_mask(tiles[t], nodata) for t in range(T)]
     valid = np.stack([np.ones((h, w), bool) if m is None else ~m.any(axis=0) for m in masks])
