@@ -148,11 +148,17 @@ def _dense_clear(shared_data):
     return np.ascontiguousarray(np.stack(arrays)), bands, dates
 
 
-@needs_tt
-def test_stack_uses_predicted_tiles_on_dense_clear_dates(shared_data, tmp_path):
+def _write_dense(shared_data, tmp_path, quality):
+    """The dense stack written with the default stack coder: (array, bands, dates, path, header fields)."""
     arr, bands, dates = _dense_clear(shared_data)
     path = tmp_path / "dense.tec"
-    fields = stack.write_stack(path, arr, bands, quality=4, dates=dates, tile_size=64)
+    fields = stack.write_stack(path, arr, bands, quality=quality, dates=dates, tile_size=64)
+    return arr, bands, dates, path, fields
+
+
+@needs_tt
+def test_stack_uses_predicted_tiles_on_dense_clear_dates(shared_data, tmp_path):
+    arr, bands, dates, path, fields = _write_dense(shared_data, tmp_path, 4)
     assert fields["stats"].get("predicted_tiles", 0) >= 2, fields["stats"]
     alone = stack.encode_stack(arr, bands, quality=4, dates=dates, tile_size=64, temporal=False)
     assert path.stat().st_size < 0.9 * len(alone)
@@ -191,9 +197,7 @@ with terracodec.open(sys.argv[1]) as ds:
 def test_predicted_stack_decodes_the_same_in_a_fresh_process_without_torch(shared_data, tmp_path):
     import hashlib
 
-    arr, bands, dates = _dense_clear(shared_data)
-    path = tmp_path / "dense.tec"
-    stack.write_stack(path, arr, bands, quality=2, dates=dates, tile_size=64)
+    path = _write_dense(shared_data, tmp_path, 2)[3]
     with terracodec.open(path) as ds:
         want = hashlib.sha256(b"".join(ds.read(date=d).tobytes() for d in reversed(ds.dates))).hexdigest()
         kinds = {e.kind for e in ds._reader.entries}
@@ -207,9 +211,7 @@ def test_predicted_stack_decodes_the_same_in_a_fresh_process_without_torch(share
 
 @needs_tt
 def test_corrupt_reference_of_a_predicted_tile_names_it(shared_data, tmp_path):
-    arr, bands, dates = _dense_clear(shared_data)
-    path = tmp_path / "dense.tec"
-    stack.write_stack(path, arr, bands, quality=4, dates=dates, tile_size=64)
+    path = _write_dense(shared_data, tmp_path, 4)[3]
     with terracodec.open(path) as ds:
         decoded = [ds.read(date=d) for d in range(3)]
     with ContainerReader(path) as r:
