@@ -139,7 +139,7 @@ def seasonal_stacks(rows, n_stacks, min_gap=25, max_gap=60, max_cloud=0.1):
 def run(args) -> dict:
     import torch
 
-    from . import stack
+    from . import stack, tilecodec
     from .train_temporal import load_location
 
     torch.set_num_threads(args.threads)
@@ -207,7 +207,7 @@ def run(args) -> dict:
 
     # 4. gap / cloud pairs from the dense series -------------------------------------------------
     rng = np.random.default_rng(0)
-    pairs = []
+    pairs, product_pairs = [], []
     nrow = len(full_rows)
     for _ in range(args.pairs):
         t = int(rng.integers(1, nrow))
@@ -222,7 +222,17 @@ def run(args) -> dict:
             pairs.append({"gap": (full_rows[t]["when"] - full_rows[r]["when"]).days, "level": L,
                           "cloud_t": full_rows[t]["cloud"], "cloud_ref": full_rows[r]["cloud"],
                           "tt": len(o_tt[1][0]), "tt_off": len(o_hp[1][0])})
+        for q in (2, 5):                # the product: least J at the quality's slope, kind 5 included
+            lam = tilecodec.rd_lambda(q)
+            kw = dict(lam=lam, floor_db=tilecodec.QUALITY_FLOOR_DB[q])
+            o_t = stack.encode_tile_stack(sa, model, dates=[full_rows[r]["key"], full_rows[t]["key"]], **kw)
+            o_a = stack.encode_tile_stack(sa, model, temporal=False, **kw)
+            j_t, j_a = (tilecodec.rd_cost(sa[1], o[1][2], None, len(o[1][0]), lam) for o in (o_t, o_a))
+            product_pairs.append({"gap": (full_rows[t]["when"] - full_rows[r]["when"]).days, "quality": q,
+                                  "cloud_t": full_rows[t]["cloud"], "cloud_ref": full_rows[r]["cloud"],
+                                  "tt": j_t, "tt_off": j_a, "kind": o_t[1][1]})
     report["pairs"] = pairs
+    report["product_pairs"] = product_pairs
     print(f"pairs done {time.time() - t_start:.0f}s", flush=True)
 
     # 5. the product's stack files (API, qualities) against coding each date alone -------------------
@@ -382,23 +392,36 @@ def markdown(rep: dict, command: str) -> str:
     a("Saving = 1 - bytes(TT) / bytes(TT-off) of the target date, same level (levels 1, 3, 5 pooled), "
       "from random (ref, target) pairs of the dense series coded as 2-date stacks. Cloud fraction from "
       "index.csv.\n")
-    pairs = rep["pairs"]
-    a("| gap (days) | pairs x levels | saving |")
-    a("|---|---|---|")
-    for lab, cnt, s in _bins(pairs, lambda it: it["gap"], [0, 6, 11, 21, 41, 81, 200],
-                             ["1-5", "6-10", "11-20", "21-40", "41-80", "81-125"]):
-        a(f"| {lab} | {cnt} | {s:.1f} % |")
+    pairs, product = rep["pairs"], rep.get("product_pairs") or []
+    if product:
+        a("**Product** columns: the same pairs coded by the stack coder at the slopes of qualities 2 and 5 "
+          "(the target date's least-cost code among TEC-TT, predicted from the reference (kind 5) and "
+          "alone, quality floor included) against the target coded alone; saving = 1 - J(stack) / "
+          "J(alone) of the target date, J = SSE + lambda x bits.\n")
+    gap_bins = ([0, 6, 11, 21, 41, 81, 200], ["1-5", "6-10", "11-20", "21-40", "41-80", "81-125"])
+    by_gap = {lab: (cnt, s) for lab, cnt, s in _bins(product, lambda it: it["gap"], *gap_bins)}
+    a("| gap (days) | pairs x levels | saving | product: pairs x qualities | product: J saving |")
+    a("|---|---|---|---|---|")
+    for lab, cnt, s in _bins(pairs, lambda it: it["gap"], *gap_bins):
+        pc, ps = by_gap.get(lab, (0, float("nan")))
+        a(f"| {lab} | {cnt} | {s:.1f} % | {pc} | {ps:.1f} % |")
     a("")
-    a("| target cloud | ref cloud | pairs x levels | saving |")
-    a("|---|---|---|---|")
+    a("| target cloud | ref cloud | pairs x levels | saving | product: pairs x qualities | product: J saving |")
+    a("|---|---|---|---|---|---|")
     cl = lambda c: "clear (<0.1)" if c < 0.1 else ("cloudy (>0.9)" if c > 0.9 else "partly")
     for ct in ("clear (<0.1)", "partly", "cloudy (>0.9)"):
         for cr in ("clear (<0.1)", "partly", "cloudy (>0.9)"):
             sel = [it for it in pairs if cl(it["cloud_t"]) == ct and cl(it["cloud_ref"]) == cr]
+            psel = [it for it in product if cl(it["cloud_t"]) == ct and cl(it["cloud_ref"]) == cr]
             if sel:
                 s = 100 * (1 - sum(it["tt"] for it in sel) / sum(it["tt_off"] for it in sel))
-                a(f"| {ct} | {cr} | {len(sel)} | {s:.1f} % |")
+                ps = 100 * (1 - sum(it["tt"] for it in psel) / sum(it["tt_off"] for it in psel)) if psel else float("nan")
+                a(f"| {ct} | {cr} | {len(sel)} | {s:.1f} % | {len(psel)} | {ps:.1f} % |")
     a("")
+    if product:
+        kinds = [it["kind"] for it in product]
+        a("Product: the target date's tile kind over those pairs x qualities: "
+          + ", ".join(f"{k}: {kinds.count(k) / len(kinds):.0%}" for k in sorted(set(kinds))) + ".\n")
     a("Dense series, consecutive dates (ref = previous date), same saving by level:\n")
     a("| level | saving vs TT-off | saving vs HP |")
     a("|---|---|---|")
