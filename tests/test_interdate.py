@@ -254,3 +254,18 @@ def test_stack_dates_reach_the_quality_floor(shared_data):
                         tilecodec.KIND_PREDICTED)
         if kind != tilecodec.KIND_PREDICTED:
             np.testing.assert_array_equal(tilecodec.decode_tile(payload), recon)
+
+
+@needs_tt
+def test_zarr_chunk_of_dense_dates_is_smaller_with_temporal_coding(shared_data):
+    from terracodec.numcodecs import TerraCodec
+
+    arr, bands, _ = _dense_clear(shared_data)
+    temporal = TerraCodec(quality=4, bands=bands)
+    alone = TerraCodec(quality=4, bands=bands, temporal=False)
+    chunk, chunk_alone = temporal.encode(arr), alone.encode(arr)
+    assert len(chunk) < 0.9 * len(chunk_alone)
+    out = np.asarray(temporal.decode(chunk)).reshape(arr.shape)
+    for d in range(len(arr)):
+        assert psnr10000(out[d], arr[d]) >= tilecodec.QUALITY_FLOOR_DB[4]
+    assert temporal.encode(arr) == chunk

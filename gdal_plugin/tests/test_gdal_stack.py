@@ -394,3 +394,18 @@ def test_tec_vrt_read_by_gdal_without_plugin(series, lossless_stack, tmp_path):
     # a stack needs --date
     proc = subprocess.run(tec + ["vrt", str(lossless_stack)], capture_output=True, text=True)
     assert proc.returncode == 1 and "--date" in proc.stderr
+
+
+def test_predicted_dates_read_through_gdal(tmp_path):
+    """Kind 5 tiles (a date predicted from an earlier date's pixels): the golden stack's dates read
+    through gdal_translate as through the Python API."""
+    import terracodec
+
+    golden = REPO / "tests" / "data" / "golden" / "predicted_stack_rsgislib_3dates_q4.tec"
+    with terracodec.open(golden) as ds:
+        assert ds.stats["predicted_tiles"] > 0
+        dates = ds.dates
+    for date in reversed(dates):                     # the last date first: its references are decoded
+        out = tmp_path / f"{date}.tif"
+        run("gdal_translate", "-q", sub(golden, date), out)
+        assert np.array_equal(gtiff_read(out), api_read(golden, date)), date
