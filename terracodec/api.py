@@ -542,8 +542,9 @@ def write(path, array: np.ndarray, bands=None, quality: int = 5, model: str | No
 
     ``path`` may also be a seekable binary file object. A 4-D ``array`` (dates, bands, height, width)
     is a time stack (terracodec.stack): ``dates`` names its dates (ISO strings); with >= 2 dates it is
-    coded with TEC-TT (the temporal model) unless ``temporal=False``; ``keyframe_interval`` (default
-    8) bounds how many earlier dates a read decodes. ``tile_overlap`` (default 4 for single
+    coded with TEC-TT (the temporal model; a later date may also be predicted from an earlier date's
+    decoded pixels, kind 5, where that costs less) unless ``temporal=False``; ``keyframe_interval``
+    (default 8) bounds how many earlier dates a read decodes. ``tile_overlap`` (default 4 for single
     images; time stacks use 0) is how far tiles reach into their neighbours to hide seams.
     ``effort`` ("fast", "default" or "best", see tilecodec.EFFORTS) is how hard the encoder
     searches: "best" (AV1 also for 20 m / 60 m bands, slower AV1, and the learned candidate) needs

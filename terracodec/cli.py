@@ -90,7 +90,8 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")
 @click.option("--stack", "is_stack", is_flag=True,
               help="PATHS are several GeoTIFFs of one grid (one per date) then OUT.tec: write a time stack.")
 @click.option("--temporal/--no-temporal", default=True, show_default=True,
-              help="With --stack: code dates with TEC-TT (temporal model) or each date alone.")
+              help="With --stack: code later dates against earlier ones (TEC-TT latents, or predicted "
+                   "from an earlier date's pixels, where cheaper) or each date alone.")
 @click.option("--keyframe-interval", type=click.IntRange(1, 65535), default=None,
               help="With --stack: a date coded alone every K dates (default 8).")
 @click.option("--dates", "dates_opt", default=None,
