@@ -16,7 +16,12 @@ A stack is ``(dates, bands, height, width)`` on one grid. The container stores o
   entropy-decodes at most K-1 earlier latents (no synthesis), never the whole stack;
 * as for single images, a date's tile is the classical kind when that has the lower rate-distortion
   cost at the quality's slope; later dates then reference the dates that have a latent;
-* mode decision: a date with references is also coded alone (kind 0) and the cheaper is kept.
+* mode decision: a date with references is also coded alone (kind 0) and the cheaper is kept;
+* a later date may instead be a *predicted* tile (kind 5, :mod:`terracodec.interdate`): its residual
+  to a prediction from the decoded pixels of an earlier date since the keyframe whose tile decodes
+  without a model, kept where its rate-distortion cost is the lowest. On dense clear series this
+  is most of the temporal gain (BENCHMARKS.md, time series);
+* a date below the quality's PSNR floor is recoded alone before later dates refer to it.
 
 All inference runs in float64 (no oneDNN) so decoding gives the same pixels whatever the thread
 count. ``temporal=False`` codes every date alone with the image codec (terracodec.tilecodec).
