@@ -73,10 +73,11 @@ def predict(ref: np.ndarray, coefs: np.ndarray) -> np.ndarray:
 _LIMITS = (np.iinfo(np.int8).max, np.iinfo(np.int8).max, _INT16.max)
 
 
-def fit(ref: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
+def fit(ref: np.ndarray, target: np.ndarray,
+        valid: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray] | None:
     """Least-squares integer coefficients (bands, 4) predicting ``target`` from ``ref`` over the
-    ``valid`` pixels (bands, h, w; all when None), and the SSE of that (rounded) prediction there;
-    None when a band has no valid pixel or a constant does not fit its int16."""
+    ``valid`` pixels (bands, h, w; all when None), the SSE of that (rounded) prediction there and
+    the prediction; None when a band has no valid pixel or a constant does not fit its int16."""
     coefs = np.zeros((target.shape[0], 4), np.int64)
     scales = np.array([2.0 ** s for s in SHIFTS])
     for b in range(target.shape[0]):
@@ -94,10 +95,11 @@ def fit(ref: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) ->
         coefs[b, 3] = int(np.rint(rest.mean())) - mean
         if not _INT16.min <= coefs[b, 3] <= _INT16.max:
             return None
-    diff = (target.astype(np.int64) - predict(ref, coefs)).astype(np.float64)
+    prediction = predict(ref, coefs)
+    diff = (target.astype(np.int64) - prediction).astype(np.float64)
     if valid is not None:
         diff = diff[valid]
-    return coefs, float(np.sum(diff ** 2))
+    return coefs, float(np.sum(diff ** 2)), prediction
 
 
 def fit_valid(tile: np.ndarray, nodata, ref: np.ndarray) -> np.ndarray | None:
@@ -110,30 +112,38 @@ def fit_valid(tile: np.ndarray, nodata, ref: np.ndarray) -> np.ndarray | None:
     return None if valid.all() else valid
 
 
-def encode(tile: np.ndarray, nodata, ref: np.ndarray, back: int, lam: float, coefs: np.ndarray | None = None,
+def encode(tile: np.ndarray, nodata, ref: np.ndarray, back: int, lam: float, fitted: tuple | None = None,
            effort: str | None = None) -> tuple[bytes, float, np.ndarray] | None:
     """Code ``tile`` as kind 5 against ``ref``, the decoded pixels of the date ``back`` dates
-    earlier. Nodata pixels go in the tile header's mask (the residual there is 0). -> (payload, J,
+    earlier, with ``fitted`` = (coefficients, _, their prediction) (:func:`fit`'s, fitted here when
+    None). Nodata pixels go in the tile header's mask (the residual there is 0). -> (payload, J,
     decoded pixels), or None when the coefficients or the residual do not fit their integers."""
     mask = nodata_mask(tile, nodata)
-    if coefs is None:
+    if fitted is None:
         fitted = fit(ref, tile, fit_valid(tile, nodata, ref))
         if fitted is None:
             return None
-        coefs = fitted[0]
-    residual = tile.astype(np.int64) - predict(ref, coefs)
+    coefs, _, prediction = fitted
+    residual = tile.astype(np.int64) - prediction
     if mask is not None:
         residual[mask] = 0
     if residual.min() < _INT16.min or residual.max() > _INT16.max:
         return None
-    inner, _ = tilecodec.encode_classical(residual.astype(np.int16), None, lam, effort=effort)
-    inner = unseal(inner)
+    sealed, _ = tilecodec.encode_classical(residual.astype(np.int16), None, lam, effort=effort)
+    inner = unseal(sealed)
     head = TileHeader(inner)
     body = (_BODY.pack(back, PREDICTOR, head.kind, head.param)
             + b"".join(_BAND.pack(*(int(v) for v in c)) for c in coefs) + inner[head.body:])
     payload = seal(pack_header(KIND_PREDICTED, tile, nodata, mask) + body)
-    decoded = decode(payload, ref)
+    # the decoder rebuilds the residual's header as it was (int16, no nodata), so this is its output
+    decoded = _reconstruct(prediction, tilecodec.decode_tile(sealed), TileHeader(unseal(payload)))
     return payload, tilecodec.rd_cost(tile, decoded, mask, len(payload), lam), decoded
+
+
+def _reconstruct(prediction: np.ndarray, residual: np.ndarray, head: TileHeader) -> np.ndarray:
+    info = np.iinfo(head.dtype)
+    out = np.clip(prediction + residual, info.min, info.max).astype(head.dtype)
+    return tilecodec.restore_nodata(out, head)
 
 
 def reference(payload: bytes) -> int:
@@ -166,7 +176,4 @@ def decode(payload: bytes, ref: np.ndarray) -> np.ndarray:
     pos += n * _BAND.size
     inner = COMMON_HEAD.pack(TILE_MAGIC, kind, tilecodec.dtype_code(np.int16), n, param, head.height,
                              head.width, 0, float("nan"), 0) + raw[pos:]
-    residual = tilecodec.decode_tile(seal(inner))
-    info = np.iinfo(head.dtype)
-    out = np.clip(predict(ref, coefs) + residual, info.min, info.max).astype(head.dtype)
-    return tilecodec.restore_nodata(out, head)
+    return _reconstruct(predict(ref, coefs), tilecodec.decode_tile(seal(inner)), head)

@@ -274,8 +274,8 @@ def _predicted_code(tile, nodata, out, t, key, lam, effort):
                                 for r in refs) if f is not None]
     if not fits:
         return None
-    (coefs, _), r = min(fits, key=lambda f: f[0][1])
-    code = interdate.encode(tile, nodata, out[r][2], t - r, lam, coefs, effort=effort)
+    fitted, r = min(fits, key=lambda f: f[0][1])
+    code = interdate.encode(tile, nodata, out[r][2], t - r, lam, fitted, effort=effort)
     if code is None:
         return None
     payload, j, decoded = code

@@ -79,8 +79,8 @@ def test_prediction_is_integer_exact_on_any_size():
     for h, w in ((1, 1), (2, 3), (5, 17), (33, 9)):
         ref = rng.integers(0, 10000, (2, h, w)).astype(np.uint16)
         target = (ref * 0.9 + 100).astype(np.uint16)
-        coefs, sse = interdate.fit(ref, target)
-        p = interdate.predict(ref, coefs)
+        coefs, sse, p = interdate.fit(ref, target)
+        np.testing.assert_array_equal(p, interdate.predict(ref, coefs))
         assert p.shape == ref.shape and p.dtype == np.int64
         assert sse == float(np.sum((target.astype(np.int64) - p).astype(np.float64) ** 2))
         payload, _, decoded = interdate.encode(target, None, ref, 2, tilecodec.rd_lambda(5))
@@ -99,7 +99,7 @@ def test_residual_out_of_int16_is_not_predicted():
     ref = np.zeros((1, 8, 8), np.uint16)
     target = np.full((1, 8, 8), 60000, np.uint16)
     zero = np.zeros((1, 4), np.int64)                      # predicts the mean, 0: the residual is 60000
-    assert interdate.encode(target, None, ref, 1, lam, zero) is None
+    assert interdate.encode(target, None, ref, 1, lam, (zero, None, interdate.predict(ref, zero))) is None
     assert interdate.fit(ref, target) is None              # the constant, 60000 - 0, is not an int16
     assert interdate.encode(target, None, ref, 1, lam) is None
     ref[:] = 30000                                         # 60000 - 30000 is
