@@ -411,11 +411,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
 
 def _floored(code, tile, nodata, mask, floor_db):
     """``code`` (payload, kind, decoded pixels), or the date coded alone to reach ``floor_db``."""
-    if floor_db is None or code[1] == tilecodec.KIND_LOSSLESS:
-        return code
-    n = tile.size if mask is None else int((~mask).sum())
-    sse = tilecodec.tile_sse(tile, code[2], mask)
-    if sse == 0 or 10 * math.log10(1e8 * n / sse) >= floor_db:
+    if floor_db is None or code[1] == tilecodec.KIND_LOSSLESS or tilecodec.tile_psnr(tile, code[2], mask) >= floor_db:
         return code
     return _coded_alone(tilecodec.encode_classical_floor(tile, nodata, floor_db))
 
