@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .errors import TecChecksumError, TecFormatError, TecInputError, TecVersionError
-from .tilecodec import (COMMON_HEAD, KIND_CLASSICAL, KIND_LEARNED, KIND_LOSSLESS, KIND_MULTIRES, KIND_PREDICTED,
-                        KIND_TEMPORAL, TILE_MAGIC, dtype_code, nodata_field)
+from .tilecodec import COMMON_HEAD, KINDS, TILE_MAGIC, dtype_code, nodata_field
 
 __all__ = [
     "MAGIC", "VERSION", "PREFIX_SIZE", "INDEX_ENTRY_SIZE", "MAX_HEADER_SIZE", "DTYPES", "KINDS",
@@ -80,7 +79,6 @@ HEADER_DICTIONARY = (
     '"floor_tiles":0,"compression_ratio":100.0},"metadata":{},"created_by":"terracodec 0.1.0"}'
 ).encode("ascii")
 DTYPES = ("uint8", "int16", "uint16")
-KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES, KIND_PREDICTED)
 
 _PREFIX = struct.Struct("<8sHHIQIIQII12x")     # bytes 0..59; bytes 60..63 hold its CRC32
 _CRC = struct.Struct("<I")

@@ -32,6 +32,7 @@ from .errors import TecChecksumError, TecDecodeError, TecFormatError, TecInputEr
 
 TILE_MAGIC = b"TECT"
 KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES, KIND_PREDICTED = 0, 1, 2, 3, 4, 5
+KINDS = (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS, KIND_TEMPORAL, KIND_MULTIRES, KIND_PREDICTED)
 # built-in model names, which need no weights: exact storage, and the same encoder without the
 # learned candidate (torch not loaded)
 LOSSLESS_MODEL = "lossless"
@@ -152,8 +153,7 @@ class TileHeader:
          mask_len) = COMMON_HEAD.unpack_from(payload)
         if magic != TILE_MAGIC:
             raise TecFormatError("not a TEC tile payload (bad tile magic)")
-        if code not in DTYPES_BY_CODE or self.kind not in (KIND_LEARNED, KIND_CLASSICAL, KIND_LOSSLESS,
-                                                                  KIND_TEMPORAL, KIND_MULTIRES, KIND_PREDICTED):
+        if code not in DTYPES_BY_CODE or self.kind not in KINDS:
             raise TecFormatError(f"bad tile header (kind {self.kind}, dtype code {code})")
         self.dtype = DTYPES_BY_CODE[code]
         end = COMMON_HEAD.size + mask_len
