@@ -282,11 +282,40 @@ def _predicted_code(tile, nodata, out, t, key, lam, effort):
     return (payload, KIND_PREDICTED, decoded), j
 
 
+def _alone_classical(tile, nodata, lam, effort):
+    """((payload, kind, decoded pixels), J) of a date coded alone by the classical codec."""
+    payload, j = tilecodec.encode_classical(tile, nodata, lam, effort=effort)
+    return _coded_alone(payload), j
+
+
+class _AloneCodes:
+    """The classical code of each date alone, in date order. They do not depend on earlier dates,
+    so with a ``pool`` (a CodingPool whose threads are idle: the caller is not one of them) up to
+    AHEAD of them are coded in its threads while the caller codes the dates that need earlier
+    ones (predicted tiles); the codes are the same either way."""
+
+    AHEAD = 4
+
+    def __init__(self, tiles, wanted, nodata, lam, effort, pool=None):
+        self._args = (nodata, lam, effort)
+        self._tiles, self._pool = tiles, pool
+        self._queue = [t for t in range(len(tiles)) if wanted[t]]
+        self._futures = {}
+
+    def get(self, t):
+        if self._pool is None:
+            return _alone_classical(self._tiles[t], *self._args)
+        while self._queue and len(self._futures) < self.AHEAD:
+            d = self._queue.pop(0)
+            self._futures[d] = self._pool.submit(_alone_classical, self._tiles[d], *self._args)
+        return self._futures.pop(t).result()
+
+
 def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, nodata=None,
                       lam: float | None = None, level: float | None = None,
                       keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL, temporal: bool = True,
                       klt: str | None = None, mode_decision: bool = True, classical: bool = True,
-                      effort: str = tilecodec.DEFAULT_EFFORT, floor_db: float | None = None):
+                      effort: str = tilecodec.DEFAULT_EFFORT, floor_db: float | None = None, pool=None):
     """Code one tile position over all dates: ``tiles`` (T, B, h, w).
 
     Either ``lam`` (a rate-distortion slope, see tilecodec.rd_lambda: the network level of least
@@ -299,8 +328,9 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     classical one (nor applies ``floor_db``); ``effort`` is the classical encoder's
     (tilecodec.EFFORTS). A date whose code is below ``floor_db`` (PSNR_10000 over its valid pixels;
     the writers pass the quality's tilecodec.QUALITY_FLOOR_DB) is recoded alone to reach it, as
-    single images are, before later dates refer to it. -> list of (payload, kind, decoded pixels)
-    per date."""
+    single images are, before later dates refer to it. ``pool``: an idle CodingPool that codes the
+    dates alone ahead of the dates that refer to earlier ones (same bytes). -> list of (payload,
+    kind, decoded pixels) per date."""
     import torch
 
     from .models.tec import IN_CHANNELS, pad_replicate
@@ -323,6 +353,9 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     states: dict[int, _State] = {}
     out = []
     prev_level = None
+    alone_codes = None
+    if level is None and classical:
+        alone_codes = _AloneCodes(tiles, [m is None or not m.all() for m in masks], nodata, lam, effort, pool)
     for t in range(T):
         tile, mask = tiles[t], masks[t]
         if mask is not None and mask.all():
@@ -334,12 +367,10 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
             # as the image codec does: the classical code at the same slope (or its residual to a
             # prediction from an earlier date, when that costs less), and when a float32 estimate
             # of the model's cost is far above it, skip the float64 model passes
-            payload, j = tilecodec.encode_classical(tile, nodata, lam, effort=effort)
-            classical_code = (_coded_alone(payload), j)
-            if temporal:
-                predicted = _predicted_code(tile, nodata, out, t, key, lam, effort)
-                if predicted is not None and predicted[1] < j:
-                    classical_code = predicted
+            predicted = _predicted_code(tile, nodata, out, t, key, lam, effort) if temporal else None
+            classical_code = alone_codes.get(t)
+            if predicted is not None and predicted[1] < classical_code[1]:
+                classical_code = predicted
             est = tilecodec._estimate_learned_cost(tile, model.image, tilecodec.network_level(lam), mask, lam)
             if est > tilecodec.LEARNED_GIVE_UP * classical_code[1]:
                 out.append(_floored(classical_code[0], tile, nodata, mask, floor_db))
@@ -725,6 +756,8 @@ class StackWriter:
             jobs = [(tx, positions[tx]) for tx in range(self.tiles_x)]
         else:
             jobs = [(tx, positions[tx][d]) for tx in range(self.tiles_x) for d in range(len(self.dates))]
+        # one job runs in this thread (CodingPool.map), so the pool's threads can code its dates alone ahead
+        self._spare_threads = len(jobs) == 1 and self.workers > 1
         done = {tx: 0 for tx in range(self.tiles_x)}
         for (tx, _), coded in zip(jobs, self._pool.map(self._encode_job, [tiles for _, tiles in jobs])):
             for p, k in coded:
@@ -744,7 +777,8 @@ class StackWriter:
             return [(p, k) for p, k, _ in encode_tile_stack(tiles, self._tt, dates=self.dates, nodata=nd,
                                                             lam=self._lam, keyframe_interval=self._ki,
                                                             classical=self._classical, effort=self.effort,
-                                                            floor_db=tilecodec.QUALITY_FLOOR_DB[self.quality])]
+                                                            floor_db=tilecodec.QUALITY_FLOOR_DB[self.quality],
+                                                            pool=self._pool if self._spare_threads else None)]
         if self._lossless:
             return [tilecodec.encode_tile(tiles, nodata=nd, lossless=True)]
         return [tilecodec.encode_tile(tiles, quality=self.quality, model=self._record["name"], nodata=nd,

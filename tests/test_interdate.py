@@ -184,6 +184,33 @@ def test_stack_uses_predicted_tiles_on_dense_clear_dates(shared_data, tmp_path):
                                   workers=workers) == path.read_bytes()
 
 
+@needs_tt
+def test_one_position_stack_codes_dates_alone_ahead_in_the_pool(shared_data, monkeypatch):
+    """With one tile position the writer's idle threads code the dates alone while the caller codes
+    the predicted tiles; the bytes are those of one thread."""
+    import threading
+
+    arr, bands, dates = _dense_clear(shared_data)
+    size = max(arr.shape[2:])
+    real = stack._alone_classical
+    threads = []
+
+    def spy(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(stack, "_alone_classical", spy)
+    out = {}
+    for workers in (1, 2):
+        threads.clear()
+        out[workers] = stack.encode_stack(arr, bands, quality=4, dates=dates, tile_size=size, workers=workers)
+        in_pool = [name.startswith("tec-encode-stack") for name in threads]
+        assert len(in_pool) == len(dates) and all(in_pool) == (workers == 2) and any(in_pool) == (workers == 2)
+    assert out[1] == out[2]
+    with terracodec.open(out[2]) as ds:
+        assert tilecodec.KIND_PREDICTED in [e.kind for e in ds._reader.entries]
+
+
 _DECODE = """
 import hashlib, sys
 import terracodec
