@@ -652,7 +652,8 @@ class StackWriter:
     atomically. Only the compressed tiles and one row of tiles of pixels are held in memory.
     ``classical=False`` keeps every tile the models can code learned (see encode_tile_stack).
     ``workers`` threads (default: up to 4, one per core) code the tile positions of a row with
-    TEC-TT, or every (position, date) pair without it; the bytes do not depend on the count.
+    TEC-TT (a row of one position: its dates alone, ahead of the caller's predicted tiles), or
+    every (position, date) pair without it; the bytes do not depend on the count.
     ``effort`` is the classical encoder's (as :func:`terracodec.write`'s)."""
 
     def __init__(self, path, width: int, height: int, count: int, dtype, bands=None, quality: int = 5,
