@@ -758,9 +758,10 @@ class StackWriter:
         else:
             jobs = [(tx, positions[tx][d]) for tx in range(self.tiles_x) for d in range(len(self.dates))]
         # one job runs in this thread (CodingPool.map), so the pool's threads can code its dates alone ahead
-        self._spare_threads = len(jobs) == 1 and self.workers > 1
+        ahead = self._pool if len(jobs) == 1 and self.workers > 1 else None
         done = {tx: 0 for tx in range(self.tiles_x)}
-        for (tx, _), coded in zip(jobs, self._pool.map(self._encode_job, [tiles for _, tiles in jobs])):
+        for (tx, _), coded in zip(jobs, self._pool.map(lambda tiles: self._encode_job(tiles, ahead),
+                                                        [tiles for _, tiles in jobs])):
             for p, k in coded:
                 self._payloads[done[tx]][ty * self.tiles_x + tx] = (p, k)
                 self._kinds[k] = self._kinds.get(k, 0) + 1
@@ -771,15 +772,16 @@ class StackWriter:
             if self._bar is not None and done[tx] == len(self.dates):
                 self._bar.update(1)
 
-    def _encode_job(self, tiles: np.ndarray) -> list:
-        """-> [(payload, kind)] of a (dates, bands, h, w) position with TEC-TT, else of one (bands, h, w) date."""
+    def _encode_job(self, tiles: np.ndarray, ahead=None) -> list:
+        """-> [(payload, kind)] of a (dates, bands, h, w) position with TEC-TT (``ahead``: an idle pool
+        for encode_tile_stack), else of one (bands, h, w) date."""
         nd = self.nodata
         if self._tt is not None:
             return [(p, k) for p, k, _ in encode_tile_stack(tiles, self._tt, dates=self.dates, nodata=nd,
                                                             lam=self._lam, keyframe_interval=self._ki,
                                                             classical=self._classical, effort=self.effort,
                                                             floor_db=tilecodec.QUALITY_FLOOR_DB[self.quality],
-                                                            pool=self._pool if self._spare_threads else None)]
+                                                            pool=ahead)]
         if self._lossless:
             return [tilecodec.encode_tile(tiles, nodata=nd, lossless=True)]
         return [tilecodec.encode_tile(tiles, quality=self.quality, model=self._record["name"], nodata=nd,
