@@ -289,17 +289,17 @@ def _alone_classical(tile, nodata, lam, effort):
 
 
 class _AloneCodes:
-    """The classical code of each date alone, in date order. They do not depend on earlier dates,
-    so with a ``pool`` (a CodingPool whose threads are idle: the caller is not one of them) up to
-    AHEAD of them are coded in its threads while the caller codes the dates that need earlier
-    ones (predicted tiles); the codes are the same either way."""
+    """The classical code of each date alone (but those ``skip`` marks), in date order. They do not
+    depend on earlier dates, so with a ``pool`` (a CodingPool whose threads are idle: the caller is
+    not one of them) up to AHEAD of them are coded in its threads while the caller codes the dates
+    that need earlier ones (predicted tiles); the codes are the same either way."""
 
     AHEAD = 4
 
-    def __init__(self, tiles, wanted, nodata, lam, effort, pool=None):
+    def __init__(self, tiles, skip, nodata, lam, effort, pool=None):
         self._args = (nodata, lam, effort)
         self._tiles, self._pool = tiles, pool
-        self._queue = [t for t in range(len(tiles)) if wanted[t]]
+        self._queue = [t for t in range(len(tiles)) if not skip[t]]
         self._futures = {}
 
     def get(self, t):
@@ -339,6 +339,7 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     floor_db = floor_db if classical else None
     dates = list(dates) if dates is not None else [None] * T
     masks = [nodata_mask(tiles[t], nodata) for t in range(T)]
+    all_nodata = [m is not None and m.all() for m in masks]
     valid = np.stack([np.ones((h, w), bool) if m is None else ~m.any(axis=0) for m in masks])
     x = tiles.astype(np.float64)
     klt = klt or model.klt
@@ -355,10 +356,10 @@ def encode_tile_stack(tiles: np.ndarray, model: TemporalModel, *, dates=None, no
     prev_level = None
     alone_codes = None
     if level is None and classical:
-        alone_codes = _AloneCodes(tiles, [m is None or not m.all() for m in masks], nodata, lam, effort, pool)
+        alone_codes = _AloneCodes(tiles, all_nodata, nodata, lam, effort, pool)
     for t in range(T):
         tile, mask = tiles[t], masks[t]
-        if mask is not None and mask.all():
+        if all_nodata[t]:
             out.append(_coded_alone(tilecodec.encode_lossless(tile, nodata)))
             continue
         key = (t // keyframe_interval) * keyframe_interval
